@@ -1,0 +1,1 @@
+"""Job runtimes: Docker containers, or plain processes where Docker is absent."""

@@ -1,0 +1,95 @@
+"""Domain errors and their one mapping to gRPC status codes.
+
+Domain code raises these; servicers never build status codes themselves. Messages name the
+field and the rule so a user can fix the request without reading code.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+
+log = logging.getLogger("gpufleet.rpc")
+
+
+class FleetError(Exception):
+    """Base of errors a caller may see verbatim."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+
+class InvalidArgument(FleetError, ValueError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, field: str, rule: str) -> None:
+        super().__init__(f"{field}: {rule}")
+        self.field = field
+        self.rule = rule
+
+
+class NotFound(FleetError, LookupError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class FailedPrecondition(FleetError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ResourceExhausted(FleetError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(FleetError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class Unauthenticated(FleetError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(FleetError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _abort(context: grpc.ServicerContext, method: str, exc: BaseException) -> None:
+    if isinstance(exc, FleetError):
+        context.abort(exc.code, str(exc))
+    # Never leak str(exc) of an unexpected error: it may hold paths or secrets.
+    log.exception("rpc failed", extra={"fields": {"method": method}})
+    context.abort(grpc.StatusCode.INTERNAL, f"{method}: internal error (see the server log)")
+
+
+def rpc(fn: F) -> F:
+    """Map domain errors raised by a unary servicer method to gRPC status codes."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return fn(self, request, context)
+        except Exception as exc:  # noqa: BLE001 - one place maps every error
+            if isinstance(exc, grpc.RpcError) and not isinstance(exc, FleetError):
+                raise  # context.abort() raised it already
+            _abort(context, fn.__name__, exc)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def rpc_stream(fn: F) -> F:
+    """Like `rpc` for server-streaming methods (generators)."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            yield from fn(self, request, context)
+        except Exception as exc:  # noqa: BLE001
+            if isinstance(exc, grpc.RpcError) and not isinstance(exc, FleetError):
+                raise
+            _abort(context, fn.__name__, exc)
+
+    return wrapper  # type: ignore[return-value]

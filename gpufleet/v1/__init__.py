@@ -1,0 +1,1 @@
+"""Generated gRPC/protobuf stubs for the gpufleet.v1 API (scripts/genproto.py)."""
