@@ -1,0 +1,106 @@
+"""Protobuf <-> agent domain objects. The only agent module besides service.py that imports *_pb2."""
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from agent.gpus import GpuSample
+from agent.spec import JobSpec, MountSpec
+from agent.states import JobState
+from agent.store import JobRecord
+from gpufleet.v1 import common_pb2 as pb
+
+_JOB_TYPES = {pb.JOB_TYPE_UNSPECIFIED: "", pb.JOB_TYPE_TRAIN: "TRAIN", pb.JOB_TYPE_EVAL: "EVAL"}
+_JOB_TYPES_PB = {v: k for k, v in _JOB_TYPES.items()}
+
+
+def state_to_pb(state: JobState) -> int:
+    return int(pb.AgentJobState.Value("AGENT_JOB_STATE_" + state.value))
+
+
+def state_from_pb(value: int) -> JobState:
+    name = pb.AgentJobState.Name(value)
+    return JobState(name.removeprefix("AGENT_JOB_STATE_"))
+
+
+def ts(seconds: float | None) -> Timestamp | None:
+    if seconds is None:
+        return None
+    t = Timestamp()
+    t.FromNanoseconds(int(seconds * 1e9))
+    return t
+
+
+def spec_from_pb(s: pb.JobSpec) -> JobSpec:
+    if s.job_type not in _JOB_TYPES:
+        job_type = f"<{s.job_type}>"  # unknown enum number: validation names it
+    else:
+        job_type = _JOB_TYPES[s.job_type]
+    return JobSpec(
+        image=s.image, command=list(s.command), env=dict(s.env), output_dir=s.output_dir,
+        mounts=[MountSpec(m.source, m.target) for m in s.mounts], total_epoch=s.total_epoch,
+        val_interval=s.val_interval, params_json=s.params_json, job_type=job_type,
+        shm_size_bytes=s.shm_size_bytes, cpu_millis=s.resources.cpu_millis,
+        memory_bytes=s.resources.memory_bytes, workdir=s.workdir, user=s.user,
+    )
+
+
+def spec_to_pb(s: JobSpec) -> pb.JobSpec:
+    return pb.JobSpec(
+        image=s.image, command=s.command, env=s.env, output_dir=s.output_dir,
+        mounts=[pb.Mount(source=m.source, target=m.target) for m in s.mounts], total_epoch=s.total_epoch,
+        val_interval=s.val_interval, params_json=s.params_json,
+        job_type=_JOB_TYPES_PB.get(s.job_type, pb.JOB_TYPE_UNSPECIFIED), shm_size_bytes=s.shm_size_bytes,
+        resources=pb.Resources(cpu_millis=s.cpu_millis, memory_bytes=s.memory_bytes),
+        workdir=s.workdir, user=s.user,
+    )
+
+
+def probe_to_pb(v: dict[str, Any] | None) -> pb.ProbeResult | None:
+    if not v:
+        return None
+    return pb.ProbeResult(
+        completed=v.get("completed", False), reason=v.get("reason", ""), val_lines=v.get("val_lines", 0),
+        expected_lines=v.get("expected_lines", 0), checkpoints=v.get("checkpoints", 0),
+        best_checkpoint=v.get("best_checkpoint", ""), has_result_zip=v.get("has_result_zip", False),
+        metrics=[pb.MetricRow(split=m["split"], epoch=m["epoch"], values=m["values"]) for m in v.get("metrics", [])],
+        best_epoch=v.get("best_epoch", 0), best_metric_key=v.get("best_metric_key", ""),
+        best_metric_mode=v.get("best_metric_mode", ""),
+        latest_checkpoint_epoch=v.get("latest_checkpoint_epoch", 0),
+        latest_checkpoint=v.get("latest_checkpoint", ""), total_epoch=v.get("total_epoch", 0),
+    )
+
+
+def progress_to_pb(p: dict[str, Any] | None) -> pb.Progress | None:
+    if not p:
+        return None
+    return pb.Progress(current_epoch=p.get("current_epoch", 0), total_epoch=p.get("total_epoch", 0),
+                       last_metrics=p.get("metrics", {}), updated_at=ts(p.get("updated_at")))
+
+
+def job_to_pb(j: JobRecord, with_metrics: bool = True) -> pb.JobStatus:
+    probe = j.probe
+    if probe and not with_metrics:
+        probe = {**probe, "metrics": []}
+    out = pb.JobStatus(
+        job_id=j.job_id, attempt=j.attempt, state=state_to_pb(j.state), signal=j.signal,  # type: ignore[arg-type]
+        created_at=ts(j.created_at), started_at=ts(j.started_at), finished_at=ts(j.finished_at),
+        gpu_indices=j.gpu_indices, runtime=j.runtime, runtime_id=j.runtime_id, message=j.message,
+        probe=probe_to_pb(probe), progress=progress_to_pb(j.progress),
+        output_dir=j.spec.get("output_dir", ""), acknowledged=j.acknowledged, stop_requested=j.stop_requested,
+        job_type=_JOB_TYPES_PB.get(j.spec.get("job_type", ""), pb.JOB_TYPE_UNSPECIFIED),  # type: ignore[arg-type]
+    )
+    if j.exit_code is not None:
+        out.exit_code = j.exit_code
+    return out
+
+
+def gpu_to_pb(g: GpuSample, assigned: str = "") -> pb.GpuInfo:
+    return pb.GpuInfo(
+        index=g.index, uuid=g.uuid, name=g.name, utilization_gpu=g.utilization_gpu,
+        utilization_memory=g.utilization_memory, memory_used_bytes=g.memory_used_bytes,
+        memory_total_bytes=g.memory_total_bytes, temperature_c=g.temperature_c, power_w=g.power_w,
+        power_limit_w=g.power_limit_w, ecc_errors=g.ecc_errors, healthy=g.healthy, assigned_job_id=assigned,
+        health_reason=g.health_reason,
+    )

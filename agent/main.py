@@ -1,0 +1,161 @@
+"""`gpufleet-agent`: restore state, then serve gpufleet.v1.Agent until SIGTERM.
+
+Order matters (Nomad's lesson): the store is restored and every job re-attached *before* the
+server accepts a Launch, so a restart can never start a finished job again.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+from agent.gpus import GpuMonitor, open_gpu_source
+from agent.runtime.base import Runtime
+from agent.service import AgentService, add_to_server
+from agent.spec import Roots
+from agent.store import Store
+from agent.supervisor import Supervisor
+from gpufleet import config, sdnotify
+from gpufleet import log as flog
+from gpufleet.errors import FleetError, InvalidArgument
+from gpufleet.server import (
+    bind,
+    build_server,
+    check_listen_security,
+    enable_reflection,
+    server_credentials,
+    set_health,
+)
+
+log = logging.getLogger("gpufleet.agent")
+SERVICE = "gpufleet.v1.Agent"
+
+OPTIONS = [
+    config.Option("listen", "127.0.0.1:50051", "HOST:PORT to serve gpufleet.v1.Agent on"),
+    config.Option("state-dir", "/var/lib/gpufleet/agent", "where the agent keeps its SQLite store and job files"),
+    config.Option("runtime", "auto", "docker, process, or auto (docker when the engine answers)"),
+    config.Option("docker-host", "", "Docker engine URL (default: DOCKER_HOST or the local socket)"),
+    config.Option("gpus", "auto", "auto (NVML when present, else none), none, nvml, or fake:N"),
+    config.Option("gpu-sample-interval", 5.0, "seconds between GPU samples", float),
+    config.Option("output-root", "/var/lib/gpufleet/output", "the only host folder jobs may write to"),
+    config.Option("data-root", "/var/lib/gpufleet/data", "the only host folder jobs may read data from"),
+    config.Option("coordinator", "", "HOST:PORT of the coordinator to register with (optional)"),
+    config.Option("node-name", "", "name of this node in the fleet (default: host name)"),
+    config.Option("advertise", "", "HOST:PORT the coordinator should dial (default: --listen)"),
+    config.Option("labels", "", "node labels, key=value,key=value"),
+    config.Option("poll-interval", 0.5, "seconds between job observations", float),
+    config.Option("log-max-bytes", 64 * 1024 * 1024, "rotate a job's captured output at this size", int),
+    config.Option("tls-cert", "", "server certificate (PEM)"),
+    config.Option("tls-key", "", "server key (PEM)"),
+    config.Option("tls-ca", "", "CA that signs client certificates (enables mTLS)"),
+    config.Option("insecure", False, "allow plaintext gRPC on a non-loopback address", bool),
+    config.Option("log-level", "info", "debug, info, warning, error"),
+]
+
+
+def choose_runtime(name: str, state_dir: Path, node_name: str, docker_host: str) -> Runtime:
+    from agent.runtime.process import ProcessRuntime
+
+    if name not in ("auto", "docker", "process"):
+        raise InvalidArgument("--runtime", f"must be docker, process or auto, got {name!r}")
+    jobs_root = state_dir / "jobs"
+    if name == "process":
+        return ProcessRuntime(jobs_root)
+    from agent.runtime.docker import DockerRuntime
+
+    url = docker_host or None
+    if DockerRuntime.available(url):
+        return DockerRuntime(node_name, base_url=url)
+    if name == "docker":
+        raise InvalidArgument("--runtime", "docker was asked for but no Docker engine answers")
+    log.info("runtime.auto", extra={"fields": {"chosen": "process", "why": "no Docker engine answers"}})
+    return ProcessRuntime(jobs_root)
+
+
+def base_env() -> dict[str, str]:
+    """The environment every process-runtime job starts from (never the agent's secrets)."""
+    keep = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "USER")
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    return env
+
+
+def run(argv: list[str] | None = None) -> int:
+    opts = config.parse("gpufleet-agent", "gpufleet agent: runs jobs on this GPU host", OPTIONS, argv)
+    flog.setup(opts.log_level)
+    tls = bool(opts.tls_cert and opts.tls_key)
+    check_listen_security(opts.listen, opts.insecure, tls)
+    state_dir = config.state_path(opts.state_dir)
+    roots = Roots(config.state_path(opts.output_root), config.state_path(opts.data_root), state_dir / "jobs")
+    for p in (state_dir, roots.output_root, roots.data_root, roots.jobs_root):
+        p.mkdir(parents=True, exist_ok=True)
+    node_name = opts.node_name or socket.gethostname()
+
+    store = Store(state_dir / "agent.db")
+    monitor = GpuMonitor(open_gpu_source(opts.gpus), interval=opts.gpu_sample_interval)
+    monitor.start()
+    runtime = choose_runtime(opts.runtime, state_dir, node_name, opts.docker_host)
+    sup = Supervisor(store, runtime, monitor, roots, base_env=base_env(), poll_interval=opts.poll_interval,
+                     log_max_bytes=opts.log_max_bytes)
+    sup.restore()
+
+    server, hs = build_server()
+    service = AgentService(sup, monitor, node_name)
+    add_to_server(service, server)
+    enable_reflection(server, [SERVICE])
+    creds = server_credentials(opts.tls_cert, opts.tls_key, opts.tls_ca) if tls else None
+    port = bind(server, opts.listen, creds)
+    server.start()
+    sup.start()
+    set_health(hs, [SERVICE], True)
+    host, _ = config.split_hostport(opts.listen, "--listen")
+    (state_dir / "agent.addr").write_text(f"{host}:{port}\n")
+    flog.event(log, "agent.ready", listen=f"{host}:{port}", runtime=runtime.name, gpus=monitor.source.kind,
+               node=node_name, jobs=len(store.live_jobs()))
+
+    registrar = None
+    if opts.coordinator:
+        from agent.registrar import Registrar
+
+        registrar = Registrar(opts.coordinator, service, advertise=opts.advertise or f"{host}:{port}",
+                              labels=opts.labels)
+        registrar.start()
+
+    stop = threading.Event()
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, lambda *_: stop.set())
+    sdnotify.notify("READY=1\nSTATUS=serving")
+    wd = sdnotify.watchdog_interval()
+    while not stop.wait(min(wd or 1.0, 1.0)):
+        healthy = store.ping() and sup.runtime_ok and time.monotonic() - sup.last_tick_ok < 30
+        set_health(hs, [SERVICE], healthy)
+        if wd and healthy:
+            sdnotify.notify("WATCHDOG=1")
+    # Jobs keep running: only the agent stops. They are re-attached on the next start.
+    sdnotify.notify("STOPPING=1")
+    set_health(hs, [SERVICE], False)
+    if registrar:
+        registrar.close()
+    server.stop(grace=2).wait()
+    sup.close()
+    monitor.stop()
+    store.close()
+    flog.event(log, "agent.stopped")
+    return 0
+
+
+def main() -> None:
+    try:
+        sys.exit(run())
+    except FleetError as exc:
+        print(f"gpufleet-agent: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,319 @@
+"""Dataset staging: hardlink a request's sample files into <data-root>/tmp/<stage_id>/<split>/<part>/.
+
+Invariants:
+- Nothing outside the data root is read and nothing outside <data-root>/tmp/<stage_id> is written.
+- All input is validated before anything is created: a bad request leaves the disk unchanged.
+- Only os.link / os.replace / zipfile touch files; never a shell (the old system's `ln` calls
+  broke on names with spaces and could be made to run anything).
+- Placing a file is atomic (link to a temp name, then os.replace), so a reader never sees a
+  half-replaced destination and a crash leaves either the old or the new file.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import re
+import secrets
+import shutil
+import stat
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from gpufleet.errors import FailedPrecondition, InvalidArgument
+from gpufleet.paths import relative_under
+
+SPLITS = ("train", "val", "test")
+PARTS = ("input1", "input2", "label", "label_json")  # compare image, target image, label, geojson
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", re.ASCII)
+_DRIVE = re.compile(r"[A-Za-z]:")
+_SAFE_ZIP_METHODS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA})
+_MAX_WARNINGS = 100
+
+
+@dataclass
+class StageLinkSpec:
+    split: str
+    dataset_id: str = ""
+    input1: str = ""
+    input2: str = ""
+    label: str = ""
+    label_json: str = ""
+
+
+@dataclass
+class StageResult:
+    stage_dir: Path
+    made: int
+    skipped: int
+    extracted: int
+    counts: dict[str, int]
+    warnings: list[str]
+
+
+@dataclass
+class _Item:
+    """One validated source and where it goes."""
+
+    where: str  # e.g. "links[3].input1", for messages
+    rel: str  # as the caller wrote it
+    src: Path  # resolved, a regular file under the data root
+    part_dir: Path
+    dest_name: str  # file name, or folder name for a zip
+    key: str  # "split/part"
+    zip_entries: list[zipfile.ZipInfo] = field(default_factory=list)
+    is_zip: bool = False
+
+
+def stage_dataset(data_root: Path, stage_id: str, links: list[StageLinkSpec],
+                  max_links: int = 100_000) -> StageResult:
+    root = data_root.resolve()
+    if not _ID.fullmatch(stage_id):
+        raise InvalidArgument("stage_id", f"must match {_ID.pattern}, got {stage_id!r}")
+    if not links:
+        raise InvalidArgument("links", "must name at least one link")
+    if len(links) > max_links:
+        raise InvalidArgument("links", f"at most {max_links} links per request, got {len(links)}")
+    if not root.is_dir():
+        raise FailedPrecondition(f"StageDataset: the data root {root} is not a directory")
+    tmp = root / "tmp"
+    stage_dir = tmp / stage_id
+
+    items, missing = _plan(root, tmp, stage_dir, links)
+    _check_devices(items)
+    _check_zip_space(items)
+
+    made = skipped = extracted = already = 0
+    counts: dict[str, int] = {}
+    warnings = [f"{f}: source {rel!r} does not exist; skipped" for f, rel in missing]
+    skipped += len(missing)
+    placed: dict[Path, str] = {}  # destination -> field that put it there in this request
+    expected_tmp = tmp.resolve()
+    for item in items:
+        _make_dir(item.part_dir, expected_tmp / stage_id / item.key)
+        dest = item.part_dir / item.dest_name
+        if item.is_zip:
+            counts[item.key] = counts.get(item.key, 0) + _extract(item, dest)
+            extracted += 1
+            continue
+        earlier = placed.get(dest)
+        result = _place(item, dest)
+        if result == "missing":  # vanished since validation
+            warnings.append(f"{item.where}: source {item.rel!r} does not exist; skipped")
+            skipped += 1
+        elif result == "same":
+            already += 1
+            skipped += 1
+        else:
+            made += 1
+            counts[item.key] = counts.get(item.key, 0) + 1
+            if earlier is not None:
+                warnings.append(f"{item.where}: replaced the file {earlier} staged at "
+                                f"{item.key}/{item.dest_name}")
+        placed[dest] = item.where
+
+    if made == 0 and extracted == 0 and already == 0:
+        # A repeated request whose files are all in place is a success, not "nothing staged".
+        reasons = "; ".join(warnings[:10]) or "no link named a file"
+        raise FailedPrecondition(f"StageDataset: no file was staged: {reasons}")
+    if already:
+        warnings.append(f"{already} file(s) were already staged (same file); left as they were")
+    if len(warnings) > _MAX_WARNINGS:
+        warnings = warnings[:_MAX_WARNINGS] + [f"... and {len(warnings) - _MAX_WARNINGS} more"]
+    return StageResult(stage_dir, made, skipped, extracted, counts, warnings)
+
+
+def _plan(root: Path, tmp: Path, stage_dir: Path,
+          links: list[StageLinkSpec]) -> tuple[list[_Item], list[tuple[str, str]]]:
+    """Validate every link; return what to place and the (field, path) of missing sources."""
+    tmp_resolved = tmp.resolve()
+    items: list[_Item] = []
+    missing: list[tuple[str, str]] = []
+    for i, link in enumerate(links):
+        where = f"links[{i}]"
+        if link.split not in SPLITS:
+            raise InvalidArgument(f"{where}.split", f"must be one of train, val, test, got {link.split!r}")
+        if link.dataset_id and not _ID.fullmatch(link.dataset_id):
+            raise InvalidArgument(f"{where}.dataset_id",
+                                  f"must match {_ID.pattern}, got {link.dataset_id!r}")
+        parts = [(p, getattr(link, p)) for p in PARTS if getattr(link, p)]
+        if not parts:
+            raise InvalidArgument(where, "names no file: set input1, input2, label or label_json")
+        for part, rel in parts:
+            name = f"{where}.{part}"
+            src = relative_under(root, rel, name)
+            if src == tmp_resolved or tmp_resolved in src.parents or src == root:
+                raise InvalidArgument(name, f"must not be the data root or under its tmp/ folder ({rel!r})")
+            try:
+                # lstat of the path as written: a symlink as the last component is refused even
+                # when it points inside the root (a link to a link would stage the wrong file).
+                st = os.lstat(root / rel)
+            except FileNotFoundError:
+                missing.append((name, rel))
+                continue
+            except NotADirectoryError as exc:
+                raise InvalidArgument(name, f"a parent of {rel!r} is not a directory") from exc
+            if stat.S_ISLNK(st.st_mode):
+                raise InvalidArgument(name, f"must be a regular file, {rel!r} is a symlink")
+            if not stat.S_ISREG(st.st_mode):
+                raise InvalidArgument(name, f"must be a regular file, {rel!r} is not")
+            base = src.name
+            is_zip = base.lower().endswith(".zip")
+            if is_zip:
+                base = base[: -len(".zip")] or "zip"
+            dest_name = f"{link.dataset_id}__{base}" if link.dataset_id else base
+            if len(os.fsencode(dest_name)) > 255:
+                raise InvalidArgument(name, f"destination name {dest_name!r} is longer than 255 bytes")
+            item = _Item(name, rel, src, stage_dir / link.split / part, dest_name, f"{link.split}/{part}",
+                         is_zip=is_zip)
+            if is_zip:
+                item.zip_entries = _zip_entries(item)
+            items.append(item)
+    return items, missing
+
+
+def _zip_entries(item: _Item) -> list[zipfile.ZipInfo]:
+    """Every entry of the zip, refusing any that could write outside its folder or is not data."""
+    try:
+        with zipfile.ZipFile(item.src) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise InvalidArgument(item.where, f"{item.rel!r} is not a readable zip file ({exc})") from exc
+    for info in infos:
+        entry = info.filename
+        parts = re.split(r"[/\\]", entry)
+        # zipfile would itself strip "../" and leading "/", but silently; refuse so the user knows
+        # the archive is hostile or broken instead of getting a surprising layout.
+        if entry.startswith(("/", "\\")) or _DRIVE.match(entry) or ".." in parts or "\x00" in entry:
+            raise InvalidArgument(item.where, f"zip {item.rel!r}: entry {entry!r} escapes its folder")
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise InvalidArgument(item.where, f"zip {item.rel!r}: entry {entry!r} is a symlink")
+        if info.flag_bits & 0x1:
+            raise InvalidArgument(item.where, f"zip {item.rel!r}: entry {entry!r} is encrypted")
+        if info.compress_type not in _SAFE_ZIP_METHODS:
+            raise InvalidArgument(item.where, f"zip {item.rel!r}: entry {entry!r} uses an unsupported "
+                                              f"compression method ({info.compress_type})")
+    return infos
+
+
+def _existing_ancestor(path: Path) -> Path:
+    while not os.path.lexists(path):
+        path = path.parent
+    return path
+
+
+def _check_devices(items: list[_Item]) -> None:
+    """Hardlinks cannot cross file systems; say so before creating anything."""
+    devices: dict[Path, int] = {}
+    for item in items:
+        if item.is_zip:
+            continue  # extracted by copying: any file system will do
+        anchor = _existing_ancestor(item.part_dir)
+        if anchor not in devices:
+            devices[anchor] = os.stat(anchor).st_dev
+        if os.stat(item.src).st_dev != devices[anchor]:
+            raise FailedPrecondition(
+                f"StageDataset: {item.where}: source {item.src} and destination {item.part_dir} are on "
+                f"different file systems; hardlinks cannot cross file systems (put <data-root>/tmp on "
+                f"the same file system as the data)")
+
+
+def _check_zip_space(items: list[_Item]) -> None:
+    need: dict[Path, int] = {}
+    for item in items:
+        if item.is_zip:
+            anchor = _existing_ancestor(item.part_dir)
+            need[anchor] = need.get(anchor, 0) + sum(i.file_size for i in item.zip_entries)
+            free = shutil.disk_usage(anchor).free
+            if need[anchor] > free:
+                raise FailedPrecondition(f"StageDataset: {item.where}: extracting {item.rel!r} needs "
+                                         f"{need[anchor]} bytes, {anchor} has {free} free")
+
+
+def _make_dir(path: Path, expected: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    # A symlink planted inside tmp/ must not redirect our writes elsewhere.
+    if path.resolve() != expected:
+        raise FailedPrecondition(f"StageDataset: {path} resolves to {path.resolve()}; refusing to write "
+                                 f"through a link")
+
+
+def _temp_name(folder: Path) -> Path:
+    return folder / f".gpufleet-{secrets.token_hex(8)}.tmp"
+
+
+def _place(item: _Item, dest: Path) -> str:
+    """Hardlink item.src at dest: "made", "same" (already that file) or "missing"."""
+    try:
+        src_st = os.stat(item.src)
+    except FileNotFoundError:
+        return "missing"
+    try:
+        if os.path.samestat(src_st, os.lstat(dest)):
+            # Also required for correctness: rename() of two links to one inode is a no-op
+            # that would leave the temp name behind.
+            return "same"
+    except FileNotFoundError:
+        pass
+    temp = _temp_name(item.part_dir)
+    try:
+        os.link(item.src, temp)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        if exc.errno == errno.EXDEV:  # the file systems changed since the check
+            raise FailedPrecondition(
+                f"StageDataset: {item.where}: cannot hardlink {item.src} to {dest}: hardlinks cannot "
+                f"cross file systems") from exc
+        raise
+    try:
+        os.replace(temp, dest)
+    except OSError as exc:
+        _unlink_quietly(temp)
+        raise FailedPrecondition(f"StageDataset: {item.where}: cannot place {item.src} at {dest}: "
+                                 f"{exc.strerror}") from exc
+    return "made"
+
+
+def _extract(item: _Item, folder: Path) -> int:
+    """Extract the validated entries into folder; return the number of files written.
+
+    Existing files of the same name are replaced (atomically); others in the folder are kept.
+    """
+    folder.mkdir(exist_ok=True)
+    expected = folder.resolve()
+    if folder.is_symlink() or not folder.is_dir():
+        raise FailedPrecondition(f"StageDataset: {item.where}: {folder} exists and is not a folder")
+    files = 0
+    with zipfile.ZipFile(item.src) as zf:
+        for info in item.zip_entries:
+            rel = PurePosixPath(info.filename.replace("\\", "/"))
+            parts = [p for p in rel.parts if p not in ("", ".")]
+            if not parts:
+                continue
+            target = folder.joinpath(*parts)
+            if info.is_dir():
+                _make_dir(target, expected.joinpath(*parts))
+                continue
+            _make_dir(target.parent, expected.joinpath(*parts[:-1]))
+            temp = _temp_name(target.parent)
+            try:
+                with zf.open(info) as src, open(temp, "xb") as dst:
+                    shutil.copyfileobj(src, dst, 1024 * 1024)
+                os.replace(temp, target)
+            except (zipfile.BadZipFile, EOFError) as exc:
+                _unlink_quietly(temp)
+                raise InvalidArgument(item.where, f"zip {item.rel!r}: entry {info.filename!r} is corrupt "
+                                                  f"({exc})") from exc
+            except BaseException:
+                _unlink_quietly(temp)
+                raise
+            files += 1
+    return files
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

@@ -1,0 +1,70 @@
+"""What both daemons share: building a gRPC server with health, reflection and (m)TLS."""
+from __future__ import annotations
+
+import logging
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gpufleet.config import is_loopback, split_hostport
+from gpufleet.errors import InvalidArgument
+from gpufleet.log import event
+
+log = logging.getLogger("gpufleet.server")
+
+
+def check_listen_security(listen: str, insecure: bool, tls: bool) -> None:
+    """Refuse plaintext on a non-loopback address unless --insecure says so explicitly."""
+    host, _ = split_hostport(listen, "--listen")
+    if tls:
+        return
+    if not is_loopback(host) and not insecure:
+        raise InvalidArgument(
+            "--listen",
+            f"{listen} is not a loopback address and no TLS is configured; give --tls-cert/--tls-key/--tls-ca "
+            "(mTLS) or, on a trusted network only, --insecure",
+        )
+    if not is_loopback(host):
+        event(log, "insecure.listen", logging.WARNING, listen=listen,
+              detail="plaintext gRPC on a non-loopback address: anyone who can reach it controls jobs")
+
+
+def server_credentials(cert: str, key: str, ca: str) -> grpc.ServerCredentials:
+    return grpc.ssl_server_credentials(
+        [(Path(key).read_bytes(), Path(cert).read_bytes())],
+        root_certificates=Path(ca).read_bytes() if ca else None,
+        require_client_auth=bool(ca),
+    )
+
+
+def build_server(max_workers: int = 32) -> tuple[grpc.Server, health.HealthServicer]:
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
+        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 32 * 1024 * 1024)],
+    )
+    hs = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(hs, server)
+    return server, hs
+
+
+def enable_reflection(server: grpc.Server, service_names: list[str]) -> None:
+    reflection.enable_server_reflection([*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+
+
+def bind(server: grpc.Server, listen: str, creds: grpc.ServerCredentials | None) -> int:
+    try:
+        port = server.add_secure_port(listen, creds) if creds else server.add_insecure_port(listen)
+    except RuntimeError as exc:
+        raise InvalidArgument("--listen", f"cannot listen on {listen}: {exc}") from None
+    if port == 0:
+        raise InvalidArgument("--listen", f"cannot listen on {listen} (address in use or not local)")
+    return port
+
+
+def set_health(hs: health.HealthServicer, services: list[str], ok: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ["", *services]:
+        hs.set(name, status)

@@ -1,0 +1,152 @@
+"""Live progress parsing: the line formats trainers print, and a byte stream that arrives in pieces."""
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.progress import MAX_BUFFER, ProgressState, ProgressTracker, parse_line
+
+
+@pytest.mark.parametrize(
+    ("line", "want"),
+    [
+        ("Epoch 3/50", (3, 50, {})),
+        ("epoch 3/50 loss=0.41", (3, 50, {"loss": 0.41})),
+        ("[Epoch 3/50] loss: 0.41 val_loss: 0.52", (3, 50, {"loss": 0.41, "val_loss": 0.52})),
+        ("epoch=3 loss=0.41 val_loss=0.52", (3, None, {"loss": 0.41, "val_loss": 0.52})),
+        ("Epoch: 3 / 50", (3, 50, {})),
+        ("epoch 3 of 50", (3, 50, {})),
+        ("EPOCH [7/120] acc: 95.1%", (7, 120, {"acc": 95.1})),
+        ("Epoch 3/50: 100%|##########| 120/120 [00:10<00:00, 11.2it/s, loss=0.4]", (3, 50, {"loss": 0.4})),
+        ("Epoch 3/50:  45%|████▌     | 54/120 [00:04<00:05, 12.1it/s, loss=0.43]", (3, 50, {"loss": 0.43})),
+        ("Epoch 4:", (4, None, {})),
+        ("\x1b[2K\x1b[32mEpoch 6/8\x1b[0m loss=\x1b[1m0.2\x1b[0m", (6, 8, {"loss": 0.2})),
+        ("epoch=3 total_epoch=50", (3, 50, {})),
+        ("Epoch=2 Total=9 lr=1e-3 grad_norm=-2.5E+01", (2, 9, {"lr": 0.001, "grad_norm": -25.0})),
+        ("train/loss=0.3 val/mAP@0.5=0.7 top-1: .5", (None, None, {"train/loss": 0.3, "top-1": 0.5})),
+        # metrics without an epoch update metrics only
+        ("step 100 loss=0.25", (None, None, {"loss": 0.25})),
+        # nan/inf and values with units or clock times are not metrics
+        ("loss=nan acc=inf lr=1e999 time: 3.2s eta: 0:00:12 ok=1", (None, None, {"ok": 1.0})),
+        # the epoch word alone, "epochs", "total_epoch" and fractional epochs do not set the epoch
+        ("training for 50 epochs", None),
+        ("epochs=50", (None, 50, {})),
+        ("epoch=2.5", None),
+        ("epoch 12345678901/3", None),
+        ("", None),
+        ("INFO loading /data/train (1234 files)", None),
+        ("12:00:01 started", None),
+        ("http://host:8080/path", None),
+    ],
+)
+def test_parse_line(line: str, want: tuple[int | None, int | None, dict[str, float]] | None) -> None:
+    assert parse_line(line) == want
+
+
+def test_keys_are_bounded() -> None:
+    long_key = "k" * 65
+    assert parse_line(f"{long_key}=1") is None
+    assert parse_line(f"{'k' * 64}=1") == (None, None, {"k" * 64: 1.0})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_parse_line_never_raises(line: str) -> None:
+    result = parse_line(line)
+    assert result is None or (isinstance(result, tuple) and len(result) == 3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=300), max_size=20))
+def test_tracker_never_raises_on_any_bytes(chunks: list[bytes]) -> None:
+    tracker = ProgressTracker()
+    for i, chunk in enumerate(chunks):
+        tracker.feed(chunk, float(i))
+    tracker.flush(99.0)
+    assert tracker.state.current_epoch >= 0 and len(tracker.state.metrics) <= 32
+
+
+def test_partial_lines_across_feeds() -> None:
+    tracker = ProgressTracker()
+    assert tracker.feed(b"[Epo", 1.0) is False
+    assert tracker.feed(b"ch 3/5", 2.0) is False
+    assert tracker.state == ProgressState()
+    assert tracker.feed(b"0] loss: 0.4", 3.0) is False
+    assert tracker.feed(b"1\nnext", 4.0) is True
+    assert tracker.state == ProgressState(3, 50, {"loss": 0.41}, 4.0)
+
+
+def test_tqdm_carriage_returns_and_crlf() -> None:
+    tracker = ProgressTracker()
+    stream = b"Epoch 1/3:  50%|#  | 1/2 [loss=0.9]\rEpoch 1/3: 100%|## | 2/2 [loss=0.8]\r\n"
+    assert tracker.feed(stream, 5.0) is True
+    assert tracker.state == ProgressState(1, 3, {"loss": 0.8}, 5.0)
+
+
+def test_metrics_merge_and_the_state_reports_no_change_for_repeats() -> None:
+    tracker = ProgressTracker()
+    assert tracker.feed(b"Epoch 2/10 loss=0.5\n", 1.0)
+    assert tracker.feed(b"val_loss=0.6\n", 2.0)
+    assert tracker.state.metrics == {"loss": 0.5, "val_loss": 0.6}
+    assert tracker.feed(b"Epoch 2/10 loss=0.5\nunrelated chatter\n", 3.0) is False
+    assert tracker.state.updated_at == 2.0
+    assert tracker.feed(b"Epoch 3/10\n", 4.0)
+    assert (tracker.state.current_epoch, tracker.state.metrics["val_loss"]) == (3, 0.6)
+
+
+def test_invalid_utf8_and_garbage_do_not_hide_progress() -> None:
+    tracker = ProgressTracker()
+    assert tracker.feed(b"\xff\xfe\x00garbage\x80\n\x1b[2KEpoch 5/9 \xc3( loss=0.3\n", 1.0)
+    assert tracker.state == ProgressState(5, 9, {"loss": 0.3}, 1.0)
+
+
+def test_over_long_line_is_dropped_whole() -> None:
+    tracker = ProgressTracker()
+    assert tracker.feed(b"x" * (MAX_BUFFER + 1), 1.0) is False
+    # The end of the over-long line must not be read as a line of its own.
+    assert tracker.feed(b"Epoch 9/9\nEpoch 2/4\n", 2.0) is True
+    assert (tracker.state.current_epoch, tracker.state.total_epoch) == (2, 4)
+    assert len(tracker._buf) == 0
+
+
+def test_buffer_is_capped() -> None:
+    tracker = ProgressTracker()
+    for _ in range(100):
+        tracker.feed(b"y" * 4096, 1.0)
+    assert len(tracker._buf) <= MAX_BUFFER
+
+
+def test_max_metrics_keeps_the_first_keys() -> None:
+    tracker = ProgressTracker(max_metrics=2)
+    tracker.feed(b"a=1 b=2 c=3\n", 1.0)
+    tracker.feed(b"d=4 a=5\n", 2.0)
+    assert tracker.state.metrics == {"a": 5.0, "b": 2.0}
+
+
+def test_flush_parses_the_last_unterminated_line() -> None:
+    tracker = ProgressTracker(ProgressState(current_epoch=1, total_epoch=2))
+    tracker.feed(b"Epoch 2/2 loss=0.1", 1.0)
+    assert tracker.state.current_epoch == 1
+    assert tracker.flush(2.0) is True
+    assert tracker.state == ProgressState(2, 2, {"loss": 0.1}, 2.0)
+    assert tracker.flush(3.0) is False
+
+
+def test_parsing_is_fast() -> None:
+    # A generous bound (typical is a few µs a line): catches a regex that backtracks badly.
+    lines = [
+        "Epoch 3/50: 100%|██████████| 120/120 [00:10<00:00, 11.2it/s, loss=0.4, acc=0.9]",
+        "[Epoch 3/50] loss: 0.41 val_loss: 0.52",
+        "INFO loading data from /data/train",
+        "a" * 4000 + ":" + "=" * 4000,
+    ]
+    n = 2000
+    start = time.perf_counter()
+    for _ in range(n):
+        for line in lines:
+            parse_line(line)
+    per_line = (time.perf_counter() - start) / (n * len(lines))
+    assert per_line < 200e-6
