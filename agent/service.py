@@ -93,9 +93,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                                    request.params_json, request.best_metric_key, request.best_metric_mode)
         else:
             raise InvalidArgument("job_id", "give job_id or output_dir")
-        import dataclasses
-
-        return convert.probe_to_pb(dataclasses.asdict(v)) or pb.ProbeResult()
+        return convert.probe_to_pb(v) or pb.ProbeResult()
 
     @rpc
     def GetNode(self, request: apb.GetNodeRequest, context: Any) -> apb.NodeInfo:

@@ -26,7 +26,7 @@ from agent.spec import JobSpec, Roots, check_job_id, validate
 from agent.states import LIVE, JobState, ended_state
 from agent.store import Event, JobRecord, Store
 from gpufleet import failpoints
-from gpufleet.errors import FailedPrecondition, InvalidArgument, NotFound
+from gpufleet.errors import FailedPrecondition, InvalidArgument
 from gpufleet.log import event
 
 log = logging.getLogger("gpufleet.agent")
@@ -262,18 +262,19 @@ class Supervisor:
             event(log, "job.acknowledged", job_id=job_id, attempt=attempt)
             return dropped
 
-    def probe_job(self, job_id: str, best_key: str = "", best_mode: str = "") -> probe_mod.ProbeVerdict:
+    def probe_job(self, job_id: str, best_key: str = "", best_mode: str = "") -> dict[str, Any]:
         job = self.inspect(job_id)
         return self._probe(job, best_key, best_mode)
 
     def probe_dir(self, output_dir: str, total_epoch: int, val_interval: int, params_json: str,
-                  best_key: str = "", best_mode: str = "") -> probe_mod.ProbeVerdict:
+                  best_key: str = "", best_mode: str = "") -> dict[str, Any]:
         from gpufleet.paths import relative_under
 
         folder = relative_under(self.roots.output_root, output_dir, "output_dir")
         if total_epoch < 0 or val_interval < 0:
             raise InvalidArgument("total_epoch" if total_epoch < 0 else "val_interval", "must be >= 0")
-        return probe_mod.probe_outputs(folder, total_epoch, val_interval or 1, params_json, best_key, best_mode)
+        verdict = probe_mod.probe_outputs(folder, total_epoch, val_interval, params_json, best_key, best_mode)
+        return dataclasses.asdict(verdict)
 
     def logs(self, job_id: str, follow: bool, tail_lines: int) -> Iterator[bytes]:
         job = self.inspect(job_id)
@@ -371,7 +372,7 @@ class Supervisor:
         spec = JobSpec.from_dict(job.spec)
         folder = self.roots.output_root / spec.output_dir
         verdict = probe_mod.probe_outputs(
-            folder, spec.total_epoch, spec.val_interval or 1, spec.params_json, best_key, best_mode
+            folder, spec.total_epoch, spec.val_interval, spec.params_json, best_key, best_mode
         )
         return dataclasses.asdict(verdict)
 
@@ -445,9 +446,3 @@ def _tail(data: bytes, lines: int) -> bytes:
         return data
     return b"".join(data.splitlines(keepends=True)[-lines:])
 
-
-def require_known(store: Store, job_id: str) -> None:
-    store.get(job_id)  # raises NotFound
-
-
-__all__ = ["Supervisor", "NotFound"]

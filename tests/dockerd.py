@@ -11,6 +11,7 @@ Load it with `pytest_plugins = ["tests.dockerd"]` in tests/conftest.py (or `-p t
 When no engine can be had the docker tests are skipped with the reason, except under CI=true,
 where they fail: CI must really exercise docker.
 """
+
 from __future__ import annotations
 
 import io
@@ -21,7 +22,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
@@ -51,7 +52,6 @@ class Dockerd:
     root: Path | None = None
     log_path: Path | None = None
     storage_driver: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 def _unavailable(reason: str) -> NoReturn:
@@ -229,7 +229,9 @@ def _tiny_rootfs_tar() -> bytes:
             link.linkname = "busybox"
             link.mtime = now
             tar.addfile(link)
-        add_file(tar, "etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
+        add_file(
+            tar, "etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"
+        )
         add_file(tar, "etc/group", b"root:x:0:\nnogroup:x:65534:\n")
     return buf.getvalue()
 

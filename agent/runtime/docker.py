@@ -18,6 +18,7 @@ Decisions worth knowing:
 - Nothing is pulled: no registry is reachable from the fleet's hosts, and a silent pull of a
   wrong image is worse than a clear error.
 """
+
 from __future__ import annotations
 
 import calendar
@@ -47,9 +48,7 @@ OUTPUT_TARGET = "/output"
 # Docker's own rule for container names; checked up front so a bad job id gives our message.
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 # RFC 3339 as docker writes it: nanoseconds with trailing zeros trimmed, normally UTC ("Z").
-_TS_RE = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})$"
-)
+_TS_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})$")
 # Everything that means "the engine did not answer properly" (socket gone, timeout, HTTP error).
 _ENGINE_ERRORS: tuple[type[BaseException], ...] = (
     docker.errors.DockerException,
@@ -293,7 +292,9 @@ class DockerRuntime:
 
     def _create(self, plan: LaunchPlan, name: str) -> str:
         mounts = [Mount(target=OUTPUT_TARGET, source=str(plan.output_dir), type="bind", read_only=False)]
-        mounts += [Mount(target=target, source=str(src), type="bind", read_only=True) for src, target in plan.mounts]
+        mounts += [
+            Mount(target=target, source=str(src), type="bind", read_only=True) for src, target in plan.mounts
+        ]
         device_requests = None
         if plan.real_gpus and plan.gpu_indices:
             device_requests = [
@@ -374,7 +375,7 @@ class DockerRuntime:
         listed: dict[str, str] = {row["Id"]: str(row.get("State", "")) for row in rows}
         # Forget running containers that are gone, so the cache stays as small as the host.
         # (Built apart and swapped in one assignment: other threads may be reading it.)
-        started_at = {cid: t for cid, t in self._started_at.items() if listed.get(cid) == "running"}
+        started_at = {cid: t for cid, t in list(self._started_at.items()) if listed.get(cid) == "running"}
         out: list[Observation] = []
         for handle, job_dir in items:
             cid = handle.runtime_id
@@ -424,7 +425,7 @@ class DockerRuntime:
                 if exc.status_code == 409 and "already in progress" in _explain(exc):
                     return
                 raise
-        self._started_at.pop(handle.runtime_id, None)
+        # (Its cached StartedAt, if any, goes at the next observe_many: it is no longer listed.)
 
     # ---- logs ---------------------------------------------------------------------------------
 

@@ -42,7 +42,8 @@ def val_csv(rows: int, header: str = "epoch,val_loss") -> str:
         ({"val.csv": "epoch,val_loss\n1,0.5\n\n2,0.4\n   \n\t\n3,0.3\n\n"}, 3, 1, True, "ok"),
         ({"val.csv": "epoch,val_loss\r\n1,0.5\r\n2,0.4\r\n\r\n"}, 2, 1, True, "ok"),
         # the contract check's own fixture: 2 of 3 rows and a trailing blank line
-        ({"val.csv": "epoch,val_loss\n1,0.5\n2,0.4\n\n"}, 3, 1, False, "val.csv-lines-mismatch lines=2 expected=3"),
+        ({"val.csv": "epoch,val_loss\n1,0.5\n2,0.4\n\n"}, 3, 1, False,
+         "val.csv-lines-mismatch lines=2 expected=3"),
     ],
 )
 def test_verdict_reasons(tmp_path: Path, files: dict[str, str] | None, total_epoch: int, val_interval: int,
@@ -177,7 +178,8 @@ def test_metrics_are_reported_without_total_epoch(tmp_path: Path) -> None:
     ("val", "key", "mode", "want"),
     [
         # default: lowest val_loss, then loss
-        ("epoch,val_loss,loss,acc\n1,0.5,0.1,0.9\n2,0.3,0.2,0.8\n3,0.4,0.05,0.95\n", "", "", (2, "val_loss", "min")),
+        ("epoch,val_loss,loss,acc\n1,0.5,0.1,0.9\n2,0.3,0.2,0.8\n3,0.4,0.05,0.95\n", "", "",
+         (2, "val_loss", "min")),
         ("epoch,loss,acc\n1,0.5,0.9\n2,0.6,0.8\n", "", "", (1, "loss", "min")),
         ("epoch,Val_Loss\n1,0.5\n2,0.2\n", "", "", (2, "Val_Loss", "min")),
         # else highest accuracy-like column
@@ -251,7 +253,8 @@ def test_checkpoint_table(tmp_path: Path, names: list[str], checkpoints: int, be
 
 def test_rows_are_capped_but_val_lines_are_all_counted(tmp_path: Path) -> None:
     rows = 150_000
-    write(tmp_path, "val.csv", "epoch,val_loss,acc\n" + "".join(f"{i},{1 / i:.6f},0.5\n" for i in range(1, rows + 1)))
+    body = "".join(f"{i},{1 / i:.6f},0.5\n" for i in range(1, rows + 1))
+    write(tmp_path, "val.csv", "epoch,val_loss,acc\n" + body)
     verdict = probe_outputs(tmp_path, total_epoch=rows)
     assert verdict.reason == "ok" and verdict.val_lines == rows
     assert len(verdict.metrics) == 100_000

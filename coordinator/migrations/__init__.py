@@ -1,0 +1,1 @@
+"""Alembic migrations of the coordinator's database (run by coordinator.db.engine.migrate)."""

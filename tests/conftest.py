@@ -1,0 +1,48 @@
+"""Shared fixtures: real dockerd + tiny image (tests.dockerd), PostgreSQL (tests.postgres), agents."""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import AgentProc
+
+pytest_plugins = ["tests.dockerd"] + (
+    ["tests.postgres"] if (Path(__file__).parent / "postgres.py").exists() else []
+)
+
+PY = sys.executable
+
+
+@pytest.fixture
+def agent_factory(tmp_path: Path) -> Iterator[Callable[..., AgentProc]]:
+    """Start real agent processes; every one is killed and its jobs cleaned up at the end."""
+    made: list[AgentProc] = []
+
+    def make(name: str = "a", start: bool = True, **kw: object) -> AgentProc:
+        a = AgentProc(tmp_path / name, **kw)  # type: ignore[arg-type]
+        made.append(a)
+        return a.start() if start else a
+
+    yield make
+    for a in made:
+        a.kill()
+        a.cleanup_jobs()
+
+
+@pytest.fixture
+def agent(agent_factory: Callable[..., AgentProc]) -> AgentProc:
+    """One agent, process runtime, 4 fake GPUs."""
+    return agent_factory()
+
+
+@pytest.fixture
+def docker_agent(agent_factory: Callable[..., AgentProc], dockerd: object, tiny_image: str) -> Iterator[AgentProc]:
+    """One agent on the docker runtime against the test engine."""
+    a = agent_factory("d", runtime="docker", docker_host=dockerd.base_url)  # type: ignore[attr-defined]
+    yield a
+    client = dockerd.client  # type: ignore[attr-defined]
+    for c in client.containers.list(all=True, filters={"label": f"gpufleet.agent={a.node_name}"}):
+        c.remove(force=True)

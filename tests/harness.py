@@ -1,0 +1,177 @@
+"""Real daemons as separate processes for tests: start, SIGKILL, restart, talk over loopback gRPC."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gpufleet.v1 import agent_pb2 as apb
+from gpufleet.v1 import agent_pb2_grpc
+from gpufleet.v1 import common_pb2 as pb
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(fn: Callable[[], T | None], timeout: float = 20.0, what: str = "condition",
+             interval: float = 0.05) -> T:
+    """Poll `fn` until it returns something truthy, or fail with `what` after `timeout`."""
+    end = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < end:
+        try:
+            last = fn()
+        except (grpc.RpcError, OSError, ValueError) as exc:  # not there yet
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def healthy(channel: grpc.Channel) -> bool:
+    try:
+        r = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+    except grpc.RpcError:
+        return False
+    return r.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@dataclass
+class Daemon:
+    """A daemon process we own; `kill()` is SIGKILL of its process group, as a crash would be."""
+
+    argv: list[str]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, **self.env}
+        self.proc = subprocess.Popen(self.argv, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,
+                                     start_new_session=True, env=env)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def terminate(self, timeout: float = 10) -> int | None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode if self.proc else None
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+class AgentProc:
+    """A real `gpufleet-agent` on a loopback port with its own state, output and data dirs."""
+
+    def __init__(self, root: Path, runtime: str = "process", gpus: str = "fake:4", docker_host: str = "",
+                 node_name: str = "", extra: list[str] | None = None, env: dict[str, str] | None = None,
+                 port: int | None = None) -> None:
+        self.root = root
+        self.state_dir, self.output_root, self.data_root = root / "state", root / "out", root / "data"
+        for p in (self.state_dir, self.output_root, self.data_root):
+            p.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.node_name = node_name or f"node-{self.port}"
+        self.addr = f"127.0.0.1:{self.port}"
+        argv = [sys.executable, "-m", "agent.main", "--listen", self.addr, "--state-dir", str(self.state_dir),
+                "--runtime", runtime, "--gpus", gpus, "--output-root", str(self.output_root),
+                "--data-root", str(self.data_root), "--node-name", self.node_name, "--poll-interval", "0.1",
+                "--gpu-sample-interval", "1"]
+        if docker_host:
+            argv += ["--docker-host", docker_host]
+        self.daemon = Daemon(argv + (extra or []), root / "agent.log", env=env or {})
+        self.channel: grpc.Channel | None = None
+        self.stub: agent_pb2_grpc.AgentStub
+
+    def start(self, wait: bool = True) -> AgentProc:
+        self.daemon.start()
+        self.channel = grpc.insecure_channel(self.addr)
+        self.stub = agent_pb2_grpc.AgentStub(self.channel)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        assert self.channel is not None
+        try:
+            wait_for(lambda: healthy(self.channel), timeout, "agent health SERVING")  # type: ignore[arg-type]
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nagent log:\n{self.daemon.log_tail()}") from None
+
+    def kill(self) -> None:
+        self.daemon.kill()
+        if self.channel:
+            self.channel.close()
+            self.channel = None
+
+    def restart(self) -> AgentProc:
+        self.kill()
+        return self.start()
+
+    def stop(self) -> None:
+        self.daemon.terminate()
+        if self.channel:
+            self.channel.close()
+            self.channel = None
+
+    # -- helpers -------------------------------------------------------------------------------
+    def launch(self, job_id: str, argv: list[str] | None = None, attempt: int = 1, gpus: list[int] | None = None,
+               **spec: Any) -> pb.JobStatus:
+        spec.setdefault("output_dir", job_id)
+        if argv is not None:
+            spec["command"] = argv
+        return self.stub.Launch(apb.LaunchRequest(job_id=job_id, attempt=attempt, spec=pb.JobSpec(**spec),
+                                                  gpu_indices=gpus or []), timeout=30)
+
+    def inspect(self, job_id: str) -> pb.JobStatus:
+        return self.stub.Inspect(apb.InspectRequest(job_id=job_id), timeout=10)
+
+    def wait_state(self, job_id: str, *states: str, timeout: float = 30) -> pb.JobStatus:
+        want = {pb.AgentJobState.Value("AGENT_JOB_STATE_" + s) for s in states}
+        return wait_for(lambda: (j := self.inspect(job_id)).state in want and j, timeout,
+                        f"job {job_id} in {states}")
+
+    def logs(self, job_id: str, follow: bool = False, tail: int = 0) -> bytes:
+        chunks = self.stub.StreamLogs(apb.StreamLogsRequest(job_id=job_id, follow=follow, tail_lines=tail),
+                                      timeout=30)
+        return b"".join(c.data for c in chunks)
+
+    def cleanup_jobs(self) -> None:
+        """Kill every process-runtime job this agent started (tests must leave nothing behind)."""
+        for pidfile in self.state_dir.glob("jobs/*/*/child.pid"):
+            try:
+                os.killpg(int(pidfile.read_text()), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+
+
+def state_name(value: int) -> str:
+    return pb.AgentJobState.Name(value).removeprefix("AGENT_JOB_STATE_")
