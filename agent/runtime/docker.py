@@ -25,6 +25,7 @@ import calendar
 import contextlib
 import logging
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,8 @@ _ENGINE_ERRORS: tuple[type[BaseException], ...] = (
     urllib3.exceptions.HTTPError,
     OSError,
 )
+# How long start() waits for a container whose name a concurrent create took (409) to appear.
+_ADOPT_DEADLINE_S = 10.0
 _RUNNING_STATES = frozenset({"running", "paused", "restarting"})
 _ENDED_STATES = frozenset({"exited", "dead", "removing"})
 
@@ -214,26 +217,34 @@ class DockerRuntime:
                 f"job_id {plan.job_id!r} cannot form a container name (allowed: letters, digits, _ . -)"
             )
         with _engine(f"start {name}"):
-            # Two rounds: a concurrent start of the same attempt may create the container
-            # between our look-up and our create; the second round then adopts it.
-            for _ in range(2):
+            # A concurrent start of the same attempt (a retried Launch) may take the name
+            # between our look-up and our create. The engine reserves the name before the
+            # container can be inspected, so after a 409 we look again until it shows up.
+            deadline = time.monotonic() + _ADOPT_DEADLINE_S
+            while True:
                 info = self._inspect(name)
-                if info is None:
-                    try:
-                        cid = self._create(plan, name)
-                    except docker.errors.APIError as exc:
-                        if exc.status_code == 409:  # name taken meanwhile: adopt it
-                            continue
+                if info is not None:
+                    break
+                try:
+                    cid = self._create(plan, name)
+                except docker.errors.APIError as exc:
+                    if exc.status_code != 409:
                         raise
-                    self._start(cid, name)
-                    return Handle(runtime_id=cid)
-                self._check_ours(info, plan.job_id, plan.attempt, name)
-                # Created but never started: the agent died between create and start (or the
-                # start failed). Start it now; a container that ran is never started again.
-                if _never_started(info["State"]):
-                    self._start(info["Id"], name)
-                return Handle(runtime_id=info["Id"])
-        raise RuntimeError_(f"docker: start {name}: the name keeps changing hands; try again")
+                    if time.monotonic() > deadline:
+                        raise RuntimeError_(
+                            f"docker: start {name}: the name is taken but no such container appeared "
+                            f"within {_ADOPT_DEADLINE_S:.0f}s"
+                        ) from exc
+                    time.sleep(0.005)  # poll interval while the other create registers
+                    continue
+                self._start(cid, name)
+                return Handle(runtime_id=cid)
+            self._check_ours(info, plan.job_id, plan.attempt, name)
+            # Created but never started: the agent died between create and start (or the
+            # start failed). Start it now; a container that ran is never started again.
+            if _never_started(info["State"]):
+                self._start(info["Id"], name)
+            return Handle(runtime_id=info["Id"])
 
     def find(self, job_id: str, attempt: int, job_dir: Path) -> Handle | None:
         name = container_name(job_id, attempt)
