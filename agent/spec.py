@@ -94,6 +94,73 @@ def _check_text(value: str, field_name: str, limit: int) -> None:
         raise InvalidArgument(field_name, f"must be at most {limit} characters, got {len(value)}")
 
 
+def check_portable(spec: JobSpec, runtime: str = "") -> None:
+    """The checks that need no host: run by the coordinator at submit and by the agent at launch.
+
+    `runtime` "" means "not known yet": an image or a command must be given.
+    """
+    if runtime == "docker" or (runtime == "" and spec.image):
+        if not spec.image:
+            raise InvalidArgument("spec.image", "is required by the docker runtime")
+        if len(spec.image) > 255 or not IMAGE_RE.match(spec.image):
+            raise InvalidArgument("spec.image", f"is not a valid image reference: {spec.image[:80]!r}")
+    elif not spec.command:
+        raise InvalidArgument("spec.command", "is required by the process runtime (an argv list)"
+                              if runtime else "give spec.image (docker) or spec.command (an argv list)")
+    if len(spec.command) > MAX_ARGS:
+        raise InvalidArgument("spec.command", f"must have at most {MAX_ARGS} items")
+    for i, arg in enumerate(spec.command):
+        _check_text(arg, f"spec.command[{i}]", MAX_ARG_LEN)
+    if spec.command and not spec.command[0]:
+        raise InvalidArgument("spec.command[0]", "must name the program to run")
+    if len(spec.env) > MAX_ENV:
+        raise InvalidArgument("spec.env", f"must have at most {MAX_ENV} entries")
+    for k, v in spec.env.items():
+        if not ENV_KEY_RE.match(k):
+            raise InvalidArgument(
+                f"spec.env[{k[:40]!r}]", "keys must be printable ASCII names matching [A-Za-z_][A-Za-z0-9_]*"
+            )
+        if k.startswith("GPUFLEET_"):
+            raise InvalidArgument(f"spec.env[{k!r}]", "GPUFLEET_* variables are set by the agent")
+        _check_text(v, f"spec.env[{k!r}]", MAX_ENV_VALUE)
+    _check_relative(spec.output_dir, "spec.output_dir")
+    for i, m in enumerate(spec.mounts):
+        _check_relative(m.source, f"spec.mounts[{i}].source")
+        target = m.target or "/data/" + m.source.strip("/")
+        _check_text(target, f"spec.mounts[{i}].target", 4096)
+        if not target.startswith("/") or ".." in Path(target).parts or target.rstrip("/") in ("", "/output"):
+            raise InvalidArgument(
+                f"spec.mounts[{i}].target", f"must be an absolute path without '..', not / or /output: {target!r}"
+            )
+    for name in ("total_epoch", "val_interval", "shm_size_bytes", "cpu_millis", "memory_bytes"):
+        if getattr(spec, name) < 0:
+            raise InvalidArgument(f"spec.{name}", f"must be >= 0, got {getattr(spec, name)}")
+    if spec.params_json:
+        _check_text(spec.params_json, "spec.params_json", MAX_PARAMS)
+        try:
+            params = json.loads(spec.params_json)
+        except ValueError as exc:
+            raise InvalidArgument("spec.params_json", f"is not valid JSON ({exc})") from None
+        if not isinstance(params, dict):
+            raise InvalidArgument("spec.params_json", "must be a JSON object")
+    if spec.job_type not in JOB_TYPES:
+        raise InvalidArgument("spec.job_type", f"must be TRAIN or EVAL, got {spec.job_type!r}")
+    if spec.user and (runtime == "process" or not USER_RE.match(spec.user)):
+        raise InvalidArgument(
+            "spec.user", "must be 'user' or 'uid:gid' (docker runtime only; process jobs run as the agent user)"
+        )
+
+
+def _check_relative(rel: str, field_name: str) -> None:
+    if not rel:
+        raise InvalidArgument(field_name, "must not be empty")
+    _check_text(rel, field_name, 4096)
+    if os.path.isabs(rel) or rel.startswith("~"):
+        raise InvalidArgument(field_name, f"must be relative to its root, got absolute path {rel!r}")
+    if ".." in Path(rel).parts:
+        raise InvalidArgument(field_name, f"must not contain '..' ({rel!r})")
+
+
 def validate(
     job_id: str,
     attempt: int,
@@ -110,19 +177,7 @@ def validate(
     """Check a launch request and resolve it into a LaunchPlan. Creates nothing."""
     check_job_id(job_id)
     check_attempt(attempt)
-    if runtime == "docker":
-        if not spec.image:
-            raise InvalidArgument("spec.image", "is required by the docker runtime")
-        if len(spec.image) > 255 or not IMAGE_RE.match(spec.image):
-            raise InvalidArgument("spec.image", f"is not a valid image reference: {spec.image[:80]!r}")
-    elif not spec.command:
-        raise InvalidArgument("spec.command", "is required by the process runtime (an argv list)")
-    if len(spec.command) > MAX_ARGS:
-        raise InvalidArgument("spec.command", f"must have at most {MAX_ARGS} items")
-    for i, arg in enumerate(spec.command):
-        _check_text(arg, f"spec.command[{i}]", MAX_ARG_LEN)
-    if spec.command and not spec.command[0]:
-        raise InvalidArgument("spec.command[0]", "must name the program to run")
+    check_portable(spec, runtime)
     if runtime == "process" and spec.command:
         prog = spec.command[0]
         if os.sep in prog:
@@ -130,51 +185,19 @@ def validate(
                 raise InvalidArgument("spec.command[0]", f"{prog!r} is not an executable file on this host")
         elif shutil.which(prog, path=base_env.get("PATH")) is None:
             raise InvalidArgument("spec.command[0]", f"{prog!r} is not found on the agent's PATH")
-    if len(spec.env) > MAX_ENV:
-        raise InvalidArgument("spec.env", f"must have at most {MAX_ENV} entries")
-    for k, v in spec.env.items():
-        if not ENV_KEY_RE.match(k):
-            raise InvalidArgument(
-                f"spec.env[{k[:40]!r}]", "keys must be printable ASCII names matching [A-Za-z_][A-Za-z0-9_]*"
-            )
-        if k.startswith("GPUFLEET_"):
-            raise InvalidArgument(f"spec.env[{k!r}]", "GPUFLEET_* variables are set by the agent")
-        _check_text(v, f"spec.env[{k!r}]", MAX_ENV_VALUE)
     output_dir = relative_under(roots.output_root, spec.output_dir, "spec.output_dir")
     mounts: list[tuple[Path, str]] = []
     for i, m in enumerate(spec.mounts):
         src = relative_under(roots.data_root, m.source, f"spec.mounts[{i}].source")
         target = m.target or "/data/" + m.source.strip("/")
-        _check_text(target, f"spec.mounts[{i}].target", 4096)
-        if not target.startswith("/") or ".." in Path(target).parts or target.rstrip("/") in ("", "/output"):
-            raise InvalidArgument(
-                f"spec.mounts[{i}].target", f"must be an absolute path without '..', not / or /output: {target!r}"
-            )
         if not src.exists():
             raise InvalidArgument(f"spec.mounts[{i}].source", f"{m.source!r} does not exist under the data root")
         mounts.append((src, target))
-    for name in ("total_epoch", "val_interval", "shm_size_bytes", "cpu_millis", "memory_bytes"):
-        if getattr(spec, name) < 0:
-            raise InvalidArgument(f"spec.{name}", f"must be >= 0, got {getattr(spec, name)}")
-    if spec.params_json:
-        _check_text(spec.params_json, "spec.params_json", MAX_PARAMS)
-        try:
-            params = json.loads(spec.params_json)
-        except ValueError as exc:
-            raise InvalidArgument("spec.params_json", f"is not valid JSON ({exc})") from None
-        if not isinstance(params, dict):
-            raise InvalidArgument("spec.params_json", "must be a JSON object")
-    if spec.job_type not in JOB_TYPES:
-        raise InvalidArgument("spec.job_type", f"must be TRAIN or EVAL, got {spec.job_type!r}")
     if spec.workdir:
         if runtime == "process":
             relative_under(output_dir, spec.workdir, "spec.workdir")
         elif not spec.workdir.startswith("/") or ".." in Path(spec.workdir).parts:
             raise InvalidArgument("spec.workdir", "must be an absolute container path without '..'")
-    if spec.user and (runtime == "process" or not USER_RE.match(spec.user)):
-        raise InvalidArgument(
-            "spec.user", "must be 'user' or 'uid:gid' (docker runtime only; process jobs run as the agent user)"
-        )
     if len(set(gpu_indices)) != len(gpu_indices):
         raise InvalidArgument("gpu_indices", f"must not repeat an index: {list(gpu_indices)}")
     for idx in gpu_indices:

@@ -25,7 +25,8 @@ Models (`status`) and each step (`step1_state` = train, `step2_state` = test) sh
 
     Steps: READY -> IN_PROGRESS -> COMPLETED | STOPPED | ERROR; COMPLETED, STOPPED and ERROR go
     back to IN_PROGRESS (restart from scratch, resume, test again); STOPPED and ERROR go back to
-    READY (restart_train resets step2).
+    READY (restart_train resets step2); READY -> COMPLETED when a train run's result zip
+    completes step2 as well.
 
 Nodes::
 
@@ -227,6 +228,9 @@ STEP_TRANSITIONS: frozenset[tuple[ModelStatus, ModelStatus]] = frozenset(
         (M.ERROR, M.IN_PROGRESS),
         (M.STOPPED, M.READY),
         (M.ERROR, M.READY),
+        # step2 only, in practice: a TRAIN run that also produced the test result (the zip)
+        # completes step2 without a test job of its own.
+        (M.READY, M.COMPLETED),
         # no-ops
         *((s, s) for s in ModelStatus),
     }
@@ -398,22 +402,30 @@ def cancel_test(cur: ModelStates) -> ModelStates:
     return _result("CancelTest", cur, ModelStates(M.STOPPED, cur.step1, M.STOPPED))
 
 
-# Outcomes the reconciler applies when a model's job ends.
+# Outcomes the reconciler applies when a model's job ends. Each applies only while the job's
+# step is IN_PROGRESS, or as a repeat of itself (the states already equal its result): a late
+# report for a step that was since canceled or restarted must not overwrite the newer state.
+
+
+def _outcome(name: str, cur: ModelStates, step: Step, new: ModelStates) -> ModelStates:
+    if cur.step(step) is not M.IN_PROGRESS and cur != new:
+        raise ActionNotAllowed(name, cur, f"{step.column} must be IN_PROGRESS")
+    return _result(name, cur, new)
 
 
 def train_succeeded(cur: ModelStates, has_zip: bool) -> ModelStates:
     """A TRAIN job ended with success.
 
     No result zip: step1 COMPLETED, model COMPLETED (the test can run next). With a zip the run
-    also produced the test result: step1 (if not yet) and step2 COMPLETED, model COMPLETED.
+    also produced the test result: step1 and step2 COMPLETED, model COMPLETED.
     """
     step2 = M.COMPLETED if has_zip else cur.step2
-    return _result("train_succeeded", cur, ModelStates(M.COMPLETED, M.COMPLETED, step2))
+    return _outcome("train_succeeded", cur, Step.TRAIN, ModelStates(M.COMPLETED, M.COMPLETED, step2))
 
 
 def test_succeeded(cur: ModelStates) -> ModelStates:
     """An EVAL job ended with success: step2 COMPLETED, model COMPLETED."""
-    return _result("test_succeeded", cur, ModelStates(M.COMPLETED, cur.step1, M.COMPLETED))
+    return _outcome("test_succeeded", cur, Step.TEST, ModelStates(M.COMPLETED, cur.step1, M.COMPLETED))
 
 
 # pytest would otherwise try to collect this module-level function as a test when imported.
@@ -428,12 +440,20 @@ def _with_step(cur: ModelStates, step: Step, status: ModelStatus, state: ModelSt
 
 def step_failed(cur: ModelStates, step: Step) -> ModelStates:
     """The step's job exited non-zero: model and that step ERROR."""
-    return _result("step_failed", cur, _with_step(cur, step, M.ERROR, M.ERROR))
+    return _outcome("step_failed", cur, step, _with_step(cur, step, M.ERROR, M.ERROR))
 
 
 def step_stopped(cur: ModelStates, step: Step) -> ModelStates:
     """The step's job was stopped (cancel, node loss, container gone with incomplete outputs)."""
-    return _result("step_stopped", cur, _with_step(cur, step, M.STOPPED, M.STOPPED))
+    return _outcome("step_stopped", cur, step, _with_step(cur, step, M.STOPPED, M.STOPPED))
+
+
+def job_succeeded(cur: ModelStates, job_type: JobType | str, has_zip: bool) -> ModelStates:
+    """The success outcome for a model's job of this type (TRAIN: train_succeeded, EVAL:
+    test_succeeded; an EVAL job's success completes step2 with or without the zip)."""
+    if Step.for_job_type(job_type) is Step.TRAIN:
+        return train_succeeded(cur, has_zip)
+    return test_succeeded(cur)
 
 
 def model_finished(cur: ModelStates) -> bool:

@@ -133,6 +133,19 @@ def _start_dockerd(
     return proc, None, log_path
 
 
+def _unmount_under(root: Path) -> None:
+    """Best effort: undo mounts a dockerd that died early left under root (its data root
+    bind-mounts itself), so the temp dir can be removed."""
+    try:
+        with open("/proc/self/mounts") as f:
+            points = [line.split()[1] for line in f]
+    except OSError:
+        return
+    prefix = str(root) + "/"
+    for point in sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is not None:
         return
@@ -178,6 +191,7 @@ def dockerd() -> Iterator[Dockerd]:
             f"{START_DEADLINE_S:.0f}s (exit code {proc.returncode}); log tail:\n{_tail(log_path)}"
         )
     if started is None:
+        _unmount_under(root)
         shutil.rmtree(root, ignore_errors=True)
         _unavailable("\n\n".join(failures))
     proc, client, log_path, driver = started
@@ -194,8 +208,8 @@ def dockerd() -> Iterator[Dockerd]:
     finally:
         client.close()
         _stop(proc)
-        # Leftover overlay mounts would make rmtree fail halfway; a stopped dockerd has
-        # unmounted them, and anything left is a temp dir the OS cleans.
+        # A cleanly stopped dockerd has unmounted everything; a failed first try may not have.
+        _unmount_under(root)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -56,7 +56,8 @@ def make_engine(url: str, *, pool_size: int = 10, echo: bool = False, connect_ti
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(url, echo=echo)
     if parsed.get_backend_name() != "postgresql":
-        raise ValueError(f"unsupported database {parsed.get_backend_name()!r}: use sqlite or postgresql+psycopg")
+        backend = parsed.get_backend_name()
+        raise ValueError(f"unsupported database {backend!r}: use sqlite or postgresql+psycopg")
     return sa.create_engine(
         url,
         echo=echo,

@@ -24,7 +24,7 @@ from coordinator.states import (
 T = TypeVar("T")
 
 
-def _kwargs(cls: type, row: Mapping[str, Any]) -> dict[str, Any]:
+def _kwargs(cls: type, row: Mapping[Any, Any]) -> dict[str, Any]:
     return {f.name: row[f.name] for f in fields(cls)}
 
 
@@ -59,7 +59,7 @@ class ModelRow:
     row_version: int
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> ModelRow:
+    def from_row(cls, row: Mapping[Any, Any]) -> ModelRow:
         kw = _kwargs(cls, row)
         for name in ("status", "step1_state", "step2_state"):
             kw[name] = ModelStatus(kw[name])
@@ -111,7 +111,7 @@ class JobRow:
     row_version: int
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> JobRow:
+    def from_row(cls, row: Mapping[Any, Any]) -> JobRow:
         kw = _kwargs(cls, row)
         kw["job_type"] = JobType(kw["job_type"])
         kw["status"] = JobStatus(kw["status"])
@@ -144,7 +144,7 @@ class NodeRow:
     row_version: int
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> NodeRow:
+    def from_row(cls, row: Mapping[Any, Any]) -> NodeRow:
         kw = _kwargs(cls, row)
         kw["state"] = NodeState(kw["state"])
         return cls(**kw)
@@ -179,7 +179,7 @@ class Progress:
     updated_at: datetime
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Progress:
+    def from_row(cls, row: Mapping[Any, Any]) -> Progress:
         return cls(**_kwargs(cls, row))
 
 
@@ -196,5 +196,5 @@ class EventRow:
     detail: dict[str, Any] | None
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> EventRow:
+    def from_row(cls, row: Mapping[Any, Any]) -> EventRow:
         return cls(**_kwargs(cls, row))

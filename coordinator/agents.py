@@ -1,0 +1,122 @@
+"""gRPC clients for the fleet's agents: one channel per node address, every call with a deadline.
+
+The coordinator never calls an agent inside a database transaction (STYLE.md, point 12).
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from gpufleet.v1 import agent_pb2 as apb
+from gpufleet.v1 import agent_pb2_grpc
+from gpufleet.v1 import common_pb2 as pb
+
+RPC_TIMEOUT = 5.0
+LAUNCH_TIMEOUT = 30.0  # docker create+start of a big image can take a while
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What an agent said about one job attempt (or that it could not say)."""
+
+    kind: str  # "found" | "not_found" | "error"
+    state: str = ""  # agent state name: PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED, LOST
+    attempt: int = 0
+    exit_code: int | None = None
+    message: str = ""
+    probe: dict[str, Any] | None = None
+    progress: dict[str, Any] | None = None
+    error: str = ""
+
+
+def probe_from_pb(p: pb.ProbeResult) -> dict[str, Any]:
+    return {
+        "completed": p.completed, "reason": p.reason, "val_lines": p.val_lines,
+        "expected_lines": p.expected_lines, "checkpoints": p.checkpoints, "best_checkpoint": p.best_checkpoint,
+        "has_result_zip": p.has_result_zip, "best_epoch": p.best_epoch, "best_metric_key": p.best_metric_key,
+        "latest_checkpoint_epoch": p.latest_checkpoint_epoch, "latest_checkpoint": p.latest_checkpoint,
+        "metrics": [(m.split, m.epoch, dict(m.values)) for m in p.metrics],
+    }
+
+
+def observation_from_pb(st: pb.JobStatus) -> Observation:
+    state = pb.AgentJobState.Name(st.state).removeprefix("AGENT_JOB_STATE_")
+    progress = None
+    if st.HasField("progress"):
+        progress = {"current_epoch": st.progress.current_epoch, "total_epoch": st.progress.total_epoch,
+                    "metrics": dict(st.progress.last_metrics)}
+    return Observation(
+        kind="found", state=state, attempt=st.attempt,
+        exit_code=st.exit_code if st.HasField("exit_code") else None, message=st.message,
+        probe=probe_from_pb(st.probe) if st.HasField("probe") else None, progress=progress,
+    )
+
+
+class AgentPool:
+    def __init__(self, credentials: grpc.ChannelCredentials | None = None) -> None:
+        self._lock = threading.Lock()
+        self._stubs: dict[str, agent_pb2_grpc.AgentStub] = {}
+        self._channels: dict[str, grpc.Channel] = {}
+        self.credentials = credentials
+
+    def stub(self, address: str) -> agent_pb2_grpc.AgentStub:
+        with self._lock:
+            s = self._stubs.get(address)
+            if s is None:
+                ch = (grpc.secure_channel(address, self.credentials) if self.credentials
+                      else grpc.insecure_channel(address))
+                self._channels[address] = ch
+                s = self._stubs[address] = agent_pb2_grpc.AgentStub(ch)
+            return s
+
+    def launch(self, address: str, job_id: str, attempt: int, spec: pb.JobSpec, gpus: list[int]) -> pb.JobStatus:
+        return self.stub(address).Launch(
+            apb.LaunchRequest(job_id=job_id, attempt=attempt, spec=spec, gpu_indices=gpus), timeout=LAUNCH_TIMEOUT
+        )
+
+    def inspect(self, address: str, job_id: str, timeout: float = RPC_TIMEOUT) -> Observation:
+        try:
+            st = self.stub(address).Inspect(apb.InspectRequest(job_id=job_id), timeout=timeout)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return Observation(kind="not_found", error=exc.details() or "")
+            return Observation(kind="error", error=f"{exc.code().name}: {exc.details()}")
+        return observation_from_pb(st)
+
+    def stop(self, address: str, job_id: str, attempt: int, grace: int = 10) -> Observation:
+        try:
+            st = self.stub(address).Stop(apb.StopRequest(job_id=job_id, attempt=attempt, grace_seconds=grace),
+                                         timeout=RPC_TIMEOUT)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return Observation(kind="not_found", error=exc.details() or "")
+            return Observation(kind="error", error=f"{exc.code().name}: {exc.details()}")
+        return observation_from_pb(st)
+
+    def acknowledge(self, address: str, job_id: str, attempt: int) -> bool:
+        try:
+            self.stub(address).Acknowledge(apb.AcknowledgeRequest(job_id=job_id, attempt=attempt),
+                                           timeout=RPC_TIMEOUT)
+            return True
+        except grpc.RpcError:
+            return False  # the next heartbeat carries the acknowledgement again
+
+    def probe_dir(self, address: str, output_dir: str, total_epoch: int, val_interval: int,
+                  params_json: str) -> dict[str, Any] | None:
+        try:
+            p = self.stub(address).ProbeOutputs(apb.ProbeOutputsRequest(
+                output_dir=output_dir, total_epoch=total_epoch, val_interval=val_interval,
+                params_json=params_json), timeout=RPC_TIMEOUT)
+        except grpc.RpcError:
+            return None
+        return probe_from_pb(p)
+
+    def close(self) -> None:
+        with self._lock:
+            for ch in self._channels.values():
+                ch.close()
+            self._channels.clear()
+            self._stubs.clear()

@@ -1,0 +1,132 @@
+"""Protobuf <-> coordinator rows. With service.py, the only coordinator modules that import *_pb2."""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from agent import convert as agent_convert
+from agent.spec import JobSpec
+from coordinator.db.rows import JobRow, MetricPoint, ModelRow, NodeRow, Progress
+from coordinator.states import JobStatus, JobType, ModelStatus, NodeState, Step, format_duration
+from gpufleet.errors import InvalidArgument
+from gpufleet.v1 import common_pb2 as pb
+from gpufleet.v1 import coordinator_pb2 as cpb
+
+
+def ts(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    t = Timestamp()
+    t.FromDatetime(value.astimezone(UTC))
+    return t
+
+
+def agent_state_name(value: int) -> str:
+    return pb.AgentJobState.Name(value).removeprefix("AGENT_JOB_STATE_")
+
+
+def spec_from_pb(s: pb.JobSpec) -> dict[str, Any]:
+    return agent_convert.spec_from_pb(s).to_dict()
+
+
+def spec_to_pb(spec: dict[str, Any]) -> pb.JobSpec:
+    return agent_convert.spec_to_pb(JobSpec.from_dict(spec))
+
+
+def model_status_from_pb(value: int, field: str) -> ModelStatus | None:
+    if value == cpb.MODEL_STATUS_UNSPECIFIED:
+        return None
+    if value not in cpb.ModelStatus.values():
+        raise InvalidArgument(field, f"unknown model status {value}")
+    return ModelStatus(cpb.ModelStatus.Name(value).removeprefix("MODEL_STATUS_"))
+
+
+def model_status_to_pb(s: ModelStatus) -> int:
+    return int(cpb.ModelStatus.Value("MODEL_STATUS_" + s.value))
+
+
+def job_status_from_pb(value: int, field: str) -> JobStatus | None:
+    if value == cpb.JOB_STATUS_CODE_UNSPECIFIED:
+        return None
+    if value not in cpb.JobStatusCode.values():
+        raise InvalidArgument(field, f"unknown job status {value}")
+    return JobStatus(cpb.JobStatusCode.Name(value).removeprefix("JOB_STATUS_CODE_"))
+
+
+def job_status_to_pb(s: JobStatus) -> int:
+    return int(cpb.JobStatusCode.Value("JOB_STATUS_CODE_" + s.value))
+
+
+def node_state_to_pb(s: NodeState) -> int:
+    return int(cpb.NodeState.Value("NODE_STATE_" + s.value))
+
+
+def progress_to_pb(p: Progress | None) -> pb.Progress | None:
+    if p is None:
+        return None
+    metrics = {k: float(v) for k, v in p.metrics.items() if isinstance(v, int | float)}
+    return pb.Progress(current_epoch=p.current_epoch, total_epoch=p.total_epoch, last_metrics=metrics,
+                       updated_at=ts(p.updated_at))
+
+
+def model_to_pb(m: ModelRow, progress: Progress | None = None, now: datetime | None = None) -> cpb.Model:
+    now = now or datetime.now(UTC)
+    s1, s2 = m.step_seconds(Step.TRAIN, now), m.step_seconds(Step.TEST, now)
+    return cpb.Model(
+        uuid=m.uuid, model_no=m.model_no, version=m.version, train_type=m.train_type, memo=m.memo,
+        params_json=m.params_json, status=model_status_to_pb(m.status),  # type: ignore[arg-type]
+        step1_state=model_status_to_pb(m.step1_state), step2_state=model_status_to_pb(m.step2_state),  # type: ignore[arg-type]
+        step1_started_at=ts(m.step1_started_at), step1_finished_at=ts(m.step1_finished_at),
+        step2_started_at=ts(m.step2_started_at), step2_finished_at=ts(m.step2_finished_at),
+        step1_duration=format_duration(s1) if s1 is not None else "", step1_seconds=s1 or 0.0,
+        step2_duration=format_duration(s2) if s2 is not None else "", step2_seconds=s2 or 0.0,
+        step1_metric_saved=m.step1_metric_saved, step2_metric_saved=m.step2_metric_saved,
+        current_attempt_id=m.current_attempt_id or "", best_epoch=m.best_epoch or 0, last_error=m.last_error,
+        created_at=ts(m.created_at), test_epoch=m.test_epoch or 0, spec=spec_to_pb(m.spec) if m.spec else None,
+        gpus=m.gpus, status_name=m.status.value, step1_state_name=m.step1_state.value,
+        step2_state_name=m.step2_state.value, progress=progress_to_pb(progress),
+    )
+
+
+def job_to_pb(j: JobRow, progress: Progress | None = None) -> cpb.Job:
+    out = cpb.Job(
+        job_id=j.id, model_uuid=j.model_uuid or "",
+        job_type=pb.JOB_TYPE_EVAL if j.job_type is JobType.EVAL else pb.JOB_TYPE_TRAIN,
+        attempt=j.attempt, status=job_status_to_pb(j.status),  # type: ignore[arg-type]
+        error_message=j.error_message, node=j.node or "", gpu_indices=list(j.gpu_indices), gpus=j.gpus,
+        priority=j.priority, spec=spec_to_pb(j.spec), max_retries=j.max_retries, retries_used=j.retries_used,
+        created_at=ts(j.created_at), started_at=ts(j.started_at), finished_at=ts(j.finished_at),
+        progress=progress_to_pb(progress), name=j.name, status_name=j.status.value, constraints=j.constraints,
+        resume_on_retry=j.resume_on_retry, superseded_by=j.superseded_by or "",
+    )
+    if j.exit_code is not None:
+        out.exit_code = j.exit_code
+    return out
+
+
+def node_to_pb(n: NodeRow, running: int = 0) -> cpb.Node:
+    gpus = [pb.GpuInfo(**{k: v for k, v in g.items() if k in pb.GpuInfo.DESCRIPTOR.fields_by_name})
+            for g in n.gpus]
+    return cpb.Node(
+        name=n.name, address=n.address, labels=n.labels, state=node_state_to_pb(n.state),  # type: ignore[arg-type]
+        last_heartbeat=ts(n.last_heartbeat), agent_version=n.agent_version, gpus=gpus, state_name=n.state.value,
+        runtime=n.runtime, running_jobs=running,
+    )
+
+
+def gpu_from_pb(g: pb.GpuInfo) -> dict[str, Any]:
+    return {
+        "index": g.index, "uuid": g.uuid, "name": g.name, "utilization_gpu": g.utilization_gpu,
+        "utilization_memory": g.utilization_memory, "memory_used_bytes": g.memory_used_bytes,
+        "memory_total_bytes": g.memory_total_bytes, "temperature_c": g.temperature_c, "power_w": g.power_w,
+        "power_limit_w": g.power_limit_w, "ecc_errors": g.ecc_errors, "healthy": g.healthy,
+        "assigned_job_id": g.assigned_job_id, "health_reason": g.health_reason,
+    }
+
+
+def metrics_to_pb(points: list[MetricPoint]) -> list[pb.MetricRow]:
+    return [pb.MetricRow(split=p.split, epoch=p.epoch, values=p.values) for p in points]

@@ -1,0 +1,8 @@
+"""The coordinator's database layer: schema (Core tables), engine + migrations, repository.
+
+Layering: service/scheduler/reconciler -> repo (plain functions over a Connection; the caller
+owns the transaction) -> schema. Nothing here imports protobuf.
+"""
+from coordinator.db.engine import SchemaTooNew, default_sqlite_url, make_engine, migrate, schema_status
+
+__all__ = ["SchemaTooNew", "default_sqlite_url", "make_engine", "migrate", "schema_status"]

@@ -1,0 +1,177 @@
+"""Agents' side of the coordinator: registration, heartbeats, fencing and node loss.
+
+Node liveness uses this process's monotonic clock (never wall time, which can jump): a node is
+LOST when no heartbeat arrived for --node-timeout since the later of its last heartbeat and this
+coordinator's start. A returning node is told to stop every attempt that is no longer current
+(fencing by attempt), so a job never runs twice.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from coordinator.db import repo
+from coordinator.reconciler import Reconciler, end_job
+from coordinator.states import JobStatus, NodeState, TerminationReason
+from gpufleet.errors import InvalidArgument, NotFound
+from gpufleet.log import event
+
+log = logging.getLogger("gpufleet.coordinator.fleet")
+
+LIVE_AGENT_STATES = ("PENDING", "RUNNING")
+
+
+@dataclass(frozen=True)
+class Digest:
+    job_id: str
+    attempt: int
+    state: str  # agent state name
+
+
+@dataclass
+class HeartbeatAnswer:
+    stop: list[Digest] = field(default_factory=list)
+    acknowledged: list[Digest] = field(default_factory=list)
+    reregister: bool = False
+
+
+class Fleet:
+    def __init__(self, engine: Engine, reconciler: Reconciler, wake_scheduler: Callable[[], None], *,
+                 node_timeout: float = 10.0, heartbeat_interval: float = 2.0,
+                 mono: Callable[[], float] = time.monotonic) -> None:
+        self.engine = engine
+        self.reconciler = reconciler
+        self.wake_scheduler = wake_scheduler
+        self.node_timeout = node_timeout
+        self.heartbeat_interval = heartbeat_interval
+        self.mono = mono
+        self.started = mono()
+        self._seen: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_ok = mono()
+
+    # -- liveness ------------------------------------------------------------------------------
+    def _touch(self, name: str) -> None:
+        with self._lock:
+            self._seen[name] = self.mono()
+
+    def fresh_nodes(self) -> set[str]:
+        """Nodes whose last heartbeat is within the timeout (by this process's monotonic clock)."""
+        now = self.mono()
+        with self._lock:
+            return {n for n, t in self._seen.items() if now - t <= self.node_timeout}
+
+    def silent_for(self, name: str) -> float:
+        with self._lock:
+            last = self._seen.get(name, self.started)
+        return self.mono() - last
+
+    # -- RPC handlers --------------------------------------------------------------------------
+    def register(self, name: str, address: str, labels: dict[str, str], agent_version: str, runtime: str,
+                 gpus: Sequence[dict[str, Any]]) -> float:
+        if not name:
+            raise InvalidArgument("node_name", "must not be empty")
+        with self.engine.begin() as conn:
+            node = repo.upsert_node(conn, name, address=address, labels=labels, agent_version=agent_version,
+                                    runtime=runtime, gpus=gpus)
+        self._touch(name)
+        event(log, "node.registered", node=name, address=address, state=node.state.value, gpus=len(gpus))
+        self.wake_scheduler()
+        return self.heartbeat_interval
+
+    def heartbeat(self, name: str, gpus: Sequence[dict[str, Any]], jobs: Sequence[Digest]) -> HeartbeatAnswer:
+        if not name:
+            raise InvalidArgument("node_name", "must not be empty")
+        now = datetime.now(UTC)
+        with self.engine.begin() as conn:
+            node = repo.heartbeat_node(conn, name, gpus, now)
+        if node is None or node.state is NodeState.LOST:
+            return HeartbeatAnswer(reregister=True)  # Register revives it and carries the fencing
+        self._touch(name)
+        answer = HeartbeatAnswer()
+        to_sync: list[str] = []
+        acked: list[str] = []
+        with self.engine.connect() as conn:
+            for d in jobs:
+                try:
+                    row = repo.get_job(conn, d.job_id)
+                except NotFound:
+                    continue  # not the coordinator's job (launched by hand): leave it alone
+                current = row.status is JobStatus.RUNNING and row.node == name and row.attempt == d.attempt
+                if d.state in LIVE_AGENT_STATES:
+                    if not current:
+                        answer.stop.append(d)  # fencing: this attempt is not the one that should run
+                elif current:
+                    to_sync.append(row.id)  # ended on the agent, not yet in the database
+                elif row.terminal:
+                    answer.acknowledged.append(d)
+                    if not row.acked:
+                        acked.append(row.id)
+        if acked:
+            with self.engine.begin() as conn:
+                repo.mark_acked(conn, acked)
+        for job_id in to_sync:
+            try:
+                self.reconciler.sync_job(job_id)
+            except Exception:  # noqa: BLE001 - the reconcile loop tries again
+                log.exception("sync after heartbeat failed", extra={"fields": {"job_id": job_id}})
+        if answer.stop:
+            event(log, "node.fence", node=name, attempts=[f"{d.job_id}/{d.attempt}" for d in answer.stop])
+        return answer
+
+    # -- the sweep -----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="node-sweep", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(min(1.0, self.node_timeout / 4)):
+            try:
+                self.sweep()
+                self.last_ok = self.mono()
+            except Exception:  # noqa: BLE001
+                log.exception("node sweep failed")
+
+    def sweep(self) -> list[str]:
+        """Declare silent nodes LOST (stopping and requeueing their jobs); finish drains."""
+        lost: list[str] = []
+        with self.engine.connect() as conn:
+            nodes = repo.list_nodes(conn)
+        for n in nodes:
+            if n.state is not NodeState.LOST and self.silent_for(n.name) > self.node_timeout:
+                self.node_lost(n.name)
+                lost.append(n.name)
+            elif n.state is NodeState.DRAINING:
+                with self.engine.begin() as conn:
+                    if not repo.jobs_on_node(conn, n.name):
+                        repo.set_node_state(conn, n.name, NodeState.DRAINED, reason="no job left", actor="sweep")
+        return lost
+
+    def node_lost(self, name: str) -> None:
+        with self.engine.begin() as conn:
+            repo.set_node_state(conn, name, NodeState.LOST, reason=f"no heartbeat for {self.node_timeout:g}s",
+                                actor="sweep")
+            running = repo.jobs_on_node(conn, name)
+        # Never heard from since this coordinator started: the old system's "inspect error at restart".
+        at_restart = self.mono() - self.started <= self.node_timeout * 1.5 and name not in self._seen
+        reason = (TerminationReason.SERVER_RESTART_CONTAINER_INSPECT_ERROR if at_restart
+                  else TerminationReason.NODE_LOST)
+        event(log, "node.lost", logging.WARNING, node=name, jobs=[j.id for j in running])
+        for job in running:
+            end_job(self.engine, job.id, JobStatus.STOPPED, reason.message(f"node {name}"), actor="sweep",
+                    requeue=job.can_retry, count_retry=True)
+        self.wake_scheduler()

@@ -1,0 +1,286 @@
+"""What users ask of the coordinator, as plain functions: the model lifecycle and plain jobs.
+
+Each action checks its precondition through states.py (FAILED_PRECONDITION naming the current
+states), writes in one transaction, and only then talks to agents (stop) or wakes the scheduler.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import uuid as uuidlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.engine import Connection, Engine
+
+from agent.spec import JobSpec, check_portable
+from coordinator import states
+from coordinator.agents import AgentPool
+from coordinator.db import repo
+from coordinator.db.rows import JobRow, ModelRow
+from coordinator.reconciler import Reconciler, end_job
+from coordinator.states import DesiredState, JobStatus, JobType, ModelStates, NodeState, TerminationReason
+from gpufleet.errors import FailedPrecondition, InvalidArgument, NotFound
+from gpufleet.log import event
+
+log = logging.getLogger("gpufleet.coordinator.lifecycle")
+STOP_GRACE = 10
+MAX_GPUS = 64
+
+
+@dataclass
+class Lifecycle:
+    engine: Engine
+    agents: AgentPool
+    reconciler: Reconciler
+    wake_scheduler: Callable[[], None]
+    actor: str = "api"
+
+    # -- models --------------------------------------------------------------------------------
+    def create_model(self, *, model_no: str, version: str, train_type: str, memo: str, params_json: str,
+                     spec: dict[str, Any], gpus: int, priority: int, constraints: dict[str, str],
+                     max_retries: int) -> ModelRow:
+        if len(memo) > 4096:
+            raise InvalidArgument("memo", "must be at most 4096 characters")
+        _check_gpus(gpus or 1)
+        template = JobSpec.from_dict(spec)
+        template.output_dir = template.output_dir or "models"
+        template.params_json = params_json or template.params_json
+        check_portable(template)
+        with self.engine.begin() as conn:
+            return repo.create_model(conn, model_no=model_no, version=version, train_type=train_type, memo=memo,
+                                     params_json=params_json or "{}", spec=template.to_dict(), gpus=gpus or 1,
+                                     priority=priority, constraints=constraints, max_retries=max_retries,
+                                     actor=self.actor)
+
+    def get_model(self, uuid: str) -> ModelRow:
+        _check_uuid(uuid)
+        with self.engine.connect() as conn:
+            return repo.get_model(conn, uuid)
+
+    def run_train(self, uuid: str) -> ModelRow:
+        return self._start_train(uuid, states.run_train, "RunTrain")
+
+    def restart_train(self, uuid: str) -> ModelRow:
+        return self._start_train(uuid, states.restart_train, "RestartTrain")
+
+    def _start_train(self, uuid: str, action: Callable[[ModelStates], ModelStates], name: str) -> ModelRow:
+        _check_uuid(uuid)
+        with self.engine.begin() as conn:
+            model = repo.get_model(conn, uuid, for_update=True)
+            new = action(model.states)
+            job = self._new_job(conn, model, JobType.TRAIN, model.params_json)
+            repo.update_model_states(conn, uuid, new=new, expect_version=model.row_version, reason=name,
+                                     actor=self.actor, current_attempt_id=job.id, last_error="",
+                                     best_epoch=None, test_epoch=None)
+            out = repo.get_model(conn, uuid)
+        event(log, "model.train", model=uuid, action=name, job_id=job.id)
+        self.wake_scheduler()
+        return out
+
+    def resume_train(self, uuid: str) -> ModelRow:
+        _check_uuid(uuid)
+        with self.engine.connect() as conn:
+            model = repo.get_model(conn, uuid)
+            states.resume_train(model.states)  # precondition first, before asking any agent
+            old = self._current_job(conn, model)
+            address = repo.get_node(conn, old.node).address if old.node else ""
+        probe = None
+        if address:
+            spec = old.spec
+            probe = self.agents.probe_dir(address, spec.get("output_dir", ""), int(spec.get("total_epoch") or 0),
+                                          int(spec.get("val_interval") or 0), spec.get("params_json", ""))
+        params = json.loads(old.spec.get("params_json") or "{}")
+        # When the old node cannot be asked, the trainer finds its own latest checkpoint.
+        params["resumeFrom"] = (probe or {}).get("latest_checkpoint") or "latest"
+        params["resumeEpoch"] = int((probe or {}).get("latest_checkpoint_epoch") or 0)
+        spec = dict(old.spec, params_json=json.dumps(params))
+        with self.engine.begin() as conn:
+            model = repo.get_model(conn, uuid, for_update=True)
+            new = states.resume_train(model.states)
+            job = repo.requeue_job(conn, old.id, reason="ResumeTrain", actor=self.actor, count_retry=False,
+                                   spec=spec)
+            if job is None:
+                raise FailedPrecondition(f"ResumeTrain: job {old.id} was already superseded")
+            repo.update_model_states(conn, uuid, new=new, expect_version=model.row_version, reason="ResumeTrain",
+                                     actor=self.actor, current_attempt_id=job.id, last_error="")
+            out = repo.get_model(conn, uuid)
+        event(log, "model.train", model=uuid, action="ResumeTrain", job_id=job.id,
+              resume_from=params["resumeFrom"])
+        self.wake_scheduler()
+        return out
+
+    def cancel_train(self, uuid: str) -> ModelRow:
+        return self._cancel(uuid, states.cancel_train, "CancelTrain")
+
+    def cancel_test(self, uuid: str) -> ModelRow:
+        return self._cancel(uuid, states.cancel_test, "CancelTest")
+
+    def _cancel(self, uuid: str, action: Callable[[ModelStates], ModelStates], name: str) -> ModelRow:
+        _check_uuid(uuid)
+        with self.engine.begin() as conn:
+            model = repo.get_model(conn, uuid, for_update=True)
+            new = action(model.states)
+            repo.update_model_states(conn, uuid, new=new, expect_version=model.row_version, reason=name,
+                                     actor=self.actor, last_error=f"{name} by user")
+            job = repo.get_job(conn, model.current_attempt_id) if model.current_attempt_id else None
+        if job is not None:
+            self._stop_job(job, name)
+        with self.engine.connect() as conn:
+            return repo.get_model(conn, uuid)
+
+    def run_test(self, uuid: str, epoch: int) -> ModelRow:
+        _check_uuid(uuid)
+        if epoch < 1:
+            raise InvalidArgument("epoch", f"must be >= 1, got {epoch}")
+        with self.engine.begin() as conn:
+            model = repo.get_model(conn, uuid, for_update=True)
+            new = states.run_test(model.states)
+            params = json.loads(model.params_json or "{}")
+            total = _int(params.get("total_epoch", params.get("totalEpoch")))
+            if total and epoch > total:
+                raise InvalidArgument("epoch", f"must be <= total_epoch {total}, got {epoch}")
+            train = self._last_train_job(conn, model)
+            params.update(mode="test", testEpoch=epoch, checkpoint=f"epoch_{epoch}.pth")
+            job = self._new_job(conn, model, JobType.EVAL, json.dumps(params),
+                                output_dir=train.spec.get("output_dir") if train else None)
+            repo.update_model_states(conn, uuid, new=new, expect_version=model.row_version, reason="RunTest",
+                                     actor=self.actor, current_attempt_id=job.id, test_epoch=epoch, last_error="")
+            out = repo.get_model(conn, uuid)
+        event(log, "model.test", model=uuid, job_id=job.id, epoch=epoch)
+        self.wake_scheduler()
+        return out
+
+    def sync_status(self, uuid: str) -> ModelRow:
+        model = self.get_model(uuid)
+        if model.current_attempt_id:
+            self.reconciler.sync_job(model.current_attempt_id)
+        return self.get_model(uuid)
+
+    def _new_job(self, conn: Connection, model: ModelRow, job_type: JobType, params_json: str,
+                 output_dir: str | None = None) -> JobRow:
+        job_id = uuidlib.uuid4().hex[:16]
+        spec = dict(model.spec)
+        spec["params_json"] = params_json
+        spec["job_type"] = job_type.value
+        # Each training run from scratch gets its own folder; resume and test reuse it.
+        spec["output_dir"] = output_dir or f"{spec.get('output_dir') or 'models'}/{model.uuid}/{job_id}"
+        return repo.create_job(conn, spec=spec, gpus=model.gpus, priority=model.priority,
+                               constraints=model.constraints, max_retries=model.max_retries,
+                               resume_on_retry=job_type is JobType.TRAIN, name=f"{model.model_no}-{job_type.value}",
+                               model_uuid=model.uuid, job_type=job_type, job_id=job_id, actor=self.actor)
+
+    def _current_job(self, conn: Connection, model: ModelRow) -> JobRow:
+        if not model.current_attempt_id:
+            raise FailedPrecondition(f"model {model.uuid} has no job to resume")
+        return repo.get_job(conn, model.current_attempt_id)
+
+    def _last_train_job(self, conn: Connection, model: ModelRow) -> JobRow | None:
+        page = repo.list_jobs(conn, model_uuid=model.uuid, status=JobStatus.SUCCESS, page=0, size=50)
+        trains = [j for j in page.items if j.job_type is JobType.TRAIN]
+        return trains[0] if trains else None
+
+    # -- plain jobs ----------------------------------------------------------------------------
+    def submit_job(self, *, spec: dict[str, Any], gpus: int, priority: int, constraints: dict[str, str],
+                   max_retries: int, resume_on_retry: bool, name: str) -> JobRow:
+        _check_gpus(gpus)
+        check_portable(JobSpec.from_dict(spec))
+        with self.engine.begin() as conn:
+            job = repo.create_job(conn, spec=spec, gpus=gpus, priority=priority, constraints=constraints,
+                                  max_retries=max_retries, resume_on_retry=resume_on_retry, name=name,
+                                  actor=self.actor)
+        event(log, "job.submitted", job_id=job.id, gpus=gpus, priority=priority)
+        self.wake_scheduler()
+        return job
+
+    def get_job(self, job_id: str) -> JobRow:
+        check_job_id(job_id)
+        with self.engine.connect() as conn:
+            return repo.get_job(conn, job_id)
+
+    def cancel_job(self, job_id: str) -> JobRow:
+        check_job_id(job_id)
+        with self.engine.connect() as conn:
+            job = repo.get_job(conn, job_id)
+        if job.terminal:
+            return job  # canceling an ended job changes nothing
+        if job.model_uuid:
+            raise FailedPrecondition(
+                f"job {job_id} belongs to model {job.model_uuid}: use CancelTrain or CancelTest")
+        self._stop_job(job, "CancelJob")
+        return self.get_job(job_id)
+
+    def _stop_job(self, job: JobRow, why: str) -> None:
+        if job.status is JobStatus.QUEUED:
+            end_job(self.engine, job.id, JobStatus.CANCELED, TerminationReason.CANCELED_BY_USER.message(why),
+                    actor=self.actor)
+            return
+        if job.status is not JobStatus.RUNNING:
+            return
+        with self.engine.begin() as conn:
+            repo.set_desired_state(conn, job.id, DesiredState.STOP, reason=why, actor=self.actor)
+            address = repo.get_node(conn, job.node).address if job.node else ""
+        if address:
+            obs = self.agents.stop(address, job.id, job.attempt, STOP_GRACE)
+            event(log, "job.stop", job_id=job.id, node=job.node, agent=obs.state or obs.kind)
+        self.reconciler.sync_job(job.id)
+
+    # -- fleet ---------------------------------------------------------------------------------
+    def drain(self, name: str, drain: bool) -> None:
+        if not name:
+            raise InvalidArgument("name", "must not be empty")
+        with self.engine.begin() as conn:
+            node = repo.get_node(conn, name)
+            if node.state is NodeState.LOST:
+                repo.set_drain_requested(conn, name, drain)
+            elif drain and node.state is NodeState.READY:
+                repo.set_node_state(conn, name, NodeState.DRAINING, reason="DrainNode", actor=self.actor)
+            elif not drain and node.state in (NodeState.DRAINING, NodeState.DRAINED):
+                repo.set_node_state(conn, name, NodeState.READY, reason="UndrainNode", actor=self.actor)
+        if not drain:
+            self.wake_scheduler()
+
+    def stage_dataset(self, uuid: str, node_name: str) -> tuple[str, str]:
+        """The agent (name, address) to stage a model's dataset on."""
+        model = self.get_model(uuid)
+        with self.engine.connect() as conn:
+            if not node_name and model.current_attempt_id:
+                job = repo.get_job(conn, model.current_attempt_id)
+                node_name = job.node or ""
+            if not node_name:
+                nodes = [n for n in repo.list_nodes(conn) if n.state is not NodeState.LOST]
+                if len(nodes) != 1:
+                    raise FailedPrecondition(
+                        f"StageDataset: model {uuid} has no job yet and the fleet has {len(nodes)} live nodes; "
+                        "name the node")
+                node_name = nodes[0].name
+            node = repo.get_node(conn, node_name)
+        return node.name, node.address
+
+
+def _check_uuid(uuid: str) -> None:
+    try:
+        uuidlib.UUID(uuid)
+    except (ValueError, AttributeError, TypeError):
+        raise InvalidArgument("uuid", f"must be a UUID, got {uuid[:64]!r}") from None
+
+
+def check_job_id(job_id: str) -> None:
+    if not job_id or len(job_id) > 128:
+        raise InvalidArgument("job_id", "must be 1 to 128 characters")
+
+
+def _check_gpus(gpus: int) -> None:
+    if gpus < 0 or gpus > MAX_GPUS:
+        raise InvalidArgument("gpus", f"must be between 0 and {MAX_GPUS}, got {gpus}")
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+__all__ = ["Lifecycle", "NotFound"]

@@ -1,0 +1,146 @@
+"""`gpufleet-coordinator`: migrate the database, reconcile, then serve and schedule until SIGTERM.
+
+`gpufleet-coordinator migrate` only applies the migrations and exits.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+
+from coordinator.agents import AgentPool
+from coordinator.db import engine as dbengine
+from coordinator.fleet import Fleet
+from coordinator.lifecycle import Lifecycle
+from coordinator.reconciler import Reconciler
+from coordinator.scheduler import Scheduler
+from coordinator.service import CoordinatorService, FleetService, add_to_server
+from gpufleet import config, sdnotify
+from gpufleet import log as flog
+from gpufleet.errors import FleetError, InvalidArgument
+from gpufleet.server import (
+    bind,
+    build_server,
+    check_listen_security,
+    enable_reflection,
+    server_credentials,
+    set_health,
+)
+
+log = logging.getLogger("gpufleet.coordinator")
+SERVICES = ["gpufleet.v1.Coordinator", "gpufleet.v1.Fleet"]
+
+OPTIONS = [
+    config.Option("listen", "127.0.0.1:50050", "HOST:PORT to serve gpufleet.v1.Coordinator and Fleet on"),
+    config.Option("state-dir", "/var/lib/gpufleet/coordinator", "where the embedded SQLite database lives"),
+    config.Option("database-url", "", "SQLAlchemy URL (default: SQLite in --state-dir; "
+                  "postgresql+psycopg://user@host/db for production). Keep passwords in the environment"),
+    config.Option("node-timeout", 10.0, "seconds without a heartbeat before a node is LOST", float),
+    config.Option("heartbeat-interval", 2.0, "seconds between agent heartbeats", float),
+    config.Option("reconcile-interval", 2.0, "seconds between reconcile passes", float),
+    config.Option("schedule-interval", 2.0, "seconds between scheduling passes (also event-driven)", float),
+    config.Option("on-restart", "keep", "keep: running jobs survive a coordinator restart; stop: stop them"),
+    config.Option("tls-cert", "", "server certificate (PEM)"),
+    config.Option("tls-key", "", "server key (PEM)"),
+    config.Option("tls-ca", "", "CA that signs client certificates (enables mTLS)"),
+    config.Option("insecure", False, "allow plaintext gRPC on a non-loopback address", bool),
+    config.Option("log-level", "info", "debug, info, warning, error"),
+]
+
+
+def run(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    migrate_only = bool(argv) and argv[0] == "migrate"
+    if migrate_only:
+        argv = argv[1:]
+    opts = config.parse("gpufleet-coordinator", "gpufleet coordinator: fleet state, scheduling, reconciling",
+                        OPTIONS, argv)
+    flog.setup(opts.log_level)
+    if opts.on_restart not in ("keep", "stop"):
+        raise InvalidArgument("--on-restart", f"must be keep or stop, got {opts.on_restart!r}")
+    if opts.node_timeout <= 0:
+        raise InvalidArgument("--node-timeout", "must be > 0")
+    state_dir = config.state_path(opts.state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    url = opts.database_url or dbengine.default_sqlite_url(state_dir)
+    engine = dbengine.make_engine(url)
+    status = dbengine.migrate(engine)
+    flog.event(log, "db.migrated", dialect=engine.dialect.name, status=str(status))
+    if migrate_only:
+        return 0
+    tls = bool(opts.tls_cert and opts.tls_key)
+    check_listen_security(opts.listen, opts.insecure, tls)
+
+    agents = AgentPool()
+    sched_ref: list[Scheduler] = []
+
+    def wake() -> None:
+        if sched_ref:
+            sched_ref[0].wake()
+
+    reconciler = Reconciler(engine, agents, interval=opts.reconcile_interval, on_restart=opts.on_restart,
+                            wake_scheduler=wake)
+    fleet = Fleet(engine, reconciler, wake, node_timeout=opts.node_timeout,
+                  heartbeat_interval=opts.heartbeat_interval)
+    scheduler = Scheduler(engine, agents, fleet.fresh_nodes, interval=opts.schedule_interval)
+    sched_ref.append(scheduler)
+    life = Lifecycle(engine, agents, reconciler, wake)
+
+    server, hs = build_server()
+    add_to_server(CoordinatorService(engine, life, agents), FleetService(fleet), server)
+    enable_reflection(server, SERVICES)
+    creds = server_credentials(opts.tls_cert, opts.tls_key, opts.tls_ca) if tls else None
+    port = bind(server, opts.listen, creds)
+    server.start()
+    # Reconcile what the database says against the agents before placing anything new.
+    reconciler.start()
+    fleet.start()
+    scheduler.start()
+    set_health(hs, SERVICES, True)
+    host, _ = config.split_hostport(opts.listen, "--listen")
+    (state_dir / "coordinator.addr").write_text(f"{host}:{port}\n")
+    flog.event(log, "coordinator.ready", listen=f"{host}:{port}", database=engine.dialect.name)
+
+    stop = threading.Event()
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, lambda *_: stop.set())
+    sdnotify.notify("READY=1\nSTATUS=serving")
+    wd = sdnotify.watchdog_interval()
+    while not stop.wait(min(wd or 1.0, 1.0)):
+        healthy = _db_ok(engine) and time.monotonic() - reconciler.last_ok < 60
+        set_health(hs, SERVICES, healthy)
+        if wd and healthy:
+            sdnotify.notify("WATCHDOG=1")
+    sdnotify.notify("STOPPING=1")
+    set_health(hs, SERVICES, False)
+    server.stop(grace=2).wait()
+    scheduler.close()
+    fleet.close()
+    reconciler.close()
+    agents.close()
+    engine.dispose()
+    flog.event(log, "coordinator.stopped")
+    return 0
+
+
+def _db_ok(engine: object) -> bool:
+    try:
+        with engine.connect() as conn:  # type: ignore[attr-defined]
+            conn.exec_driver_sql("SELECT 1")
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def main() -> None:
+    try:
+        sys.exit(run())
+    except FleetError as exc:
+        print(f"gpufleet-coordinator: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

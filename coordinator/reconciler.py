@@ -1,0 +1,340 @@
+"""Keeps the database true to what the agents see (the rules of the system this replaces).
+
+`decide(job, observation, ...)` is pure and covered by a table test; `Reconciler` observes
+(Agent.Inspect, outside any transaction), decides, and applies each decision in one transaction
+through `end_job` — the one place a job attempt ends, its metrics are stored, its model's steps
+move, and (by the job's retry policy) a new attempt is queued.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.engine import Connection, Engine
+
+from coordinator import states
+from coordinator.agents import AgentPool, Observation
+from coordinator.db import repo
+from coordinator.db.rows import JobRow
+from coordinator.states import DesiredState, JobStatus, JobType, ModelStatus, Step, TerminationReason
+from gpufleet import failpoints
+from gpufleet.errors import FailedPrecondition
+from gpufleet.log import event
+
+log = logging.getLogger("gpufleet.coordinator.reconciler")
+
+
+@dataclass(frozen=True)
+class Decision:
+    # keep: nothing to do; relaunch: the agent never got the Launch; stop: re-send a stop;
+    # probe: the agent forgot the job, judge its outputs; finish: end the attempt.
+    action: str
+    status: JobStatus | None = None
+    exit_code: int | None = None
+    message: str = ""
+    probe: dict[str, Any] | None = None
+
+
+KEEP = Decision("keep")
+
+
+def outputs_complete(job_type: JobType, probe: dict[str, Any] | None) -> bool:
+    """A TRAIN run is complete when val.csv has every row; an EVAL run when its result zip exists."""
+    if not probe:
+        return False
+    if job_type is JobType.EVAL:
+        return bool(probe.get("has_result_zip"))
+    return bool(probe.get("completed"))
+
+
+def decide(job: JobRow, obs: Observation, *, startup: bool) -> Decision:
+    """What to do with a RUNNING attempt given what its agent said."""
+    if job.status is not JobStatus.RUNNING:
+        return KEEP
+    if obs.kind == "error":
+        return KEEP  # the node's heartbeat timeout decides; never guess from one failed call
+    if obs.kind == "not_found":
+        # Never confirmed by the agent: the coordinator died between committing the assignment
+        # and Launch (or Launch was lost). Launch is idempotent, so send it (again).
+        if job.observed_state is None:
+            return Decision("relaunch") if job.desired_state is DesiredState.RUN else Decision(
+                "finish", JobStatus.STOPPED, message=TerminationReason.STOPPED_BY_USER.message("before launch"))
+        return Decision("probe")
+    if obs.state in ("PENDING", "RUNNING"):
+        return Decision("stop") if job.desired_state is DesiredState.STOP else KEEP
+    if obs.state == "SUCCEEDED":
+        return Decision("finish", JobStatus.SUCCESS, 0, "", obs.probe)
+    if obs.state == "FAILED":
+        if obs.exit_code is None:  # could not be started on the host
+            return Decision("finish", JobStatus.FAILED, None,
+                            TerminationReason.LAUNCH_FAILED.message(obs.message), obs.probe)
+        reason = (TerminationReason.SERVER_RESTART_CONTAINER_EXIT_NONZERO if startup
+                  else TerminationReason.EXIT_NONZERO)
+        detail = f"exit code {obs.exit_code}" + (f"; {obs.message}" if obs.message else "")
+        return Decision("finish", JobStatus.FAILED, obs.exit_code, reason.message(detail), obs.probe)
+    if obs.state == "STOPPED":
+        if job.desired_state is DesiredState.STOP:
+            message = TerminationReason.STOPPED_BY_USER.message()
+        else:  # fenced, or stopped on the host by someone else
+            message = f"STOPPED_ON_AGENT: {obs.message or 'no reason given'}"
+        return Decision("finish", JobStatus.STOPPED, -1, message, obs.probe)
+    if obs.state == "LOST":
+        return judge_missing(job, obs.probe)
+    return KEEP
+
+
+def judge_missing(job: JobRow, probe: dict[str, Any] | None) -> Decision:
+    """The container/process is gone without an exit code: the output probe is the verdict."""
+    if outputs_complete(job.job_type, probe):
+        return Decision("finish", JobStatus.SUCCESS, 0, "", probe)
+    reason = (probe or {}).get("reason") or "probe-error"
+    if job.job_type is JobType.EVAL and probe and probe.get("completed"):
+        reason = "result-zip-missing"
+    return Decision("finish", JobStatus.STOPPED, -1,
+                    TerminationReason.SERVER_RESTART_CONTAINER_MISSING_OUTPUT_INCOMPLETE.message(reason), probe)
+
+
+def _step_fields(step: Step, probe: dict[str, Any] | None, saved: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if saved:
+        out[f"step{step.value}_metric_saved"] = True
+    if step is Step.TRAIN and probe and probe.get("best_epoch"):
+        out["best_epoch"] = int(probe["best_epoch"])
+    return out
+
+
+def ingest_probe(conn: Connection, job: JobRow, probe: dict[str, Any] | None) -> dict[str, int]:
+    """Store the probe's parsed csv rows (idempotent); returns rows inserted per split."""
+    counts = {"train": 0, "val": 0, "test": 0}
+    if not probe:
+        return counts
+    by_split: dict[str, list[tuple[int, dict[str, float]]]] = {"train": [], "val": [], "test": []}
+    for split, epoch, values in probe.get("metrics", []):
+        if split in by_split and values:
+            by_split[split].append((int(epoch), values))
+    for split, rows in by_split.items():
+        if rows:
+            failpoints.hit("coordinator.metrics.mid_ingest")
+            counts[split] = repo.ingest_metrics(conn, split, job.model_uuid, job.id, rows)
+    return counts
+
+
+def end_job(engine: Engine, job_id: str, status: JobStatus, message: str, *, actor: str,
+            exit_code: int | None = None, probe: dict[str, Any] | None = None, requeue: bool = False,
+            count_retry: bool = True, resume: bool = False) -> JobRow | None:
+    """End one RUNNING/QUEUED attempt, store its metrics, move its model, maybe queue the next
+    attempt — all in one transaction. Returns the new attempt when one was queued."""
+    with engine.begin() as conn:
+        job = repo.get_job(conn, job_id, for_update=True)
+        if job.terminal:
+            return None  # someone else ended it first; the first verdict stands
+        code = exit_code if status is JobStatus.FAILED else None
+        repo.set_job_status(conn, job_id, status, exit_code=code, error_message=message or None,
+                            reason=message or status.value, actor=actor)
+        has_metrics = any(ingest_probe(conn, job, probe).values()) or bool(probe and probe.get("metrics"))
+        new_job = None
+        if requeue:
+            try:
+                spec = _resume_spec(job, probe) if (resume or job.resume_on_retry) else None
+                new_job = repo.requeue_job(conn, job_id, reason=message, actor=actor, count_retry=count_retry,
+                                           spec=spec)
+            except FailedPrecondition as exc:
+                event(log, "job.requeue_refused", job_id=job_id, why=str(exc))
+        if job.model_uuid:
+            _move_model(conn, job, status, message, probe, has_metrics, new_job, actor)
+    event(log, "job.ended", job_id=job_id, attempt=job.attempt, node=job.node, status=status.value,
+          exit_code=exit_code, message=message, requeued=new_job.id if new_job else None)
+    return new_job
+
+
+def _resume_spec(job: JobRow, probe: dict[str, Any] | None) -> dict[str, Any]:
+    """The old spec with resumeFrom (latest checkpoint found by the probe) put into params_json."""
+    import json
+
+    spec = dict(job.spec)
+    params = json.loads(spec.get("params_json") or "{}")
+    if probe and probe.get("latest_checkpoint"):
+        params["resumeFrom"] = probe["latest_checkpoint"]
+        params["resumeEpoch"] = int(probe.get("latest_checkpoint_epoch") or 0)
+    spec["params_json"] = json.dumps(params)
+    return spec
+
+
+def _move_model(conn: Connection, job: JobRow, status: JobStatus, message: str, probe: dict[str, Any] | None,
+                has_metrics: bool, new_job: JobRow | None, actor: str) -> None:
+    model = repo.get_model(conn, job.model_uuid or "", for_update=True)
+    if model.current_attempt_id != job.id:
+        return  # a superseded attempt never moves the model
+    if new_job is not None:
+        repo.update_model_states(conn, model.uuid, reason=f"requeued: {message}", actor=actor,
+                                 current_attempt_id=new_job.id, last_error=message)
+        return
+    step = Step.for_job_type(job.job_type)
+    cur = model.states
+    try:
+        if status is JobStatus.SUCCESS:
+            has_zip = bool(probe and probe.get("has_result_zip"))
+            new = states.job_succeeded(cur, job.job_type, has_zip)
+            fields = _step_fields(step, probe, has_metrics)
+            if step is Step.TRAIN and has_zip:
+                fields["step2_metric_saved"] = has_metrics
+            repo.update_model_states(conn, model.uuid, new=new, reason=f"job {job.id} SUCCESS", actor=actor,
+                                     **fields)
+        elif status is JobStatus.FAILED:
+            repo.update_model_states(conn, model.uuid, new=states.step_failed(cur, step),
+                                     reason=f"job {job.id} FAILED", actor=actor, last_error=message)
+        else:
+            repo.update_model_states(conn, model.uuid, new=states.step_stopped(cur, step),
+                                     reason=f"job {job.id} {status.value}", actor=actor,
+                                     last_error=message, **_step_fields(step, probe, False))
+    except FailedPrecondition as exc:
+        # The model moved on (e.g. canceled) while the job ended: the job's truth is stored anyway.
+        event(log, "model.outcome_skipped", logging.WARNING, model=model.uuid, job_id=job.id, why=str(exc))
+
+
+def start_running(conn: Connection, job: JobRow, actor: str) -> None:
+    """A model's attempt is confirmed running: its step IN_PROGRESS (idempotent)."""
+    if not job.model_uuid:
+        return
+    model = repo.get_model(conn, job.model_uuid)
+    if model.current_attempt_id != job.id:
+        return
+    step = Step.for_job_type(job.job_type)
+    if model.states.step(step) is ModelStatus.IN_PROGRESS and model.status is ModelStatus.IN_PROGRESS:
+        return
+    cur = model.states
+    new = (states.ModelStates(ModelStatus.IN_PROGRESS, ModelStatus.IN_PROGRESS, cur.step2) if step is Step.TRAIN
+           else states.ModelStates(ModelStatus.IN_PROGRESS, cur.step1, ModelStatus.IN_PROGRESS))
+    try:
+        repo.update_model_states(conn, model.uuid, new=new, reason=f"job {job.id} running", actor=actor)
+    except FailedPrecondition as exc:
+        event(log, "model.running_skipped", logging.WARNING, model=model.uuid, job_id=job.id, why=str(exc))
+
+
+class Reconciler:
+    def __init__(self, engine: Engine, agents: AgentPool, *, interval: float = 2.0,
+                 on_restart: str = "keep", wake_scheduler: Callable[[], None] = lambda: None,
+                 actor: str = "reconciler") -> None:
+        self.engine = engine
+        self.agents = agents
+        self.interval = interval
+        self.on_restart = on_restart
+        self.wake_scheduler = wake_scheduler
+        self.actor = actor
+        self.first_pass_done = False
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="reconcile")
+        self._thread: threading.Thread | None = None
+        self.last_ok = time.monotonic()
+        self.actions: dict[str, int] = {}
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+                self.last_ok = time.monotonic()
+            except Exception:  # noqa: BLE001 - survive a DB restart or anything else
+                log.exception("reconcile pass failed")
+            self._wake.wait(self.interval)
+            self._wake.clear()
+
+    def run_once(self) -> None:
+        with self.engine.connect() as conn:
+            running = repo.running_jobs(conn)
+            addresses = {n.name: n.address for n in repo.list_nodes(conn)}
+        startup = not self.first_pass_done
+        list(self._pool.map(lambda j: self.reconcile(j, addresses.get(j.node or "", ""), startup), running))
+        self.first_pass_done = True
+
+    def sync_job(self, job_id: str) -> None:
+        """Reconcile one job now (SyncStatus, a heartbeat that disagrees with the database)."""
+        with self.engine.connect() as conn:
+            job = repo.get_job(conn, job_id)
+            if job.status is not JobStatus.RUNNING or not job.node:
+                return
+            address = repo.get_node(conn, job.node).address
+        self.reconcile(job, address, startup=False)
+
+    def reconcile(self, job: JobRow, address: str, startup: bool) -> Decision:
+        if not address:
+            return KEEP
+        obs = self.agents.inspect(address, job.id)
+        if startup and self.on_restart == "stop" and obs.kind == "found" and obs.state in ("PENDING", "RUNNING"):
+            # The old system's behaviour, for operators who ask for it.
+            with self.engine.begin() as conn:
+                repo.set_desired_state(conn, job.id, DesiredState.STOP, reason="--on-restart=stop",
+                                       actor=self.actor)
+            job = _refetch(self.engine, job.id)
+        d = decide(job, obs, startup=startup)
+        if d.action == "probe":
+            spec = job.spec
+            probe = self.agents.probe_dir(address, spec.get("output_dir", ""), int(spec.get("total_epoch") or 0),
+                                          int(spec.get("val_interval") or 0), spec.get("params_json", ""))
+            if probe is None:
+                return KEEP  # could not ask; try again next pass
+            d = judge_missing(job, probe)
+        self.apply(job, d, obs, address)
+        return d
+
+    def apply(self, job: JobRow, d: Decision, obs: Observation, address: str) -> None:
+        self.actions[d.action] = self.actions.get(d.action, 0) + 1
+        now = datetime.now(UTC)
+        if d.action == "keep":
+            if obs.kind == "found":
+                with self.engine.begin() as conn:
+                    repo.set_observed_state(conn, job.id, obs.state, now)
+                    if obs.progress:
+                        p = obs.progress
+                        repo.upsert_progress(conn, job.id, p["current_epoch"], p["total_epoch"], p["metrics"], now)
+                    if obs.state == "RUNNING":
+                        start_running(conn, job, self.actor)
+            return
+        if d.action == "relaunch":
+            from coordinator import convert
+
+            event(log, "job.relaunch", job_id=job.id, attempt=job.attempt, node=job.node)
+            try:
+                st = self.agents.launch(address, job.id, job.attempt, convert.spec_to_pb(job.spec),
+                                        list(job.gpu_indices))
+            except Exception as exc:  # noqa: BLE001 - next pass tries again; node loss ends it
+                event(log, "job.relaunch_failed", logging.WARNING, job_id=job.id, error=str(exc))
+                return
+            with self.engine.begin() as conn:
+                repo.set_observed_state(conn, job.id, convert.agent_state_name(st.state), now)
+            return
+        if d.action == "stop":
+            self.agents.stop(address, job.id, job.attempt)
+            return
+        assert d.status is not None
+        failpoints.hit("coordinator.reconcile.before_apply")
+        end_job(self.engine, job.id, d.status, d.message, actor=self.actor, exit_code=d.exit_code, probe=d.probe)
+        if self.agents.acknowledge(address, job.id, job.attempt):
+            with self.engine.begin() as conn:
+                repo.mark_acked(conn, [job.id])
+        self.wake_scheduler()
+
+
+def _refetch(engine: Engine, job_id: str) -> JobRow:
+    with engine.connect() as conn:
+        return repo.get_job(conn, job_id)

@@ -1,0 +1,192 @@
+"""Places queued jobs on nodes with free GPUs.
+
+Decision (`choose`) is pure: READY node, fresh heartbeat, labels match the job's constraints,
+enough healthy free GPUs on one node, best fit (fewest free GPUs left). The assignment (node,
+GPUs, attempt) is committed *before* Agent.Launch; Launch is idempotent on (job_id, attempt), so a
+retry after a crash is safe and the reconciler re-sends it when the agent never heard of the job.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from sqlalchemy.engine import Engine
+
+from coordinator import convert
+from coordinator.agents import AgentPool
+from coordinator.db import repo
+from coordinator.db.rows import JobRow
+from coordinator.states import JobStatus, NodeState, TerminationReason
+from gpufleet import failpoints
+from gpufleet.log import event
+
+log = logging.getLogger("gpufleet.coordinator.scheduler")
+
+CLAIM_BATCH = 200
+LAUNCH_RETRIES = 3
+
+
+@dataclass
+class NodeView:
+    name: str
+    address: str
+    labels: Mapping[str, str]
+    healthy_gpus: set[int]
+    used: set[int] = field(default_factory=set)
+
+    @property
+    def free(self) -> list[int]:
+        return sorted(self.healthy_gpus - self.used)
+
+
+def choose(gpus: int, constraints: Mapping[str, str], nodes: Sequence[NodeView]) -> tuple[NodeView, list[int]] | None:
+    """Best fit: the eligible node left with the fewest free GPUs; ties by name for determinism."""
+    best: tuple[int, str, NodeView] | None = None
+    for n in nodes:
+        if any(n.labels.get(k) != v for k, v in constraints.items()):
+            continue
+        free = n.free
+        if len(free) < gpus:
+            continue
+        key = (len(free) - gpus, n.name, n)
+        if best is None or key[:2] < best[:2]:
+            best = key
+    if best is None:
+        return None
+    node = best[2]
+    return node, node.free[:gpus]
+
+
+def node_views(nodes: Sequence[Any], in_use: Mapping[str, set[int]], fresh_names: set[str]) -> list[NodeView]:
+    views = []
+    for n in nodes:
+        if n.state is not NodeState.READY or n.name not in fresh_names:
+            continue
+        healthy = {int(g["index"]) for g in n.gpus if g.get("healthy", True)}
+        views.append(NodeView(n.name, n.address, n.labels, healthy, set(in_use.get(n.name, set()))))
+    return views
+
+
+@dataclass
+class Placement:
+    job: JobRow
+    node: str
+    address: str
+    gpus: list[int]
+
+
+class Scheduler:
+    def __init__(self, engine: Engine, agents: AgentPool, fresh_nodes: Callable[[], set[str]],
+                 *, interval: float = 2.0, actor: str = "scheduler") -> None:
+        self.engine = engine
+        self.agents = agents
+        self.fresh_nodes = fresh_nodes
+        self.interval = interval
+        self.actor = actor
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="launch")
+        self._thread: threading.Thread | None = None
+        self.last_ok = time.monotonic()
+        self.placements = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                while self.run_once() and not self._stop.is_set():
+                    pass  # a full batch was placed: there may be more
+                self.last_ok = time.monotonic()
+            except Exception:  # noqa: BLE001 - the loop must survive anything (e.g. a DB restart)
+                log.exception("scheduling pass failed")
+            self._wake.wait(self.interval)
+            self._wake.clear()
+
+    def decide(self) -> list[Placement]:
+        """Claim queued jobs and commit their assignments, in one transaction."""
+        fresh = self.fresh_nodes()
+        placed: list[Placement] = []
+        with self.engine.begin() as conn:
+            queued = repo.claim_queued(conn, CLAIM_BATCH)
+            if not queued:
+                return []
+            views = node_views(repo.list_nodes(conn), repo.gpus_in_use(conn), fresh)
+            now = datetime.now(UTC)
+            for job in queued:
+                pick = choose(job.gpus, job.constraints, views)
+                if pick is None:
+                    continue
+                node, gpus = pick
+                if repo.assign_job(conn, job.id, node.name, gpus, actor=self.actor, now=now):
+                    node.used.update(gpus)
+                    placed.append(Placement(job, node.name, node.address, gpus))
+        failpoints.hit("coordinator.assign.after_commit")
+        return placed
+
+    def run_once(self) -> bool:
+        """One pass; True when a full batch was placed (call again)."""
+        placed = self.decide()
+        if not placed:
+            return False
+        list(self._pool.map(self.launch, placed))
+        self.placements += len(placed)
+        return len(placed) >= CLAIM_BATCH
+
+    def launch(self, p: Placement) -> None:
+        spec = convert.spec_to_pb(p.job.spec)
+        last: grpc.RpcError | None = None
+        for attempt_no in range(LAUNCH_RETRIES):
+            try:
+                st = self.agents.launch(p.address, p.job.id, p.job.attempt, spec, p.gpus)
+            except grpc.RpcError as exc:
+                last = exc
+                if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    time.sleep(0.2 * (2**attempt_no))  # back off; Launch is idempotent
+                    continue
+                break
+            failpoints.hit("coordinator.launch.after_ack")
+            with self.engine.begin() as conn:
+                repo.set_observed_state(conn, p.job.id, convert.agent_state_name(st.state), datetime.now(UTC))
+            event(log, "job.launched", job_id=p.job.id, attempt=p.job.attempt, node=p.node, gpus=p.gpus)
+            return
+        assert last is not None
+        self._launch_failed(p, last)
+
+    def _launch_failed(self, p: Placement, exc: grpc.RpcError) -> None:
+        code = exc.code()
+        detail = f"{p.node}: {code.name}: {exc.details()}"
+        event(log, "job.launch_failed", logging.WARNING, job_id=p.job.id, attempt=p.job.attempt, node=p.node,
+              code=code.name, detail=exc.details())
+        transient = code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                             grpc.StatusCode.RESOURCE_EXHAUSTED)
+        # The agent may or may not have started it (UNAVAILABLE after sending): the attempt ends
+        # here and a node that comes back is told to stop it (fencing).
+        from coordinator.reconciler import end_job  # the one place that ends a job
+
+        # Launch trouble does not use up the user's retries, but is bounded so that a node that
+        # always refuses cannot make a job bounce forever.
+        requeue = transient and p.job.attempt <= p.job.max_retries + LAUNCH_RETRIES
+        end_job(self.engine, p.job.id, JobStatus.STOPPED if requeue else JobStatus.FAILED,
+                TerminationReason.LAUNCH_FAILED.message(detail), actor=self.actor,
+                requeue=requeue, count_retry=False)
+        self.wake()
