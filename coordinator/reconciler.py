@@ -114,7 +114,9 @@ def ingest_probe(conn: Connection, job: JobRow, probe: dict[str, Any] | None) ->
     counts = {"train": 0, "val": 0, "test": 0}
     if not probe:
         return counts
-    by_split: dict[str, list[tuple[int, dict[str, float]]]] = {"train": [], "val": [], "test": []}
+    # A test run shares its folder with the training run: it owns only test.csv.
+    splits = ("test",) if job.job_type is JobType.EVAL else ("train", "val", "test")
+    by_split: dict[str, list[tuple[int, dict[str, float]]]] = {s: [] for s in splits}
     for split, epoch, values in probe.get("metrics", []):
         if split in by_split and values:
             by_split[split].append((int(epoch), values))

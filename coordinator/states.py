@@ -18,10 +18,12 @@ Jobs (one row per attempt; a requeue is a new row, never a move back to QUEUED):
 
 Models (`status`) and each step (`step1_state` = train, `step2_state` = test) share one enum::
 
-    READY ──run_train──> IN_PROGRESS ──success──> COMPLETED ──run_test──> IN_PROGRESS
-                            │  ^   └──exit != 0──> ERROR ──restart / run_test──┘
-                            │  └──restart / resume / run_test── STOPPED
-                            └──cancel / output incomplete / node lost──> STOPPED
+    READY ──RunTrain──> IN_PROGRESS ──job succeeded────────────────────────> COMPLETED
+                          │   └──────job exited non-zero─────────────────────> ERROR
+                          └──────cancel / outputs incomplete / node lost─────> STOPPED
+    COMPLETED ──RunTest──────────────────────────> IN_PROGRESS
+    STOPPED ────RestartTrain / ResumeTrain / RunTest──> IN_PROGRESS
+    ERROR ──────RestartTrain / RunTest────────────> IN_PROGRESS
 
     Steps: READY -> IN_PROGRESS -> COMPLETED | STOPPED | ERROR; COMPLETED, STOPPED and ERROR go
     back to IN_PROGRESS (restart from scratch, resume, test again); STOPPED and ERROR go back to
@@ -30,9 +32,12 @@ Models (`status`) and each step (`step1_state` = train, `step2_state` = test) sh
 
 Nodes::
 
-    READY <──undrain── DRAINING ──no job left──> DRAINED ──undrain──> READY
-      └──drain──> DRAINING          every state ──no heartbeat──> LOST
-    LOST ──register/heartbeat──> READY (or DRAINING/DRAINED when an operator drain is pending)
+    READY ──drain──> DRAINING ──no job left──> DRAINED
+      ^                 │                          │
+      └────undrain──────┴──────────undrain─────────┘
+    READY / DRAINING / DRAINED ──no heartbeat for --node-timeout──> LOST
+    LOST ──registers again──> READY, or DRAINED when an operator drain is pending (its jobs
+    were all stopped when it was lost, so the drain is complete)
 
 Same-state "transitions" are accepted as no-ops (check_* returns False, nothing is written) only
 where a repeat is normal and idempotency needs it:
@@ -184,6 +189,7 @@ MODEL_SETTLED: frozenset[ModelStatus] = frozenset(
 # Nodes have no final state either; only READY nodes take new placements.
 NODE_SCHEDULABLE: frozenset[NodeState] = frozenset({NodeState.READY})
 
+# Short names for the tables below.
 J, M, N = JobStatus, ModelStatus, NodeState
 
 JOB_TRANSITIONS: frozenset[tuple[JobStatus, JobStatus]] = frozenset(
@@ -246,7 +252,6 @@ NODE_TRANSITIONS: frozenset[tuple[NodeState, NodeState]] = frozenset(
         (N.DRAINED, N.READY),
         (N.DRAINED, N.LOST),
         (N.LOST, N.READY),
-        (N.LOST, N.DRAINING),
         (N.LOST, N.DRAINED),
         # no-ops
         *((s, s) for s in NodeState),

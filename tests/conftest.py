@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import AgentProc
+from tests.harness import AgentProc, CoordinatorProc, wait_for
 
 pytest_plugins = ["tests.dockerd"] + (
     ["tests.postgres"] if (Path(__file__).parent / "postgres.py").exists() else []
@@ -46,3 +46,28 @@ def docker_agent(agent_factory: Callable[..., AgentProc], dockerd: object, tiny_
     client = dockerd.client  # type: ignore[attr-defined]
     for c in client.containers.list(all=True, filters={"label": f"gpufleet.agent={a.node_name}"}):
         c.remove(force=True)
+
+
+@pytest.fixture
+def coordinator_factory(tmp_path: Path) -> Iterator[Callable[..., CoordinatorProc]]:
+    made: list[CoordinatorProc] = []
+
+    def make(name: str = "c", start: bool = True, **kw: object) -> CoordinatorProc:
+        c = CoordinatorProc(tmp_path / name, **kw)  # type: ignore[arg-type]
+        made.append(c)
+        return c.start() if start else c
+
+    yield make
+    for c in made:
+        c.kill()
+
+
+@pytest.fixture
+def fleet(coordinator_factory: Callable[..., CoordinatorProc], agent_factory: Callable[..., AgentProc]):
+    """A coordinator (embedded SQLite) and one registered agent (process runtime, fake:4)."""
+    from gpufleet.v1 import coordinator_pb2 as cpb
+
+    c = coordinator_factory()
+    a = agent_factory("a1", extra=["--coordinator", c.addr])
+    wait_for(lambda: len(c.stub.ListNodes(cpb.ListNodesRequest(), timeout=5).nodes) == 1, 20, "agent registered")
+    return c, a

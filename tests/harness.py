@@ -175,3 +175,45 @@ class AgentProc:
 
 def state_name(value: int) -> str:
     return pb.AgentJobState.Name(value).removeprefix("AGENT_JOB_STATE_")
+
+
+class CoordinatorProc:
+    """A real `gpufleet-coordinator` on a loopback port (SQLite in its state dir unless a URL is given)."""
+
+    def __init__(self, root: Path, database_url: str = "", node_timeout: float = 3.0, extra: list[str] | None = None,
+                 env: dict[str, str] | None = None, port: int | None = None) -> None:
+        from gpufleet.v1 import coordinator_pb2_grpc
+
+        self._grpc = coordinator_pb2_grpc
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.addr = f"127.0.0.1:{self.port}"
+        argv = [sys.executable, "-m", "coordinator.main", "--listen", self.addr, "--state-dir", str(root / "state"),
+                "--node-timeout", str(node_timeout), "--heartbeat-interval", "0.5", "--reconcile-interval", "0.5",
+                "--schedule-interval", "0.5"]
+        if database_url:
+            argv += ["--database-url", database_url]
+        self.daemon = Daemon(argv + (extra or []), root / "coordinator.log", env=env or {})
+        self.channel: grpc.Channel | None = None
+
+    def start(self, wait: bool = True) -> CoordinatorProc:
+        self.daemon.start()
+        self.channel = grpc.insecure_channel(self.addr)
+        self.stub = self._grpc.CoordinatorStub(self.channel)
+        if wait:
+            try:
+                wait_for(lambda: healthy(self.channel), 60, "coordinator health SERVING")  # type: ignore[arg-type]
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\ncoordinator log:\n{self.daemon.log_tail()}") from None
+        return self
+
+    def kill(self) -> None:
+        self.daemon.kill()
+        if self.channel:
+            self.channel.close()
+            self.channel = None
+
+    def restart(self) -> CoordinatorProc:
+        self.kill()
+        return self.start()

@@ -39,13 +39,13 @@ DB_USER = "postgres"
 
 def find_bindir() -> Path | None:
     env = os.environ.get("GPUFLEET_PG_BINDIR")
-    candidates = [env] if env else []
-    candidates += list(DEFAULT_BINDIRS)
+    # An explicit choice is the only candidate: a wrong path must not silently pick another server.
+    candidates = [env] if env else list(DEFAULT_BINDIRS)
     for cand in candidates:
         if cand and (Path(cand) / "pg_ctl").is_file() and (Path(cand) / "initdb").is_file():
             return Path(cand)
     on_path = shutil.which("pg_ctl")
-    if on_path and shutil.which("initdb"):
+    if not env and on_path and shutil.which("initdb"):
         return Path(on_path).parent
     return None
 

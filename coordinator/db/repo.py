@@ -545,7 +545,9 @@ def set_job_status(
     )
     if result.rowcount != 1:
         return False
-    detail = {"exit_code": values["exit_code"], "error_message": error_message} if error_message else None
+    detail = {"exit_code": values["exit_code"]}
+    if error_message:
+        detail["error_message"] = error_message
     record_event(
         conn, "job", job_id, cur.status, to, reason=reason or error_message or to.value, actor=actor,
         detail=detail, now=at,
@@ -959,8 +961,9 @@ def upsert_progress(
     )
 
 
-def get_progress(conn: Connection, job_ids: Iterable[str]) -> dict[str, Progress]:
-    ids = list(job_ids)
+def get_progress(conn: Connection, job_ids: Iterable[str | None]) -> dict[str, Progress]:
+    """Progress rows of these jobs (None ids, e.g. a model without an attempt, are skipped)."""
+    ids = [i for i in job_ids if i is not None]
     if not ids:
         return {}
     query = sa.select(job_progress).where(job_progress.c.job_id.in_(ids))
