@@ -43,7 +43,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
 
     @rpc
     def Inspect(self, request: apb.InspectRequest, context: Any) -> pb.JobStatus:
-        return convert.job_to_pb(self.sup.inspect(request.job_id))
+        return convert.job_to_pb(self.sup.inspect(request.job_id, request.attempt))
 
     @rpc
     def ListJobs(self, request: apb.ListJobsRequest, context: Any) -> apb.ListJobsResponse:
@@ -76,7 +76,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
 
     @rpc_stream
     def StreamLogs(self, request: apb.StreamLogsRequest, context: Any) -> Iterator[apb.LogChunk]:
-        for data in self.sup.logs(request.job_id, request.follow, request.tail_lines):
+        for data in self.sup.logs(request.job_id, request.follow, request.tail_lines, request.attempt):
             for i in range(0, len(data), LOG_CHUNK):
                 yield apb.LogChunk(data=data[i : i + LOG_CHUNK])
             if not context.is_active():

@@ -235,9 +235,11 @@ class Supervisor:
                     return cur
                 self._cond.wait(min(left, 0.2))
 
-    def inspect(self, job_id: str) -> JobRecord:
+    def inspect(self, job_id: str, attempt: int = 0) -> JobRecord:
         check_job_id(job_id)
-        return self.store.get(job_id)
+        if attempt < 0:
+            raise InvalidArgument("attempt", f"must be >= 0, got {attempt}")
+        return self.store.get(job_id, attempt or None)
 
     def list(self, states: list[JobState] | None = None) -> list[JobRecord]:
         return self.store.jobs(states)
@@ -276,8 +278,8 @@ class Supervisor:
         verdict = probe_mod.probe_outputs(folder, total_epoch, val_interval, params_json, best_key, best_mode)
         return dataclasses.asdict(verdict)
 
-    def logs(self, job_id: str, follow: bool, tail_lines: int) -> Iterator[bytes]:
-        job = self.inspect(job_id)
+    def logs(self, job_id: str, follow: bool, tail_lines: int, attempt: int = 0) -> Iterator[bytes]:
+        job = self.inspect(job_id, attempt)
         if tail_lines < 0:
             raise InvalidArgument("tail_lines", f"must be >= 0, got {tail_lines}")
         if not job.runtime_id:

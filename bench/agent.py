@@ -45,6 +45,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"
 sys.path.insert(0, str(REPO))
 
 import grpc  # noqa: E402
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
 from gpufleet.v1 import agent_pb2 as apb  # noqa: E402
 from gpufleet.v1 import agent_pb2_grpc  # noqa: E402
@@ -189,7 +190,8 @@ class Agent:
     def acknowledge_all(self) -> int:
         jobs = self.stub.ListJobs(apb.ListJobsRequest(), timeout=RPC_TIMEOUT).jobs
         for j in jobs:
-            self.stub.Acknowledge(apb.AcknowledgeRequest(job_id=j.job_id, attempt=j.attempt), timeout=RPC_TIMEOUT)
+            req = apb.AcknowledgeRequest(job_id=j.job_id, attempt=j.attempt)
+            self.stub.Acknowledge(req, timeout=RPC_TIMEOUT)
         return len(jobs)
 
     def stop(self) -> None:
@@ -342,31 +344,41 @@ def bench_inspect(a: Agent, jobs: int, calls: int) -> dict[str, Any]:
     for job_id in ids:
         st = a.launch(job_id, SLEEP_JOB)
         if st.state != RUNNING:
-            raise BenchError(f"sleeping job {job_id} came back {pb.AgentJobState.Name(st.state)}: {st.message}")
+            state = pb.AgentJobState.Name(st.state)
+            raise BenchError(f"sleeping job {job_id} came back {state}: {st.message}")
     node = a.stub.GetNode(apb.GetNodeRequest(), timeout=RPC_TIMEOUT)
     reqs = [apb.InspectRequest(job_id=job_id) for job_id in ids]
     inspect = a.stub.Inspect
     for i in range(WARMUP_INSPECTS):
         inspect(reqs[i % jobs], timeout=RPC_TIMEOUT)
-    samples, not_running = [], 0
+    # Each Inspect is followed by a Health.Check on the same channel: the cheapest RPC the agent
+    # serves, timed under the same conditions, so a slow tail can be told apart from a busy host.
+    check, check_req = health_pb2_grpc.HealthStub(a.channel).Check, health_pb2.HealthCheckRequest()
+    samples, floor, not_running = [], [], 0
     clock = time.perf_counter_ns
     for i in range(calls):
         t0 = clock()
         st = inspect(reqs[i % jobs], timeout=RPC_TIMEOUT)
-        samples.append((clock() - t0) / 1e6)
+        t1 = clock()
+        check(check_req, timeout=RPC_TIMEOUT)
+        floor.append((clock() - t1) / 1e6)
+        samples.append((t1 - t0) / 1e6)
         not_running += st.state != RUNNING
     # Stop them all at once (grace 0 = SIGKILL); each Stop waits for the end to be recorded.
     futs = [a.stub.Stop.future(apb.StopRequest(job_id=j, grace_seconds=0), timeout=RPC_TIMEOUT) for j in ids]
     for f in futs:
         f.result()
     poll(lambda: not a.live_jobs(), 30, "the sleeping jobs to end", interval=0.05)
-    return {**summary(samples), "calls": calls, "jobs_held": node.jobs_held, "jobs_running": node.jobs_running,
-            "not_running_replies": not_running}
+    return {**summary(samples), "calls": calls, "jobs_held": node.jobs_held,
+            "jobs_running": node.jobs_running, "not_running_replies": not_running,
+            "health_check": summary(floor)}
 
 
 def bench_launch(a: Agent, n: int, argv: list[str], ended: Callable[[str], bool], image: str = "",
                  prefix: str = "l") -> dict[str, Any]:
-    samples, warmup, bad = [], [], []
+    samples: list[float] = []
+    warmup: list[float] = []
+    bad: list[str] = []
     clock = time.perf_counter_ns
     for i in range(WARMUP_LAUNCHES + n):
         job_id = f"{prefix}-{i:03d}"
@@ -377,7 +389,8 @@ def bench_launch(a: Agent, n: int, argv: list[str], ended: Callable[[str], bool]
             bad.append(f"{job_id}: {pb.AgentJobState.Name(st.state)} {st.message}")
         (warmup if i < WARMUP_LAUNCHES else samples).append(ms)
         # Let the job finish before the next launch, so each one meets an idle host.
-        poll(lambda rid=st.runtime_id: not rid or ended(rid), 20, f"job {job_id} to exit")
+        rid = st.runtime_id
+        poll(lambda: not rid or ended(rid), 20, f"job {job_id} to exit")  # noqa: B023 - called here
     poll(lambda: not a.live_jobs(), 30, "the launched jobs to be recorded as ended", interval=0.05)
     if bad:
         raise BenchError("Launch did not return RUNNING: " + "; ".join(bad[:3]))
@@ -408,6 +421,9 @@ def verdicts(res: dict[str, Any]) -> list[dict[str, Any]]:
     ins = res["inspect"]
     row(f"Inspect p50 ({ins['calls']} calls, {ins['jobs_held']} jobs)", ins["p50_ms"], "ms")
     row("Inspect p99", ins["p99_ms"], "ms", TARGET_INSPECT_P99_MS)
+    hc = ins["health_check"]
+    row("  same channel, Health.Check p50", hc["p50_ms"], "ms")
+    row("  same channel, Health.Check p99", hc["p99_ms"], "ms")
     for rt, lr in res["launch"].items():
         if "skipped" in lr:
             continue
@@ -442,7 +458,7 @@ def print_table(res: dict[str, Any]) -> None:
 # ---- main ------------------------------------------------------------------------------------------
 
 
-def run(args: argparse.Namespace, root: Path, cleanup: list[Callable[[], None]]) -> dict[str, Any]:
+def run(args: argparse.Namespace, root: Path, cleanup: list[Callable[[], object]]) -> dict[str, Any]:
     res: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release(),
                     "loadavg_at_start": round(os.getloadavg()[0], 2)},
@@ -467,7 +483,8 @@ def run(args: argparse.Namespace, root: Path, cleanup: list[Callable[[], None]])
     agents.append(proc_agent)
     if skip is None:
         assert engine is not None
-        dock_agent = Agent(root / "docker", f"bench-{os.getpid()}-docker", "docker", args.gpus, engine.base_url)
+        dock_agent = Agent(root / "docker", f"bench-{os.getpid()}-docker", "docker", args.gpus,
+                           engine.base_url)
         agents.append(dock_agent)
         cleanup.append(lambda: engine.remove_containers(dock_agent.name))  # after the agent stopped
     for a in agents:
@@ -480,7 +497,8 @@ def run(args: argparse.Namespace, root: Path, cleanup: list[Callable[[], None]])
     progress(f"bench: Inspect x{args.inspect_calls} with {args.jobs} sleeping jobs ...")
     res["inspect"] = bench_inspect(proc_agent, args.jobs, args.inspect_calls)
     progress(f"bench: {args.launches} process launches ...")
-    res["launch"]["process"] = bench_launch(proc_agent, args.launches, SHORT_JOB, process_ended_str, prefix="p")
+    res["launch"]["process"] = bench_launch(proc_agent, args.launches, SHORT_JOB, process_ended_str,
+                                            prefix="p")
     if skip is None:
         assert engine is not None
         progress(f"bench: {args.launches} docker launches ...")
@@ -529,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     root = Path(tempfile.mkdtemp(prefix="gfbench-"))
-    cleanup: list[Callable[[], None]] = []
+    cleanup: list[Callable[[], object]] = []
     code = 2
     try:
         res = run(args, root, cleanup)

@@ -18,6 +18,11 @@ RPC_TIMEOUT = 5.0
 LAUNCH_TIMEOUT = 30.0  # docker create+start of a big image can take a while
 
 
+def row_id(root_id: str, attempt: int) -> str:
+    """The coordinator's row id of an attempt (the agent only knows root id + attempt)."""
+    return root_id if attempt == 1 else f"{root_id}.{attempt}"
+
+
 @dataclass(frozen=True)
 class Observation:
     """What an agent said about one job attempt (or that it could not say)."""
@@ -77,9 +82,10 @@ class AgentPool:
             apb.LaunchRequest(job_id=job_id, attempt=attempt, spec=spec, gpu_indices=gpus), timeout=LAUNCH_TIMEOUT
         )
 
-    def inspect(self, address: str, job_id: str, timeout: float = RPC_TIMEOUT) -> Observation:
+    def inspect(self, address: str, job_id: str, attempt: int, timeout: float = RPC_TIMEOUT) -> Observation:
+        """What the agent says of (job_id, attempt); agent job ids are the coordinator's root ids."""
         try:
-            st = self.stub(address).Inspect(apb.InspectRequest(job_id=job_id), timeout=timeout)
+            st = self.stub(address).Inspect(apb.InspectRequest(job_id=job_id, attempt=attempt), timeout=timeout)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return Observation(kind="not_found", error=exc.details() or "")

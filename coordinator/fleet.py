@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from coordinator.agents import row_id
 from coordinator.db import repo
 from coordinator.reconciler import Reconciler, end_job
 from coordinator.states import JobStatus, NodeState, TerminationReason
@@ -103,7 +104,7 @@ class Fleet:
         with self.engine.connect() as conn:
             for d in jobs:
                 try:
-                    row = repo.get_job(conn, d.job_id)
+                    row = repo.get_job(conn, row_id(d.job_id, d.attempt))
                 except NotFound:
                     continue  # not the coordinator's job (launched by hand): leave it alone
                 current = row.status is JobStatus.RUNNING and row.node == name and row.attempt == d.attempt

@@ -222,7 +222,7 @@ class Lifecycle:
             repo.set_desired_state(conn, job.id, DesiredState.STOP, reason=why, actor=self.actor)
             address = repo.get_node(conn, job.node).address if job.node else ""
         if address:
-            obs = self.agents.stop(address, job.id, job.attempt, STOP_GRACE)
+            obs = self.agents.stop(address, job.root_id, job.attempt, STOP_GRACE)
             event(log, "job.stop", job_id=job.id, node=job.node, agent=obs.state or obs.kind)
         self.reconciler.sync_job(job.id)
 

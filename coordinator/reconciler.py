@@ -281,7 +281,7 @@ class Reconciler:
     def reconcile(self, job: JobRow, address: str, startup: bool) -> Decision:
         if not address:
             return KEEP
-        obs = self.agents.inspect(address, job.id)
+        obs = self.agents.inspect(address, job.root_id, job.attempt)
         if startup and self.on_restart == "stop" and obs.kind == "found" and obs.state in ("PENDING", "RUNNING"):
             # The old system's behaviour, for operators who ask for it.
             with self.engine.begin() as conn:
@@ -317,7 +317,7 @@ class Reconciler:
 
             event(log, "job.relaunch", job_id=job.id, attempt=job.attempt, node=job.node)
             try:
-                st = self.agents.launch(address, job.id, job.attempt, convert.spec_to_pb(job.spec),
+                st = self.agents.launch(address, job.root_id, job.attempt, convert.spec_to_pb(job.spec),
                                         list(job.gpu_indices))
             except Exception as exc:  # noqa: BLE001 - next pass tries again; node loss ends it
                 event(log, "job.relaunch_failed", logging.WARNING, job_id=job.id, error=str(exc))
@@ -326,12 +326,12 @@ class Reconciler:
                 repo.set_observed_state(conn, job.id, convert.agent_state_name(st.state), now)
             return
         if d.action == "stop":
-            self.agents.stop(address, job.id, job.attempt)
+            self.agents.stop(address, job.root_id, job.attempt)
             return
         assert d.status is not None
         failpoints.hit("coordinator.reconcile.before_apply")
         end_job(self.engine, job.id, d.status, d.message, actor=self.actor, exit_code=d.exit_code, probe=d.probe)
-        if self.agents.acknowledge(address, job.id, job.attempt):
+        if self.agents.acknowledge(address, job.root_id, job.attempt):
             with self.engine.begin() as conn:
                 repo.mark_acked(conn, [job.id])
         self.wake_scheduler()

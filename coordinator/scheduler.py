@@ -157,7 +157,7 @@ class Scheduler:
         last: grpc.RpcError | None = None
         for attempt_no in range(LAUNCH_RETRIES):
             try:
-                st = self.agents.launch(p.address, p.job.id, p.job.attempt, spec, p.gpus)
+                st = self.agents.launch(p.address, p.job.root_id, p.job.attempt, spec, p.gpus)
             except grpc.RpcError as exc:
                 last = exc
                 if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):

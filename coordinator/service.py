@@ -140,7 +140,8 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             address = repo.get_node(conn, job.node).address
         follow = request.follow and job.status is JobStatus.RUNNING
         stream = self.agents.stub(address).StreamLogs(
-            apb.StreamLogsRequest(job_id=job.id, follow=follow, tail_lines=request.tail_lines),
+            apb.StreamLogsRequest(job_id=job.root_id, attempt=job.attempt, follow=follow,
+                                  tail_lines=request.tail_lines),
             timeout=None if follow else 30)
         try:
             for chunk in stream:

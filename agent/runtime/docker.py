@@ -411,7 +411,7 @@ class DockerRuntime:
 
     def signal(self, handle: Handle, job_dir: Path, sig: int) -> None:
         if sig <= 0:
-            # The SDK drops a falsy signal and the engine then sends SIGKILL: never pass 0.
+            # The engine reads signal 0 as "none given" and sends SIGKILL: never pass 0 on.
             return
         with _engine(f"signal {sig} to {handle.runtime_id[:12]}"):
             try:
