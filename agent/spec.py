@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import re
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -76,7 +77,7 @@ class Roots:
 def check_job_id(job_id: str, field_name: str = "job_id") -> None:
     if not job_id:
         raise InvalidArgument(field_name, "must not be empty")
-    if not JOB_ID_RE.match(job_id):
+    if not JOB_ID_RE.fullmatch(job_id):
         raise InvalidArgument(
             field_name, f"must match {JOB_ID_RE.pattern} (letters, digits, '_', '.', '-'), got {job_id[:80]!r}"
         )
@@ -94,6 +95,13 @@ def _check_text(value: str, field_name: str, limit: int) -> None:
         raise InvalidArgument(field_name, f"must be at most {limit} characters, got {len(value)}")
 
 
+def _check_exec_string(value: str, field_name: str) -> None:
+    """The kernel refuses one argv/env string of MAX_ARG_STRLEN (128 KiB) bytes or more, NUL included."""
+    size = len(value.encode("utf-8", "surrogatepass")) + 1
+    if size > MAX_ARG_LEN:
+        raise InvalidArgument(field_name, f"must be under {MAX_ARG_LEN} bytes as UTF-8, got {size - 1}")
+
+
 def check_portable(spec: JobSpec, runtime: str = "") -> None:
     """The checks that need no host: run by the coordinator at submit and by the agent at launch.
 
@@ -102,7 +110,7 @@ def check_portable(spec: JobSpec, runtime: str = "") -> None:
     if runtime == "docker" or (runtime == "" and spec.image):
         if not spec.image:
             raise InvalidArgument("spec.image", "is required by the docker runtime")
-        if len(spec.image) > 255 or not IMAGE_RE.match(spec.image):
+        if len(spec.image) > 255 or not IMAGE_RE.fullmatch(spec.image):
             raise InvalidArgument("spec.image", f"is not a valid image reference: {spec.image[:80]!r}")
     elif not spec.command:
         raise InvalidArgument("spec.command", "is required by the process runtime (an argv list)"
@@ -111,41 +119,47 @@ def check_portable(spec: JobSpec, runtime: str = "") -> None:
         raise InvalidArgument("spec.command", f"must have at most {MAX_ARGS} items")
     for i, arg in enumerate(spec.command):
         _check_text(arg, f"spec.command[{i}]", MAX_ARG_LEN)
+        _check_exec_string(arg, f"spec.command[{i}]")
     if spec.command and not spec.command[0]:
         raise InvalidArgument("spec.command[0]", "must name the program to run")
     if len(spec.env) > MAX_ENV:
         raise InvalidArgument("spec.env", f"must have at most {MAX_ENV} entries")
     for k, v in spec.env.items():
-        if not ENV_KEY_RE.match(k):
+        if not ENV_KEY_RE.fullmatch(k):
             raise InvalidArgument(
                 f"spec.env[{k[:40]!r}]", "keys must be printable ASCII names matching [A-Za-z_][A-Za-z0-9_]*"
             )
         if k.startswith("GPUFLEET_"):
             raise InvalidArgument(f"spec.env[{k!r}]", "GPUFLEET_* variables are set by the agent")
         _check_text(v, f"spec.env[{k!r}]", MAX_ENV_VALUE)
+        _check_exec_string(f"{k}={v}", f"spec.env[{k!r}]")
     _check_relative(spec.output_dir, "spec.output_dir")
     for i, m in enumerate(spec.mounts):
         _check_relative(m.source, f"spec.mounts[{i}].source")
         target = m.target or "/data/" + m.source.strip("/")
         _check_text(target, f"spec.mounts[{i}].target", 4096)
-        if not target.startswith("/") or ".." in Path(target).parts or target.rstrip("/") in ("", "/output"):
+        # Compare the normalised path: "/output/.", "//output" and "/./" are the same places.
+        norm = posixpath.normpath("/" + target.lstrip("/"))
+        if not target.startswith("/") or ".." in Path(target).parts or norm in ("/", "/output"):
             raise InvalidArgument(
                 f"spec.mounts[{i}].target", f"must be an absolute path without '..', not / or /output: {target!r}"
             )
-    for name in ("total_epoch", "val_interval", "shm_size_bytes", "cpu_millis", "memory_bytes"):
+    for name, wire in (("total_epoch", "total_epoch"), ("val_interval", "val_interval"),
+                       ("shm_size_bytes", "shm_size_bytes"), ("cpu_millis", "resources.cpu_millis"),
+                       ("memory_bytes", "resources.memory_bytes")):
         if getattr(spec, name) < 0:
-            raise InvalidArgument(f"spec.{name}", f"must be >= 0, got {getattr(spec, name)}")
+            raise InvalidArgument(f"spec.{wire}", f"must be >= 0, got {getattr(spec, name)}")
     if spec.params_json:
         _check_text(spec.params_json, "spec.params_json", MAX_PARAMS)
         try:
             params = json.loads(spec.params_json)
-        except ValueError as exc:
-            raise InvalidArgument("spec.params_json", f"is not valid JSON ({exc})") from None
+        except (ValueError, RecursionError) as exc:
+            raise InvalidArgument("spec.params_json", f"is not valid JSON ({str(exc)[:120]})") from None
         if not isinstance(params, dict):
             raise InvalidArgument("spec.params_json", "must be a JSON object")
     if spec.job_type not in JOB_TYPES:
         raise InvalidArgument("spec.job_type", f"must be TRAIN or EVAL, got {spec.job_type!r}")
-    if spec.user and (runtime == "process" or not USER_RE.match(spec.user)):
+    if spec.user and (runtime == "process" or not USER_RE.fullmatch(spec.user)):
         raise InvalidArgument(
             "spec.user", "must be 'user' or 'uid:gid' (docker runtime only; process jobs run as the agent user)"
         )
@@ -159,6 +173,11 @@ def _check_relative(rel: str, field_name: str) -> None:
         raise InvalidArgument(field_name, f"must be relative to its root, got absolute path {rel!r}")
     if ".." in Path(rel).parts:
         raise InvalidArgument(field_name, f"must not contain '..' ({rel!r})")
+    if not Path(rel).parts or Path(rel).parts == (".",) or posixpath.normpath(rel) == ".":
+        raise InvalidArgument(field_name, f"must name a folder below its root, got {rel!r}")
+    for part in Path(rel).parts:
+        if len(os.fsencode(part)) > 255:
+            raise InvalidArgument(field_name, f"each path part must be at most 255 bytes ({part[:40]!r}...)")
 
 
 def validate(
@@ -190,7 +209,11 @@ def validate(
     for i, m in enumerate(spec.mounts):
         src = relative_under(roots.data_root, m.source, f"spec.mounts[{i}].source")
         target = m.target or "/data/" + m.source.strip("/")
-        if not src.exists():
+        try:
+            exists = src.exists()
+        except OSError as exc:  # ENAMETOOLONG and friends
+            raise InvalidArgument(f"spec.mounts[{i}].source", f"cannot be read: {exc.strerror}") from None
+        if not exists:
             raise InvalidArgument(f"spec.mounts[{i}].source", f"{m.source!r} does not exist under the data root")
         mounts.append((src, target))
     if spec.workdir:

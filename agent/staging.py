@@ -153,6 +153,8 @@ def _plan(root: Path, tmp: Path, stage_dir: Path,
                 continue
             except NotADirectoryError as exc:
                 raise InvalidArgument(name, f"a parent of {rel!r} is not a directory") from exc
+            except OSError as exc:  # e.g. ENAMETOOLONG
+                raise InvalidArgument(name, f"cannot be read: {exc.strerror} ({rel[:80]!r})") from None
             if stat.S_ISLNK(st.st_mode):
                 raise InvalidArgument(name, f"must be a regular file, {rel!r} is a symlink")
             if not stat.S_ISREG(st.st_mode):

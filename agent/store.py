@@ -264,32 +264,7 @@ class Store:
         the attempt is older than one already run (fencing) or another attempt is still live.
         """
         with self._tx() as db:
-            r = db.execute("SELECT max_attempt FROM attempts WHERE job_id=?", (job.job_id,)).fetchone()
-            if r is not None and job.attempt < r["max_attempt"]:
-                raise FailedPrecondition(
-                    f"job {job.job_id}: attempt {job.attempt} is older than attempt {r['max_attempt']} "
-                    "already given to this agent (stale attempts are never started)"
-                )
-            live = db.execute(
-                "SELECT attempt, state FROM jobs WHERE job_id=? AND attempt<>? AND state IN ('PENDING','RUNNING')",
-                (job.job_id, job.attempt),
-            ).fetchone()
-            if live is not None:
-                raise FailedPrecondition(
-                    f"job {job.job_id}: attempt {live['attempt']} is still {live['state']}; "
-                    f"stop it before launching attempt {job.attempt}"
-                )
-            if r is not None and job.attempt == r["max_attempt"]:
-                # Same attempt again after it was acknowledged and dropped: never run it twice.
-                raise FailedPrecondition(
-                    f"job {job.job_id}: attempt {job.attempt} already ran on this agent and was acknowledged"
-                )
-            for idx in job.gpu_indices:
-                held = db.execute("SELECT job_id, attempt FROM gpu_holds WHERE gpu_index=?", (idx,)).fetchone()
-                if held is not None:
-                    raise ResourceExhausted(
-                        f"gpu_indices: GPU {idx} is held by job {held['job_id']} attempt {held['attempt']}"
-                    )
+            self._check_insert(db, job)
             db.execute(
                 f"INSERT INTO jobs ({_COLS}) VALUES ({','.join('?' * 20)})", _job_params(job)
             )
@@ -303,6 +278,39 @@ class Store:
                 (job.job_id, job.attempt),
             )
             return self._append_event(db, "state", job)
+
+    def precheck(self, job: JobRecord) -> None:
+        """Raise what `insert` would raise, without writing (so a refused launch creates nothing)."""
+        with self._lock:
+            self._check_insert(self._db, job)
+
+    def _check_insert(self, db: sqlite3.Connection, job: JobRecord) -> None:
+        r = db.execute("SELECT max_attempt FROM attempts WHERE job_id=?", (job.job_id,)).fetchone()
+        if r is not None and job.attempt < r["max_attempt"]:
+            raise FailedPrecondition(
+                f"job {job.job_id}: attempt {job.attempt} is older than attempt {r['max_attempt']} "
+                "already given to this agent (stale attempts are never started)"
+            )
+        live = db.execute(
+            "SELECT attempt, state FROM jobs WHERE job_id=? AND attempt<>? AND state IN ('PENDING','RUNNING')",
+            (job.job_id, job.attempt),
+        ).fetchone()
+        if live is not None:
+            raise FailedPrecondition(
+                f"job {job.job_id}: attempt {live['attempt']} is still {live['state']}; "
+                f"stop it before launching attempt {job.attempt}"
+            )
+        if r is not None and job.attempt == r["max_attempt"]:
+            # Same attempt again after it was acknowledged and dropped: never run it twice.
+            raise FailedPrecondition(
+                f"job {job.job_id}: attempt {job.attempt} already ran on this agent and was acknowledged"
+            )
+        for idx in job.gpu_indices:
+            held = db.execute("SELECT job_id, attempt FROM gpu_holds WHERE gpu_index=?", (idx,)).fetchone()
+            if held is not None:
+                raise ResourceExhausted(
+                    f"gpu_indices: GPU {idx} is held by job {held['job_id']} attempt {held['attempt']}"
+                )
 
     def update(self, job: JobRecord, kind: str = "state", **changes: Any) -> tuple[JobRecord, Event | None]:
         """Apply `changes` to the stored attempt in one transaction; validate any state change.

@@ -169,11 +169,16 @@ class Supervisor:
                 job_id=job_id, attempt=attempt, state=JobState.PENDING, spec=spec.to_dict(),
                 gpu_indices=list(gpu_indices), runtime=self.runtime.name, created_at=self.clock(),
             )
+            self.store.precheck(job)  # fencing, live attempts, GPU holds: refuse before touching disk
+            try:
+                # Before anything is recorded: a folder that cannot be made must leave no record.
+                plan.output_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise InvalidArgument("spec.output_dir", f"cannot be created: {exc.strerror}") from None
             ev = self.store.insert(job)
             self._notify(ev)
             event(log, "job.recorded", job_id=job_id, attempt=attempt, gpus=gpu_indices)
             failpoints.hit("agent.launch.after_insert")
-            plan.output_dir.mkdir(parents=True, exist_ok=True)
             return self._start(job, plan)
 
     def _start(self, job: JobRecord, plan: Any = None) -> JobRecord:
@@ -186,12 +191,12 @@ class Supervisor:
                     real_gpus=self.gpus.source.real, base_env=self.base_env, log_max_bytes=self.log_max_bytes,
                 )
                 plan.output_dir.mkdir(parents=True, exist_ok=True)
-            except (InvalidArgument, FailedPrecondition) as exc:
+            except (InvalidArgument, FailedPrecondition, OSError) as exc:
                 return self._update(job, state=JobState.FAILED, finished_at=self.clock(),
                                     message=f"cannot start after restart: {exc}")
         try:
             handle = self.runtime.start(plan)
-        except RuntimeError_ as exc:
+        except (RuntimeError_, OSError) as exc:
             event(log, "job.start_failed", logging.WARNING, job_id=job.job_id, attempt=job.attempt, error=str(exc))
             return self._update(job, state=JobState.FAILED, finished_at=self.clock(), message=str(exc))
         failpoints.hit("agent.launch.after_start")
@@ -205,6 +210,8 @@ class Supervisor:
 
     def stop(self, job_id: str, grace_seconds: int, attempt: int = 0, wait: float = 0.0) -> JobRecord:
         check_job_id(job_id)
+        if attempt < 0:
+            raise InvalidArgument("attempt", f"must be >= 0, got {attempt}")
         if grace_seconds < 0 or grace_seconds > MAX_GRACE:
             raise InvalidArgument("grace_seconds", f"must be between 0 and {MAX_GRACE}, got {grace_seconds}")
         with self._job_lock(job_id):

@@ -371,7 +371,7 @@ def bench_inspect(a: Agent, jobs: int, calls: int) -> dict[str, Any]:
     poll(lambda: not a.live_jobs(), 30, "the sleeping jobs to end", interval=0.05)
     return {**summary(samples), "calls": calls, "jobs_held": node.jobs_held,
             "jobs_running": node.jobs_running, "not_running_replies": not_running,
-            "health_check": summary(floor)}
+            "gpu_source": node.gpu_source, "health_check": summary(floor)}
 
 
 def bench_launch(a: Agent, n: int, argv: list[str], ended: Callable[[str], bool], image: str = "",
@@ -438,8 +438,9 @@ def verdicts(res: dict[str, Any]) -> list[dict[str, Any]]:
 
 def print_table(res: dict[str, Any]) -> None:
     m = res["machine"]
-    print(f"gpufleet agent bench: {m['cpus']} CPUs, Python {m['python']}, gpus={res['gpus']}, "
-          f"load {m['loadavg_at_start']:g} at start, agent poll/sample intervals at their defaults")
+    print(f"gpufleet agent bench: {m['cpus']} CPUs, Python {m['python']}, "
+          f"gpus={res['gpus']} ({res['inspect']['gpu_source']}), load {m['loadavg_at_start']:g} at start, "
+          "agent poll/sample intervals at their defaults")
     width = max(len(r["metric"]) for r in res["results"])
     print(f"{'metric':<{width}}  {'value':>11}  {'target':>10}  result")
     for r in res["results"]:

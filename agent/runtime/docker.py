@@ -57,6 +57,9 @@ _ENGINE_ERRORS: tuple[type[BaseException], ...] = (
     urllib3.exceptions.HTTPError,
     OSError,
 )
+# read_since asks from this far before its cursor: more than stdout and stderr are ever
+# apart in the log (microseconds), so the cursor's own line is in what comes back.
+_READ_BACK_S = 1.0
 # How long start() waits for a container whose name a concurrent create took (409) to appear.
 _ADOPT_DEADLINE_S = 10.0
 _RUNNING_STATES = frozenset({"running", "paused", "restarting"})
@@ -476,17 +479,21 @@ class DockerRuntime:
             stream.close()
 
     def read_since(self, handle: Handle, job_dir: Path, cursor: str) -> tuple[bytes, str]:
-        """Lines logged after `cursor` (a docker timestamp string; "" = from the start).
+        """Lines logged after `cursor` ("" = from the start) and the cursor for the next call.
 
-        Lines are split at "\\n"; a line longer than docker's 16 KiB message limit comes
-        back with docker's inner timestamps in it (progress lines are never that long).
+        The cursor is the docker timestamp of the last line returned, *in log order*. Log
+        order and timestamp order can differ by microseconds: stdout and stderr are copied by
+        separate goroutines, each stamping its own lines. So the next call reads back from a
+        little before the cursor, finds the line carrying that exact timestamp and returns
+        what follows it in log order; only when that line is gone (rotated away) does it fall
+        back to "timestamp after the cursor". Lines are split at "\\n"; a line longer than
+        docker's 16 KiB message limit comes back with docker's inner timestamps in it
+        (progress lines are never that long).
         """
         since_ns = _timestamp_ns(cursor) if cursor else None
         kwargs: dict[str, Any] = {}
         if since_ns is not None:
-            # A float loses some nanoseconds; ask from a millisecond earlier and drop the
-            # lines at or before the cursor below, so nothing repeats and nothing is lost.
-            kwargs["since"] = max(since_ns / 1e9 - 0.001, 1e-3)
+            kwargs["since"] = max(since_ns / 1e9 - _READ_BACK_S, 1e-3)
         with _engine(f"logs of {handle.runtime_id[:12]}"):
             try:
                 data: bytes = self._api.logs(
@@ -494,20 +501,22 @@ class DockerRuntime:
                 )
             except docker.errors.NotFound:
                 return b"", cursor
-        out: list[bytes] = []
-        new_cursor = cursor
+        # (nanoseconds or None when unstamped, timestamp text, the line without its stamp)
+        lines: list[tuple[int | None, str, bytes]] = []
         for line in data.splitlines(keepends=True):
             stamp, _, rest = line.partition(b" ")
             stamp_text = stamp.decode("ascii", "replace")
             ns = _timestamp_ns(stamp_text)
-            if ns is None:
-                out.append(line)  # not stamped (should not happen): keep rather than lose it
-                continue
-            if since_ns is not None and ns <= since_ns:
-                continue
-            out.append(rest)
-            new_cursor = stamp_text
-        return b"".join(out), new_cursor
+            # An unstamped line should not happen; keep it whole rather than lose it.
+            lines.append((ns, stamp_text, rest) if ns is not None else (None, "", line))
+        if since_ns is not None:
+            anchor = next((i for i in range(len(lines) - 1, -1, -1) if lines[i][0] == since_ns), None)
+            if anchor is not None:
+                lines = lines[anchor + 1 :]
+            else:
+                lines = [entry for entry in lines if entry[0] is None or entry[0] > since_ns]
+        new_cursor = next((text for ns, text, _ in reversed(lines) if ns is not None), cursor)
+        return b"".join(rest for _, _, rest in lines), new_cursor
 
     # ---- inventory / health -------------------------------------------------------------------
 

@@ -63,10 +63,11 @@ class ProcessRuntime:
         args = [sys.executable, "-I", wrapper.__file__, str(plan.job_dir), str(plan.log_max_bytes), cwd, "--",
                 *plan.argv]
         try:
-            p = subprocess.Popen(
-                args, env=plan.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=open(plan.job_dir / "wrapper.err", "ab"), start_new_session=True, close_fds=True,
-            )
+            with open(plan.job_dir / "wrapper.err", "ab") as err:
+                p = subprocess.Popen(
+                    args, env=plan.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                    start_new_session=True, close_fds=True,
+                )
         except OSError as exc:
             raise RuntimeError_(f"cannot start the job wrapper: {exc.strerror}") from exc
         self._children[p.pid] = p

@@ -35,6 +35,21 @@ def _write_atomic(path: str, data: bytes) -> None:
         os.close(dfd)
 
 
+def _write_handle(job_dir: str) -> None:
+    """Record our own pid and start time first thing: if the agent dies before it writes the
+    handle, a retried launch still finds this wrapper instead of starting a second one."""
+    path = os.path.join(job_dir, "handle.json")
+    if os.path.exists(path):
+        return
+    with open("/proc/self/stat", "rb") as f:
+        data = f.read()
+    marker = data[data.rfind(b")") + 2 :].split()[19].decode()
+    job_id = os.path.basename(os.path.dirname(os.path.abspath(job_dir)))
+    attempt = int(os.path.basename(os.path.abspath(job_dir)))
+    _write_atomic(path, json.dumps({"pid": os.getpid(), "start_marker": marker, "job_id": job_id,
+                                    "attempt": attempt}).encode())
+
+
 def _pump(src: int, log_path: str, max_bytes: int) -> None:
     """Copy the job's output into the log file, rotating it at max_bytes."""
     out = open(log_path, "ab", buffering=0)
@@ -62,6 +77,7 @@ def main(argv: list[str]) -> int:
     cmd = argv[4:]
     exit_path = os.path.join(job_dir, "exit.json")
     log_path = os.path.join(job_dir, "output.log")
+    _write_handle(job_dir)
     child: subprocess.Popen[bytes] | None = None
     pending: list[int] = []
 

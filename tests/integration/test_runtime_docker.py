@@ -557,3 +557,42 @@ def test_engine_unreachable(tmp_path: Path) -> None:
 def test_available_and_healthy(rt: DockerRuntime, dockerd: Dockerd) -> None:
     assert DockerRuntime.available(dockerd.base_url) is True
     assert rt.healthy() is True
+
+
+def test_read_since_cursor_follows_log_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # stdout and stderr are stamped by separate copiers: a line can sit later in the log than
+    # a line with a newer stamp. The cursor must neither repeat nor drop such lines. (The
+    # engine's answers are faked here to make the interleaving certain.)
+    client = docker.DockerClient(base_url=f"unix://{tmp_path}/none.sock", version="1.41", timeout=2)
+    runtime = DockerRuntime("fake", client=client)
+    log = [
+        b"2026-01-01T00:00:00.000000300Z out-1\n",
+        b"2026-01-01T00:00:00.0000002Z err-1\n",  # older stamp, later in the log
+        b"2026-01-01T00:00:01.5Z out-2\n",
+        b"2026-01-01T00:00:01.4Z err-2\n",
+    ]
+    shown = 2
+    asked_since: list[float | None] = []
+
+    def fake_logs(container: str, **kwargs: Any) -> bytes:
+        assert kwargs["timestamps"] is True
+        asked_since.append(kwargs.get("since"))
+        return b"".join(log[:shown])  # the engine's since filter is loose enough to ignore here
+
+    monkeypatch.setattr(client.api, "logs", fake_logs)
+    handle = Handle("f" * 64)
+    data, cursor = runtime.read_since(handle, tmp_path, "")
+    assert data == b"out-1\nerr-1\n" and cursor == "2026-01-01T00:00:00.0000002Z"
+    assert runtime.read_since(handle, tmp_path, cursor) == (b"", cursor)
+    shown = 4
+    data, cursor = runtime.read_since(handle, tmp_path, cursor)
+    assert data == b"out-2\nerr-2\n" and cursor == "2026-01-01T00:00:01.4Z"
+    assert runtime.read_since(handle, tmp_path, cursor) == (b"", cursor)
+    assert asked_since[0] is None and all(s is not None and s > 0 for s in asked_since[1:])
+    # The cursor's line rotated away: fall back to "stamped after the cursor".
+    log[:] = log[2:]
+    assert runtime.read_since(handle, tmp_path, "2026-01-01T00:00:01.45Z") == (
+        b"out-2\n",
+        "2026-01-01T00:00:01.5Z",
+    )
+    runtime.close()

@@ -45,9 +45,13 @@ class Jobs:
         self.started.append((h, plan.job_dir))
         return h
 
-    def ended(self, h: Handle, job_dir: Path, timeout: float = 20) -> Observation:
-        return wait_for(lambda: (o := self.rt.observe(h, job_dir)).seen is Seen.EXITED and o, timeout,
-                        f"job in {job_dir} to exit")
+    def ended(self, h: Handle, job_dir: Path, timeout: float = 20,
+              rt: ProcessRuntime | None = None) -> Observation:
+        def exited() -> Observation | None:
+            o = (rt or self.rt).observe(h, job_dir)
+            return o if o.seen is Seen.EXITED else None
+
+        return wait_for(exited, timeout, f"job in {job_dir} to exit")
 
     def wait_log(self, h: Handle, job_dir: Path, needle: bytes) -> None:
         wait_for(lambda: needle in self.rt.logs(h, job_dir), what=f"{needle!r} in the job's log")
@@ -183,8 +187,7 @@ def test_the_exit_code_is_known_to_a_runtime_that_did_not_start_the_job(jobs: Jo
     assert fresh.observe(h, plan.job_dir).seen is Seen.RUNNING
     assert [(f.job_id, f.attempt, f.handle) for f in fresh.list_labelled()] == [("later", 1, h)]
     flag.write_text("1")
-    obs = wait_for(lambda: (o := fresh.observe(h, plan.job_dir)).seen is Seen.EXITED and o, what="exit")
-    assert obs.exit_code == 3
+    assert jobs.ended(h, plan.job_dir, rt=fresh).exit_code == 3
     wait_for(lambda: fresh.list_labelled() == [], what="the wrapper to be gone")
 
 

@@ -1,0 +1,1096 @@
+"""Benchmark of the gpufleet coordinator: placements/s, SubmitJob latency, metric ingestion.
+
+One run, against a real `gpufleet-coordinator` process (`python -m coordinator.main` with
+`sys.executable`, its production defaults for heartbeat/reconcile/schedule intervals and node
+timeout) on PostgreSQL: a throwaway cluster started here as tests/postgres.py starts one (initdb
+in a temp dir, as the `postgres` user when we are root, fsync on unless --no-fsync), or the server
+of --database-url, or SQLite with --sqlite. 100 simulated agents live in this process: each one a
+grpc.aio server on its own loopback port (all in one event-loop thread) that implements
+gpufleet.v1.Agent — Launch records the job and answers RUNNING at once (idempotent on
+(job_id, attempt)), Inspect answers RUNNING (or SUCCEEDED once told), Stop, Acknowledge, ListJobs,
+GetNode — and that registers with the coordinator through gpufleet.v1.Fleet.Register and then
+heartbeats at the interval the coordinator answers with, carrying its GPU snapshot and a digest
+of every job it holds, as the real agent does.
+
+Figures:
+- metric rows ingested/s: coordinator.db.repo.ingest_metrics, in this process, N rows (default
+  100,000) in batches of B (default 2,000 = 100 epochs x 20 keys), one job and one transaction per
+  batch, splits train/val/test in turn. Measured first, before the fleet starts. A repeat of one
+  batch must insert 0 rows (ingestion is idempotent).
+- placements/s: J queued jobs (default 5,000; 1 GPU each) are committed in one transaction while
+  the fleet is registered and idle, then the coordinator's scheduler is woken (an idempotent
+  Register of one agent) and the clock runs until every job has been decided, committed, launched
+  over gRPC on a fake agent, and the agent's answer stored (`observed_state` RUNNING in the
+  database). Everything the coordinator runs in production runs meanwhile: heartbeats, the
+  reconciler (Inspect of every RUNNING job), the node sweep.
+- SubmitJob p50/p99: S sequential SubmitJob calls (default 1,000, after 50 warm-up calls) on one
+  channel with a sync stub, against the same coordinator, which now holds the J running jobs and
+  places each submitted one on the fleet; the reply is the "ack". Submit->Launch (when the fake
+  agent got the Launch) is shown too, without a target.
+
+Targets (issue 4): >= 1,000 placements/s, SubmitJob p99 <= 50 ms, >= 50,000 metric rows/s.
+Exit status: 0 every target met, 1 a target missed, 2 the bench failed, 130 interrupted.
+The coordinator, the fake agents and a PostgreSQL cluster started here are removed at the end,
+also on Ctrl-C or SIGTERM (a database created on a --database-url server is dropped).
+
+    python3 bench/coordinator.py [--json] [--sqlite | --database-url URL] [--jobs 5000]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, TypeVar
+
+REPO = Path(__file__).resolve().parents[1]
+# Run as `python3 bench/coordinator.py`, this file's folder comes first on sys.path, and its name
+# would shadow the `coordinator` package: look in the repository root instead.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"]
+sys.path.insert(0, str(REPO))
+
+import grpc  # noqa: E402
+import sqlalchemy as sa  # noqa: E402
+from google.protobuf.timestamp_pb2 import Timestamp  # noqa: E402
+
+from agent.spec import JobSpec  # noqa: E402
+from coordinator.db import engine as dbengine  # noqa: E402
+from coordinator.db import repo  # noqa: E402
+from coordinator.db.schema import jobs as jobs_table  # noqa: E402
+from coordinator.states import JobStatus  # noqa: E402
+from gpufleet.v1 import agent_pb2 as apb  # noqa: E402
+from gpufleet.v1 import agent_pb2_grpc  # noqa: E402
+from gpufleet.v1 import common_pb2 as pb  # noqa: E402
+from gpufleet.v1 import coordinator_pb2 as cpb  # noqa: E402
+from gpufleet.v1 import coordinator_pb2_grpc  # noqa: E402
+from tests.harness import healthy  # noqa: E402
+
+PY = sys.executable
+RUNNING = pb.AGENT_JOB_STATE_RUNNING
+SUCCEEDED = pb.AGENT_JOB_STATE_SUCCEEDED
+STOPPED = pb.AGENT_JOB_STATE_STOPPED
+LIVE = (pb.AGENT_JOB_STATE_PENDING, RUNNING)
+RPC_TIMEOUT = 30.0
+READY_TIMEOUT = 60.0
+AGENT_VERSION = "bench-fake"
+T = TypeVar("T")
+
+TARGET_PLACEMENTS_PER_S = 1000.0
+TARGET_SUBMIT_P99_MS = 50.0
+TARGET_METRIC_ROWS_PER_S = 50000.0
+
+
+class BenchError(Exception):
+    pass
+
+
+def poll(fn: Callable[[], T | None], timeout: float, what: str, interval: float = 0.005) -> T:
+    """Call `fn` until it returns something truthy; BenchError after `timeout` seconds."""
+    end = time.monotonic() + timeout
+    while True:
+        got = fn()
+        if got:
+            return got
+        if time.monotonic() > end:
+            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def percentile(samples: list[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100) of a non-empty list."""
+    s = sorted(samples)
+    k = max(0, min(len(s) - 1, -(-len(s) * p // 100) - 1))
+    return s[int(k)]
+
+
+def summary(samples_ms: list[float]) -> dict[str, Any]:
+    return {"n": len(samples_ms), "p50_ms": round(percentile(samples_ms, 50), 3),
+            "p90_ms": round(percentile(samples_ms, 90), 3), "p99_ms": round(percentile(samples_ms, 99), 3),
+            "max_ms": round(max(samples_ms), 3), "mean_ms": round(sum(samples_ms) / len(samples_ms), 3)}
+
+
+def now_ts() -> Timestamp:
+    t = Timestamp()
+    t.GetCurrentTime()
+    return t
+
+
+# ---- the database ----------------------------------------------------------------------------------
+
+
+class Database:
+    """Where the coordinator's state lives for the run: a throwaway PostgreSQL cluster, a fresh
+    database on a given server, or a SQLite file."""
+
+    def __init__(self, root: Path, args: argparse.Namespace) -> None:
+        self.root = root
+        self.args = args
+        self.url = ""
+        self.describe = ""
+        self._server: Any = None
+        self._admin_dsn = ""
+        self._dropdb = ""
+
+    def setup(self) -> None:
+        if self.args.sqlite:
+            self.url = f"sqlite:///{self.root / 'coordinator.db'}"
+            self.describe = "SQLite (WAL, synchronous=FULL) in a temp dir"
+            return
+        name = f"gpufleet_bench_{os.getpid()}"
+        if self.args.database_url:
+            self._create_on(self.args.database_url, name)
+            return
+        from tests import postgres as tp  # the tests' helper: initdb/pg_ctl as the postgres user
+
+        self._server = tp.start_server(fsync=not self.args.no_fsync)
+        self._admin(self._server.dsn(), f'CREATE DATABASE "{name}"')
+        self.url = self._server.url(name)
+        version = self._scalar(self.url, "SHOW server_version")
+        self.describe = (f"PostgreSQL {version}, throwaway cluster on 127.0.0.1:{self._server.port} "
+                         f"(fsync={'off' if self.args.no_fsync else 'on'})")
+
+    def _create_on(self, url: str, name: str) -> None:
+        """A fresh database on the server of `url` (dropped at the end); `url`'s own database
+        itself when the role may not create databases."""
+        parsed = sa.engine.make_url(url)
+        if parsed.get_backend_name() != "postgresql":
+            raise BenchError(f"--database-url must be postgresql+psycopg://..., got {parsed.drivername}")
+        admin = parsed.set(drivername="postgresql")
+        dsn = admin.render_as_string(hide_password=False)
+        try:
+            self._admin(dsn, f'CREATE DATABASE "{name}"')
+        except Exception as exc:  # noqa: BLE001 - no CREATEDB: write into the given database
+            print(f"bench: cannot create a database ({type(exc).__name__}); using {parsed.database!r} as is",
+                  file=sys.stderr)
+            self.url = url
+        else:
+            self._admin_dsn, self._dropdb = dsn, name
+            self.url = parsed.set(database=name).render_as_string(hide_password=False)
+        version = self._scalar(self.url, "SHOW server_version")
+        self.describe = f"PostgreSQL {version} at {parsed.host}:{parsed.port or 5432} (--database-url)"
+
+    @staticmethod
+    def _admin(dsn: str, sql: str) -> None:
+        import psycopg
+
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(sql)
+
+    @staticmethod
+    def _scalar(url: str, sql: str) -> Any:
+        eng = sa.create_engine(url)
+        try:
+            with eng.connect() as conn:
+                return conn.exec_driver_sql(sql).scalar()
+        finally:
+            eng.dispose()
+
+    def postmaster_pid(self) -> int | None:
+        if self._server is None:
+            return None
+        try:
+            return int((self._server.datadir / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def close(self) -> None:
+        if self._dropdb:
+            self._admin(self._admin_dsn, f'DROP DATABASE IF EXISTS "{self._dropdb}" WITH (FORCE)')
+            self._dropdb = ""
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+
+# ---- fake agents -----------------------------------------------------------------------------------
+
+
+class FakeAgent(agent_pb2_grpc.AgentServicer):
+    """gpufleet.v1.Agent without a runtime: jobs are records that say RUNNING until told otherwise."""
+
+    def __init__(self, farm: AgentFarm, name: str, gpus: int) -> None:
+        self.farm = farm
+        self.name = name
+        self.address = ""
+        self.started = time.monotonic()
+        self.jobs: dict[str, pb.JobStatus] = {}
+        self.gpus = [pb.GpuInfo(index=i, uuid=f"GPU-{name}-{i}", name="fake", healthy=True,
+                                memory_total_bytes=80 << 30) for i in range(gpus)]
+        self.registered = False
+
+    # -- gpufleet.v1.Agent --------------------------------------------------------------------------
+    async def Launch(self, request: apb.LaunchRequest, context: Any) -> pb.JobStatus:
+        self.farm.launch_calls += 1
+        cur = self.jobs.get(request.job_id)
+        if cur is not None:
+            if cur.attempt == request.attempt:
+                self.farm.duplicate_launches += 1
+                return cur  # idempotent on (job_id, attempt)
+            if cur.attempt > request.attempt:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                    f"job {request.job_id}: attempt {request.attempt} is older than {cur.attempt}")
+        ts = now_ts()
+        st = pb.JobStatus(job_id=request.job_id, attempt=request.attempt, state=RUNNING, created_at=ts,
+                          started_at=ts, gpu_indices=request.gpu_indices, runtime="fake",
+                          runtime_id=f"fake-{request.job_id}", output_dir=request.spec.output_dir,
+                          job_type=request.spec.job_type)
+        self.jobs[request.job_id] = st
+        self.farm.record_launch(request.job_id, self.name, list(request.gpu_indices))
+        return st
+
+    async def Inspect(self, request: apb.InspectRequest, context: Any) -> pb.JobStatus:
+        self.farm.inspect_calls += 1
+        st = self.jobs.get(request.job_id)
+        if st is None or request.attempt not in (0, st.attempt):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"job {request.job_id}/{request.attempt} not found")
+        return st
+
+    async def Stop(self, request: apb.StopRequest, context: Any) -> pb.JobStatus:
+        st = self.jobs.get(request.job_id)
+        if st is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"job {request.job_id} not found")
+        if st.state in LIVE and (request.attempt in (0, st.attempt)):
+            st.state = STOPPED
+            st.stop_requested = True
+            st.exit_code = -1
+            st.finished_at.CopyFrom(now_ts())
+        return st
+
+    async def Acknowledge(self, request: apb.AcknowledgeRequest, context: Any) -> apb.AcknowledgeResponse:
+        st = self.jobs.get(request.job_id)
+        if st is not None and st.attempt == request.attempt and st.state not in LIVE:
+            del self.jobs[request.job_id]
+            return apb.AcknowledgeResponse(dropped=True)
+        return apb.AcknowledgeResponse(dropped=False)
+
+    async def ListJobs(self, request: apb.ListJobsRequest, context: Any) -> apb.ListJobsResponse:
+        want = set(request.states)
+        return apb.ListJobsResponse(jobs=[j for j in self.jobs.values() if not want or j.state in want])
+
+    async def GetNode(self, request: apb.GetNodeRequest, context: Any) -> apb.NodeInfo:
+        running = sum(1 for j in self.jobs.values() if j.state in LIVE)
+        return apb.NodeInfo(hostname=self.name, agent_version=AGENT_VERSION, runtime="process",
+                            uptime_seconds=time.monotonic() - self.started, gpus=self.gpus, gpu_source="fake",
+                            node_name=self.name, jobs_held=len(self.jobs), jobs_running=running)
+
+    # -- helpers (event-loop thread) ----------------------------------------------------------------
+    def finish(self, job_id: str) -> bool:
+        st = self.jobs.get(job_id)
+        if st is None or st.state not in LIVE:
+            return False
+        st.state = SUCCEEDED
+        st.exit_code = 0
+        st.finished_at.CopyFrom(now_ts())
+        return True
+
+    def register_request(self) -> cpb.RegisterRequest:
+        return cpb.RegisterRequest(node_name=self.name, address=self.address, labels={"bench": "1"},
+                                   agent_version=AGENT_VERSION, runtime="process", gpus=self.gpus)
+
+    def heartbeat_request(self) -> cpb.HeartbeatRequest:
+        digests = [cpb.JobDigest(job_id=j.job_id, attempt=j.attempt, state=j.state) for j in self.jobs.values()]
+        return cpb.HeartbeatRequest(node_name=self.name, gpus=self.gpus, jobs=digests)
+
+
+class AgentFarm:
+    """N fake agents, each a grpc.aio server on its own loopback port, all on one event loop in a
+    background thread; registering with and heartbeating to the coordinator."""
+
+    def __init__(self, n: int, gpus: int, prefix: str) -> None:
+        self.agents = [FakeAgent(self, f"{prefix}-{i:03d}", gpus) for i in range(n)]
+        self.by_name = {a.name: a for a in self.agents}
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="fake-agents", daemon=True)
+        self.servers: list[grpc.aio.Server] = []
+        self.channel: grpc.aio.Channel | None = None
+        self.stub: coordinator_pb2_grpc.FleetStub | None = None
+        self.hb_tasks: list[asyncio.Task[None]] = []
+        self.interval = 2.0
+        # Counters (written on the loop thread; read anywhere, a stale read is fine).
+        self.launch_calls = 0
+        self.duplicate_launches = 0
+        self.inspect_calls = 0
+        self.heartbeats = 0
+        self.heartbeat_errors = 0
+        self.heartbeat_ms: list[float] = []
+        self.fenced = 0
+        self.acked = 0
+        self.first_launch: dict[str, float] = {}  # job_id -> perf_counter of its first Launch
+        self.placed_on: dict[str, tuple[str, tuple[int, ...]]] = {}
+        self.double_booked = 0
+        self._gpu_owner: dict[tuple[str, int], str] = {}
+
+    # -- from the bench's thread ---------------------------------------------------------------------
+    def call(self, coro: Any, timeout: float = READY_TIMEOUT) -> Any:
+        fut: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return fut.result(timeout)
+
+    def start(self) -> None:
+        self.thread.start()
+        self.call(self._start_servers())
+
+    def register_all(self, coordinator: str) -> float:
+        return float(self.call(self._register_all(coordinator)))
+
+    def finish(self, job_ids: list[str]) -> int:
+        async def go() -> int:
+            done = 0
+            for a in self.agents:
+                for j in job_ids:
+                    done += a.finish(j)
+            return done
+
+        return int(self.call(go()))
+
+    def launched(self, job_ids: list[str]) -> int:
+        return sum(1 for j in job_ids if j in self.first_launch)
+
+    def close(self) -> None:
+        if not self.thread.is_alive():
+            return
+        try:
+            self.call(self._stop(), timeout=15)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=10)
+
+    # -- event-loop thread ---------------------------------------------------------------------------
+    def record_launch(self, job_id: str, node: str, gpus: list[int]) -> None:
+        if job_id in self.first_launch:
+            return
+        self.first_launch[job_id] = time.perf_counter()
+        self.placed_on[job_id] = (node, tuple(gpus))
+        for g in gpus:
+            owner = self._gpu_owner.get((node, g))
+            if owner is not None and owner != job_id and node_job_live(self.by_name[node], owner):
+                self.double_booked += 1
+            self._gpu_owner[(node, g)] = job_id
+
+    async def _start_servers(self) -> None:
+        for a in self.agents:
+            server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            agent_pb2_grpc.add_AgentServicer_to_server(a, server)
+            port = server.add_insecure_port("127.0.0.1:0")
+            if not port:
+                raise BenchError(f"{a.name}: cannot bind a loopback port")
+            a.address = f"127.0.0.1:{port}"
+            await server.start()
+            self.servers.append(server)
+
+    async def _register_all(self, coordinator: str) -> float:
+        self.channel = grpc.aio.insecure_channel(coordinator)
+        self.stub = coordinator_pb2_grpc.FleetStub(self.channel)
+        t0 = time.perf_counter()
+        replies = await asyncio.gather(*(self.stub.Register(a.register_request(), timeout=RPC_TIMEOUT)
+                                         for a in self.agents))
+        took = time.perf_counter() - t0
+        for a in self.agents:
+            a.registered = True
+        self.interval = replies[0].heartbeat_interval_seconds or 2.0
+        # Spread the first beats over one interval, as agents started at random times would be.
+        n = len(self.agents)
+        self.hb_tasks = [self.loop.create_task(self._heartbeat_loop(a, self.interval * i / n))
+                         for i, a in enumerate(self.agents)]
+        return took
+
+    async def _heartbeat_loop(self, a: FakeAgent, delay: float) -> None:
+        assert self.stub is not None
+        await asyncio.sleep(delay)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                if not a.registered:
+                    await self.stub.Register(a.register_request(), timeout=RPC_TIMEOUT)
+                    a.registered = True
+                r = await self.stub.Heartbeat(a.heartbeat_request(), timeout=RPC_TIMEOUT)
+                self.heartbeats += 1
+                self.heartbeat_ms.append((time.perf_counter() - t0) * 1e3)
+                if r.reregister:
+                    a.registered = False
+                for d in r.stop:
+                    st = a.jobs.get(d.job_id)
+                    if st is not None and st.attempt == d.attempt and st.state in LIVE:
+                        st.state, st.exit_code = STOPPED, -1
+                        self.fenced += 1
+                for d in r.acknowledged:
+                    st = a.jobs.get(d.job_id)
+                    if st is not None and st.attempt == d.attempt and st.state not in LIVE:
+                        del a.jobs[d.job_id]
+                        self.acked += 1
+            except grpc.aio.AioRpcError:
+                self.heartbeat_errors += 1
+            # The real agent waits the interval after each beat (not a fixed rate).
+            await asyncio.sleep(self.interval)
+
+    async def _stop(self) -> None:
+        for t in self.hb_tasks:
+            t.cancel()
+        await asyncio.gather(*self.hb_tasks, return_exceptions=True)
+        if self.channel is not None:
+            await self.channel.close()
+        await asyncio.gather(*(s.stop(grace=None) for s in self.servers), return_exceptions=True)
+
+
+def node_job_live(agent: FakeAgent, job_id: str) -> bool:
+    st = agent.jobs.get(job_id)
+    return st is not None and st.state in LIVE
+
+
+# ---- the coordinator process -----------------------------------------------------------------------
+
+
+class Coordinator:
+    """`python -m coordinator.main` on 127.0.0.1:<any free port>, production defaults otherwise."""
+
+    def __init__(self, root: Path, url: str, extra: list[str]) -> None:
+        self.root = root
+        self.state_dir = root / "state"
+        self.argv = [PY, "-m", "coordinator.main", "--listen", "127.0.0.1:0", "--state-dir", str(self.state_dir),
+                     "--database-url", url, *extra]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.addr = ""
+        self.channel: grpc.Channel | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GPUFLEET_")}
+        with open(self.root / "coordinator.log", "ab") as log:
+            # Own session: a Ctrl-C in the terminal reaches the bench, which then cleans up in order.
+            self.proc = subprocess.Popen(self.argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+        addr_file = self.state_dir / "coordinator.addr"
+
+        def ready() -> str | None:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise BenchError(f"coordinator exited with {self.proc.returncode}; log:\n{self.log_tail()}")
+            try:
+                text = addr_file.read_text().strip()
+            except OSError:
+                return None
+            return text or None
+
+        self.addr = poll(ready, READY_TIMEOUT, "the coordinator's address file", interval=0.02)
+        self.channel = grpc.insecure_channel(self.addr)
+        try:
+            poll(lambda: healthy(self.channel) or (self.proc.poll() is not None and  # type: ignore[union-attr]
+                                                    _raise(BenchError("coordinator exited"))),
+                 READY_TIMEOUT, "coordinator health SERVING", interval=0.02)
+        except BenchError as exc:
+            raise BenchError(f"{exc}; log:\n{self.log_tail()}") from None
+
+    def log_tail(self, n: int = 20) -> str:
+        try:
+            return "\n".join((self.root / "coordinator.log").read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def count_log(self, needle: str) -> int:
+        try:
+            with open(self.root / "coordinator.log", errors="replace") as f:
+                return sum(1 for line in f if needle in line)
+        except OSError:
+            return 0
+
+    def stop(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def _raise(exc: Exception) -> Any:
+    raise exc
+
+
+# ---- where the CPU goes ----------------------------------------------------------------------------
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> list[bytes] | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data[data.rfind(b")") + 2:].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    f = _stat(pid)
+    return 0.0 if f is None else (int(f[11]) + int(f[12])) / CLK_TCK  # utime + stime, all threads
+
+
+def children_of(ppid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            f = _stat(int(d))
+            if f is not None and int(f[1]) == ppid:
+                out.append(int(d))
+    return out
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        vals = [int(x) for x in f.readline().split()[1:]]
+    idle = vals[3] + vals[4]  # idle + iowait
+    return sum(vals) - idle, sum(vals)
+
+
+class CpuMeter:
+    """CPU used by the coordinator, this bench process (fake agents, client) and PostgreSQL (the
+    postmaster and its backends, throwaway cluster only) over a phase, in % of one core; and how
+    busy the whole machine was (other work on a 2-core machine moves every figure)."""
+
+    def __init__(self, coordinator_pid: int, postmaster_pid: int | None) -> None:
+        self.parties: dict[str, Callable[[], list[int]]] = {
+            "coordinator": lambda: [coordinator_pid], "bench": lambda: [os.getpid()]}
+        if postmaster_pid:
+            self.parties["postgres"] = lambda: [postmaster_pid, *children_of(postmaster_pid)]
+
+    def sample(self) -> tuple[float, dict[str, dict[int, float]], tuple[float, float]]:
+        return (time.perf_counter(), {name: {pid: cpu_seconds(pid) for pid in pids()}
+                                      for name, pids in self.parties.items()}, machine_busy())
+
+    @staticmethod
+    def delta(a: tuple[float, dict[str, dict[int, float]], tuple[float, float]],
+              b: tuple[float, dict[str, dict[int, float]], tuple[float, float]]) -> dict[str, float]:
+        wall = b[0] - a[0]
+        out = {}
+        for name, after in b[1].items():
+            before = a[1].get(name, {})
+            used = sum(t - before.get(pid, 0.0) for pid, t in after.items())
+            out[name] = round(100 * used / wall, 1)
+        busy = (b[2][0] - a[2][0]) / max(1, b[2][1] - a[2][1])
+        out["machine_busy"] = round(100 * busy, 1)  # % of all CPUs
+        return out
+
+
+class Spy:
+    """`py-spy record` of the coordinator during a phase (--py-spy DIR): raw collapsed stacks."""
+
+    def __init__(self, pid: int, out_dir: Path | None) -> None:
+        self.pid = pid
+        self.out_dir = out_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.path: Path | None = None
+
+    def start(self, phase: str) -> None:
+        if self.out_dir is None:
+            return
+        exe = shutil.which("py-spy")
+        if exe is None:
+            raise BenchError("--py-spy needs py-spy on PATH (pip install py-spy)")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.out_dir / f"{phase}.txt"
+        self.proc = subprocess.Popen([exe, "record", "--pid", str(self.pid), "--format", "raw", "--rate", "250",
+                                      "--nonblocking", "--threads", "--output", str(self.path)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        time.sleep(0.3)  # not a synchronisation: lets py-spy attach before the phase begins
+
+    def stop(self) -> dict[str, Any] | None:
+        if self.proc is None or self.path is None:
+            return None
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+        return summarise_stacks(self.path)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def summarise_stacks(path: Path, top: int = 20) -> dict[str, Any]:
+    """A py-spy raw profile (idle threads left out) summed up: samples per thread kind (the
+    coordinator names its threads: rpc_N, launch_N, reconcile_N, scheduler, ...), per function of
+    the project (inclusive), and per (innermost project function, what it was doing)."""
+    threads: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    leaves: dict[str, int] = {}
+    total = 0
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return {"file": str(path), "error": "no profile written"}
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        thread = "?"
+        if frames and frames[0].startswith("thread ("):
+            thread = frames.pop(0).partition(": ")[2].rstrip("0123456789").rstrip("_-") or "?"
+        total += n
+        threads[thread] = threads.get(thread, 0) + n
+        ours = []
+        for fr in frames:
+            fn, _, loc = fr.partition(" (")
+            path_part = loc.rsplit(":", 1)[0]
+            if path_part.startswith(("coordinator/", "gpufleet/", "agent/")):
+                ours.append(f"{path_part}:{fn}")
+        for nm in set(ours):
+            incl[nm] = incl.get(nm, 0) + n
+        if ours:
+            doing = frames[-1].partition(" (")[0] if frames else "?"
+            key = f"{thread}: {ours[-1]} -> {doing}"
+            leaves[key] = leaves.get(key, 0) + n
+
+    def pct(d: dict[str, int], k: int) -> list[dict[str, Any]]:
+        return [{"what": name, "pct": round(100 * v / total, 1)}
+                for name, v in sorted(d.items(), key=lambda kv: -kv[1])[:k]] if total else []
+
+    return {"file": str(path), "samples": total, "threads": pct(threads, 12), "functions": pct(incl, top),
+            "innermost": pct(leaves, top)}
+
+
+# ---- measurements ----------------------------------------------------------------------------------
+
+
+def bench_floors(engine: sa.Engine, n: int = 200) -> dict[str, Any]:
+    """What one database round trip and one committed write cost right now, through SQLAlchemy:
+    the unit every per-row statement of the coordinator pays (and what a loaded machine inflates)."""
+    clock = time.perf_counter
+    reader = engine.execution_options(gpufleet_sqlite_begin="DEFERRED")
+    select1, commit = [], []
+    with reader.connect() as conn:
+        for _ in range(n):
+            t0 = clock()
+            conn.exec_driver_sql("SELECT 1").scalar()
+            select1.append((clock() - t0) * 1e3)
+    for i in range(n // 2):
+        t0 = clock()
+        with engine.begin() as conn:
+            repo.record_event(conn, "job", f"bench-floor-{i}", None, None, reason="bench: commit floor", actor="bench")
+        commit.append((clock() - t0) * 1e3)
+    return {"select1_p50_ms": round(percentile(select1, 50), 3), "select1_p99_ms": round(percentile(select1, 99), 3),
+            "insert_commit_p50_ms": round(percentile(commit, 50), 3),
+            "insert_commit_p99_ms": round(percentile(commit, 99), 3)}
+
+
+def bench_metrics(engine: sa.Engine, tag: str, total: int, batch: int) -> dict[str, Any]:
+    """ingest_metrics of `total` rows in batches of `batch` (one job, one transaction each)."""
+    keys_per_epoch = 20 if batch >= 20 else batch
+    epochs = max(1, batch // keys_per_epoch)
+    per_batch = epochs * keys_per_epoch
+    n_batches = max(1, math.ceil(total / per_batch))
+    spec = JobSpec(command=["true"], output_dir="bench").to_dict()
+    job_ids = [f"{tag}m{i:05d}" for i in range(n_batches)]
+    with engine.begin() as conn:
+        for j in job_ids:
+            repo.create_job(conn, spec=spec, gpus=0, job_id=j, actor="bench")
+            # Out of the queue, so that the coordinator started later does not place them.
+            repo.set_job_status(conn, j, JobStatus.CANCELED, reason="bench: metrics only", actor="bench")
+    keys = [f"metric_{k:02d}" for k in range(keys_per_epoch)]
+    splits = ("train", "val", "test")
+    batches = [[(e, {k: (e * 31 + i) / 997.0 for i, k in enumerate(keys)}) for e in range(1, epochs + 1)]
+               for _ in range(n_batches)]
+    inserted = 0
+    t0 = time.perf_counter()
+    for i, j in enumerate(job_ids):
+        with engine.begin() as conn:
+            inserted += repo.ingest_metrics(conn, splits[i % 3], None, j, batches[i])
+    took = time.perf_counter() - t0
+    with engine.begin() as conn:
+        repeat = repo.ingest_metrics(conn, splits[0], None, job_ids[0], batches[0])
+    if inserted != n_batches * per_batch:
+        raise BenchError(f"ingest_metrics inserted {inserted} rows, expected {n_batches * per_batch}")
+    return {"rows": inserted, "batches": n_batches, "rows_per_batch": per_batch, "epochs_per_batch": epochs,
+            "keys_per_epoch": keys_per_epoch, "seconds": round(took, 3), "rows_per_s": round(inserted / took, 1),
+            "batch_ms_mean": round(1e3 * took / n_batches, 3), "repeat_inserted": repeat}
+
+
+def bench_placements(engine: sa.Engine, farm: AgentFarm, coord: Coordinator, meter: CpuMeter, spy: Spy,
+                     tag: str, n: int, budget: float, timeout: float) -> dict[str, Any]:
+    """Commit n QUEUED jobs at once, wake the scheduler, time until each one is decided, committed,
+    launched on its fake agent and the agent's answer stored (observed_state RUNNING). When the
+    budget runs out first, the rate is over the jobs done by then and the rest is canceled (so it
+    does not load the next phase)."""
+    spec = JobSpec(command=["true"], output_dir="bench").to_dict()
+    job_ids = [f"{tag}p{i:05d}" for i in range(n)]
+    prefix = f"{tag}p%"
+    reader = engine.execution_options(gpufleet_sqlite_begin="DEFERRED")
+    stored_q = sa.select(sa.func.count()).select_from(jobs_table).where(
+        jobs_table.c.id.like(prefix), jobs_table.c.observed_state == "RUNNING")
+
+    def stored() -> int:
+        with reader.connect() as c:
+            return int(c.execute(stored_q).scalar_one())
+
+    t_ins = time.perf_counter()
+    conn = engine.connect()
+    tx = conn.begin()
+    for j in job_ids:
+        repo.create_job(conn, spec=spec, gpus=1, job_id=j, actor="bench")
+    insert_s = time.perf_counter() - t_ins
+    spy.start("placements")
+    cpu0 = meter.sample()
+    launches0, inspects0, hb0 = farm.launch_calls, farm.inspect_calls, farm.heartbeats
+    tx.commit()
+    conn.close()
+    # Committed: the scheduler may see them from here on (its periodic tick), so the clock starts.
+    t0 = time.perf_counter()
+    # Wake the scheduler: Register is idempotent and wakes it, as a submit would.
+    assert coord.channel is not None
+    coordinator_pb2_grpc.FleetStub(coord.channel).Register(farm.agents[0].register_request(), timeout=RPC_TIMEOUT)
+    deadline = t0 + budget
+    poll(lambda: farm.launched(job_ids) >= n or time.perf_counter() > deadline, timeout,
+         f"{n} Launch calls on the fake agents", interval=0.005)
+    partial = farm.launched(job_ids) < n
+    if not partial:
+        remaining = max(1.0, timeout - (time.perf_counter() - t0))
+        poll(lambda: stored() >= n, remaining, f"{n} jobs with observed_state RUNNING", interval=0.01)
+        done = n
+    else:
+        done = stored()
+    t_end = time.perf_counter()
+    cpu = meter.delta(cpu0, meter.sample())
+    profile = spy.stop()
+    launched = [farm.first_launch[j] for j in job_ids if j in farm.first_launch]
+    canceled = cancel_queued(engine, prefix) if partial else 0
+    if partial:
+        # What was assigned before the cancel gets launched still; wait for it, untimed.
+        assigned_q = sa.select(sa.func.count()).select_from(jobs_table).where(
+            jobs_table.c.id.like(prefix), jobs_table.c.status == "RUNNING")
+        with reader.connect() as c:
+            assigned = int(c.execute(assigned_q).scalar_one())
+        poll(lambda: stored() >= assigned, timeout, f"{assigned} assigned jobs to be launched", interval=0.02)
+    with reader.connect() as c:
+        rows = c.execute(sa.select(jobs_table.c.id, jobs_table.c.status, jobs_table.c.node,
+                                   jobs_table.c.gpu_indices).where(jobs_table.c.id.like(prefix),
+                                                                   jobs_table.c.status == "RUNNING")).all()
+    wrong = [r.id for r in rows if (r.node, tuple(r.gpu_indices)) != farm.placed_on.get(r.id)]
+    if wrong:
+        raise BenchError(f"{len(wrong)} jobs placed differently than launched, e.g. {wrong[:3]}")
+    took = t_end - t0
+    return {"jobs": n, "placed": done, "partial": partial, "budget_s": budget, "canceled_after": canceled,
+            "seconds": round(took, 3), "placements_per_s": round(done / took, 1),
+            "first_launch_ms": round(1e3 * (min(launched) - t0), 1) if launched else None,
+            "last_launch_s": round(max(launched) - t0, 3) if launched else None,
+            "queue_insert_s": round(insert_s, 3), "nodes_used": len({farm.placed_on[r.id][0] for r in rows}),
+            "launch_calls": farm.launch_calls - launches0, "duplicate_launches": farm.duplicate_launches,
+            "inspect_calls": farm.inspect_calls - inspects0, "heartbeats": farm.heartbeats - hb0,
+            "double_booked_gpus": farm.double_booked, "cpu_pct": cpu, "profile": profile}
+
+
+def cancel_queued(engine: sa.Engine, prefix: str) -> int:
+    """QUEUED -> CANCELED for the bench's jobs still queued (skipping any a scheduler pass holds)."""
+    canceled = 0
+    while True:
+        with engine.begin() as conn:
+            q = sa.select(jobs_table.c.id).where(jobs_table.c.id.like(prefix), jobs_table.c.status == "QUEUED")
+            if conn.dialect.name == "postgresql":
+                q = q.with_for_update(skip_locked=True)
+            ids = list(conn.execute(q.limit(500)).scalars())
+            for j in ids:
+                canceled += repo.set_job_status(conn, j, JobStatus.CANCELED, reason="bench: budget spent",
+                                                actor="bench")
+        if not ids:
+            with engine.connect() as conn:
+                left = conn.execute(sa.select(sa.func.count()).select_from(jobs_table).where(
+                    jobs_table.c.id.like(prefix), jobs_table.c.status == "QUEUED")).scalar_one()
+            if not left:
+                return canceled
+
+
+def bench_submit(farm: AgentFarm, coord: Coordinator, meter: CpuMeter, spy: Spy, tag: str, n: int, warmup: int,
+                 budget: float, timeout: float) -> dict[str, Any]:
+    """Sequential SubmitJob calls on one channel (sync stub): n of them, or as many as fit in the
+    budget; then, untimed, until each submitted job was launched on a fake agent."""
+    assert coord.channel is not None
+    stub = coordinator_pb2_grpc.CoordinatorStub(coord.channel)
+    spec = pb.JobSpec(command=["true"], output_dir="bench")
+    submit = stub.SubmitJob
+    for i in range(warmup):
+        submit(cpb.SubmitJobRequest(spec=spec, gpus=1, name=f"{tag}-warm-{i}"), timeout=RPC_TIMEOUT)
+    spy.start("submit")
+    cpu0 = meter.sample()
+    hb0 = farm.heartbeats
+    samples: list[float] = []
+    started: dict[str, float] = {}
+    clock = time.perf_counter
+    t_begin = clock()
+    deadline = t_begin + budget
+    for i in range(n):
+        req = cpb.SubmitJobRequest(spec=spec, gpus=1, name=f"{tag}-s-{i}")
+        t0 = clock()
+        job = submit(req, timeout=RPC_TIMEOUT)
+        t1 = clock()
+        samples.append((t1 - t0) * 1e3)
+        started[job.job_id] = t0
+        if job.status not in (cpb.JOB_STATUS_CODE_QUEUED, cpb.JOB_STATUS_CODE_RUNNING):
+            raise BenchError(f"SubmitJob returned {job.status_name} for {job.job_id}")
+        if t1 > deadline:
+            break
+    wall = clock() - t_begin
+    cpu = meter.delta(cpu0, meter.sample())
+    profile = spy.stop()
+    ids = list(started)
+    poll(lambda: farm.launched(ids) >= len(ids), timeout, f"the {len(ids)} submitted jobs to be launched",
+         interval=0.01)
+    to_launch = [(farm.first_launch[j] - started[j]) * 1e3 for j in ids]
+    return {**summary(samples), "asked": n, "partial": len(samples) < n, "budget_s": budget, "warmup": warmup,
+            "calls_per_s": round(len(samples) / wall, 1), "submit_to_launch": summary(to_launch),
+            "heartbeats": farm.heartbeats - hb0, "cpu_pct": cpu, "profile": profile}
+
+
+# ---- report ----------------------------------------------------------------------------------------
+
+
+def verdicts(res: dict[str, Any]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+
+    def row(name: str, value: float | None, unit: str, target: float | None = None, higher: bool = False) -> None:
+        ok = None if target is None or value is None else (value >= target if higher else value <= target)
+        rows.append({"metric": name, "value": value, "unit": unit, "target": target,
+                     "better": "higher" if higher else "lower", "pass": ok})
+
+    pl, sb, mt = res["placements"], res["submit"], res["metrics"]
+    cut = f", {pl['placed']} in the {pl['budget_s']:g} s budget" if pl["partial"] else ""
+    row(f"placements ({pl['jobs']} jobs{cut}, {res['agents']} agents)", pl["placements_per_s"], "/s",
+        TARGET_PLACEMENTS_PER_S, higher=True)
+    row(f"SubmitJob p50 ({sb['n']} calls, {res['running_jobs_at_submit']} jobs running)", sb["p50_ms"], "ms")
+    row("SubmitJob p99", sb["p99_ms"], "ms", TARGET_SUBMIT_P99_MS)
+    row("submit->Launch p50", sb["submit_to_launch"]["p50_ms"], "ms")
+    row("submit->Launch p99", sb["submit_to_launch"]["p99_ms"], "ms")
+    row(f"metric rows ingested ({mt['rows']} in batches of {mt['rows_per_batch']})", mt["rows_per_s"], "/s",
+        TARGET_METRIC_ROWS_PER_S, higher=True)
+    return rows
+
+
+def print_table(res: dict[str, Any]) -> None:
+    m = res["machine"]
+    print(f"gpufleet coordinator bench: {m['cpus']} CPUs, Python {m['python']}, load {m['loadavg_at_start']:g} "
+          f"at start; {res['database']}")
+    print(f"fleet: {res['agents']} fake agents x {res['gpus_per_agent']} GPUs (grpc.aio, one process), "
+          f"heartbeat every {res['heartbeat_interval_s']:g} s with job digests; coordinator defaults otherwise")
+    width = max(len(r["metric"]) for r in res["results"])
+    print(f"{'metric':<{width}}  {'value':>12}  {'target':>13}  result")
+    for r in res["results"]:
+        val = f"{r['value']:,.1f} {r['unit']}" if r["unit"] == "/s" else f"{r['value']:.2f} {r['unit']}"
+        if r["target"] is None:
+            tgt = ""
+        else:
+            op = ">=" if r["better"] == "higher" else "<="
+            tgt = f"{op} {r['target']:,.0f} {r['unit']}" if r["unit"] == "/s" else f"{op} {r['target']:g} {r['unit']}"
+        verdict = "" if r["pass"] is None else ("PASS" if r["pass"] else "MISS")
+        print(f"{r['metric']:<{width}}  {val:>12}  {tgt:>13}  {verdict}".rstrip())
+    pl, sb, mt = res["placements"], res["submit"], res["metrics"]
+    first = "n/a" if pl["first_launch_ms"] is None else f"{pl['first_launch_ms']:.0f} ms"
+    last = "n/a" if pl["last_launch_s"] is None else f"{pl['last_launch_s']:.2f} s"
+    print(f"placements: first Launch {first} after the wake, last at {last}, "
+          f"{pl['placed']} stored at {pl['seconds']:.2f} s; {pl['duplicate_launches']} duplicate Launches, "
+          f"{pl['inspect_calls']} Inspects, {pl['heartbeats']} heartbeats meanwhile")
+    print(f"submit: {sb['calls_per_s']:.0f} calls/s, p90 {sb['p90_ms']:.2f} ms, max {sb['max_ms']:.2f} ms")
+    for phase, d in (("placements", pl), ("submit", sb)):
+        c = d["cpu_pct"]
+        parts = ", ".join(f"{k} {v:.0f} %" for k, v in c.items() if k != "machine_busy")
+        print(f"CPU during {phase} (% of one core): {parts}; machine {c['machine_busy']:.0f} % busy "
+              f"(of {res['machine']['cpus']} CPUs)")
+        prof = d.get("profile")
+        if prof and prof.get("samples"):
+            print(f"  py-spy of the coordinator during {phase}: {prof['samples']} busy samples ({prof['file']})")
+            print("    threads: " + ", ".join(f"{e['what']} {e['pct']:.0f} %" for e in prof["threads"]))
+            for e in prof["functions"][:12]:
+                print(f"    {e['pct']:5.1f} %  {e['what']}")
+    print(f"metrics: {mt['batches']} batches of {mt['epochs_per_batch']} epochs x {mt['keys_per_epoch']} keys, "
+          f"{mt['batch_ms_mean']:.2f} ms a batch; a repeated batch inserted {mt['repeat_inserted']}")
+    fl = res["floors"]
+    print(f"floors now: SELECT 1 round trip p50 {fl['select1_p50_ms']:.2f} ms (p99 {fl['select1_p99_ms']:.2f}), "
+          f"INSERT+COMMIT p50 {fl['insert_commit_p50_ms']:.2f} ms (p99 {fl['insert_commit_p99_ms']:.2f})")
+    print("all targets met" if res["pass"] else "TARGET MISSED")
+
+
+# ---- main ------------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace, root: Path, cleanup: list[Callable[[], None]]) -> dict[str, Any]:
+    progress = (lambda msg: print(msg, file=sys.stderr)) if not args.quiet else (lambda msg: None)
+    res: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release(),
+                    "loadavg_at_start": round(os.getloadavg()[0], 2)},
+        "agents": args.agents, "targets": {"placements_per_s": TARGET_PLACEMENTS_PER_S,
+                                           "submit_p99_ms": TARGET_SUBMIT_P99_MS,
+                                           "metric_rows_per_s": TARGET_METRIC_ROWS_PER_S},
+    }
+    tag = uuid.uuid4().hex[:6]
+    needed = args.jobs + args.submits + args.submit_warmup
+    gpus = args.gpus_per_agent or max(8, math.ceil(needed / args.agents))
+    res["gpus_per_agent"] = gpus
+
+    progress("bench: preparing the database ...")
+    db = Database(root, args)
+    cleanup.append(db.close)
+    db.setup()
+    res["database"] = db.describe
+    engine = dbengine.make_engine(db.url)
+    cleanup.append(engine.dispose)
+    dbengine.migrate(engine)  # the coordinator would do it at start; the metrics phase comes first
+
+    res["floors"] = bench_floors(engine)
+    progress(f"bench: ingest_metrics, {args.metric_rows:,} rows in batches of {args.metric_batch:,} ...")
+    res["metrics"] = bench_metrics(engine, tag, args.metric_rows, args.metric_batch)
+
+    progress(f"bench: starting the coordinator and {args.agents} fake agents ...")
+    farm = AgentFarm(args.agents, gpus, f"bench-{tag}")
+    cleanup.append(farm.close)
+    farm.start()
+    coord = Coordinator(root / "coordinator", db.url, args.coordinator_arg)
+    cleanup.append(coord.stop)
+    coord.start()
+    res["coordinator_pid"] = coord.pid
+    reg_s = farm.register_all(coord.addr)
+    res["register_all_s"] = round(reg_s, 3)
+    res["heartbeat_interval_s"] = farm.interval
+
+    def fleet_ready() -> bool:
+        with engine.execution_options(gpufleet_sqlite_begin="DEFERRED").connect() as conn:
+            return sum(1 for nd in repo.list_nodes(conn)
+                       if nd.name.startswith(f"bench-{tag}-") and nd.state.value == "READY") >= args.agents
+
+    poll(fleet_ready, READY_TIMEOUT, "every fake agent READY in the database", interval=0.02)
+    # One heartbeat from each agent before the clock starts (the scheduler only places on fresh nodes).
+    poll(lambda: farm.heartbeats >= args.agents, READY_TIMEOUT + farm.interval, "a heartbeat from every agent",
+         interval=0.02)
+
+    progress(f"bench: placing {args.jobs:,} queued jobs ...")
+    meter = CpuMeter(coord.pid, db.postmaster_pid())
+    spy = Spy(coord.pid, args.py_spy)
+    cleanup.append(spy.close)
+    res["placements"] = bench_placements(engine, farm, coord, meter, spy, tag, args.jobs, args.placement_budget,
+                                         args.phase_timeout)
+
+    pl = res["placements"]
+    if pl["partial"]:
+        progress(f"bench: the budget ran out after {pl['placed']:,} placements; "
+                 f"{pl['canceled_after']:,} queued jobs canceled")
+    with engine.connect() as conn:
+        res["running_jobs_at_submit"] = len(repo.running_jobs(conn))
+    progress(f"bench: SubmitJob x{args.submits:,} (after {args.submit_warmup} warm-up calls; "
+             f"{res['running_jobs_at_submit']:,} jobs running) ...")
+    res["submit"] = bench_submit(farm, coord, meter, spy, tag, args.submits, args.submit_warmup, args.submit_budget,
+                                 args.phase_timeout)
+
+    res["fleet"] = {"launch_calls": farm.launch_calls, "duplicate_launches": farm.duplicate_launches,
+                    "inspect_calls": farm.inspect_calls, "heartbeats": farm.heartbeats,
+                    "heartbeat_errors": farm.heartbeat_errors, "fenced": farm.fenced,
+                    "double_booked_gpus": farm.double_booked,
+                    "heartbeat": summary(farm.heartbeat_ms) if farm.heartbeat_ms else None,
+                    "coordinator_log_errors": coord.count_log('"level": "error"')}
+    if farm.double_booked:
+        raise BenchError(f"{farm.double_booked} GPUs were given to two live jobs")
+    res["results"] = verdicts(res)
+    res["pass"] = all(r["pass"] is not False for r in res["results"])
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Benchmark the gpufleet coordinator with simulated agents.")
+    ap.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    where = ap.add_mutually_exclusive_group()
+    where.add_argument("--database-url", default="",
+                       help="PostgreSQL server to use (postgresql+psycopg://...): a fresh database is created "
+                            "on it and dropped at the end (or the URL's own database when that is not allowed)")
+    where.add_argument("--sqlite", action="store_true", help="run on SQLite (a file in the temp dir)")
+    ap.add_argument("--no-fsync", action="store_true",
+                    help="throwaway cluster with fsync/synchronous_commit off (default: durable, fsync on)")
+    ap.add_argument("--agents", type=int, default=100, help="fake agents (default 100)")
+    ap.add_argument("--gpus-per-agent", type=int, default=0,
+                    help="fake GPUs per agent (default: enough for every job, at least 8)")
+    ap.add_argument("--jobs", type=int, default=5000, help="queued jobs to place (default 5000)")
+    ap.add_argument("--submits", type=int, default=1000, help="timed SubmitJob calls (default 1000)")
+    ap.add_argument("--submit-warmup", type=int, default=50, help="SubmitJob warm-up calls (default 50)")
+    ap.add_argument("--metric-rows", type=int, default=100_000, help="metric rows to ingest (default 100000)")
+    ap.add_argument("--metric-batch", type=int, default=2000, help="rows per ingest_metrics call (default 2000)")
+    ap.add_argument("--placement-budget", type=float, default=40.0,
+                    help="stop timing placements after this many seconds, rate over the jobs placed by then, "
+                         "the rest canceled (default 40)")
+    ap.add_argument("--submit-budget", type=float, default=30.0,
+                    help="stop the SubmitJob calls after this many seconds (default 30)")
+    ap.add_argument("--phase-timeout", type=float, default=120.0,
+                    help="deadline of every wait; past it the bench fails (default 120)")
+    ap.add_argument("--coordinator-arg", action="append", default=[], metavar="ARG",
+                    help="extra argument for gpufleet-coordinator (repeat; e.g. --coordinator-arg=--log-level=warning)")
+    ap.add_argument("--py-spy", type=Path, default=None, metavar="DIR",
+                    help="record the coordinator with py-spy during the placement and submit phases into DIR "
+                         "(raw collapsed stacks) and add the busiest functions to the report")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (coordinator log) for a look")
+    ap.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    args = ap.parse_args(argv)
+    if min(args.agents, args.jobs, args.submits, args.metric_rows, args.metric_batch) < 1 or args.submit_warmup < 0:
+        ap.error("--agents, --jobs, --submits, --metric-rows and --metric-batch must be positive")
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    root = Path(tempfile.mkdtemp(prefix="gfcbench-"))
+    cleanup: list[Callable[[], None]] = []
+    code = 2
+    try:
+        res = run(args, root, cleanup)
+        if args.json:
+            print(json.dumps(res, indent=2))
+        else:
+            print_table(res)
+        code = 0 if res["pass"] else 1
+    except KeyboardInterrupt:
+        print("bench: interrupted, cleaning up", file=sys.stderr)
+        code = 130
+    except (BenchError, grpc.RpcError) as exc:
+        print(f"bench: failed: {exc}", file=sys.stderr)
+    except Exception:  # noqa: BLE001 - a bug in the bench: say where, still clean up
+        traceback.print_exc()
+    finally:
+        # A second Ctrl-C must not leave the coordinator or the cluster behind: finish the cleanup.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for fn in reversed(cleanup):
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001 - keep cleaning
+                print(f"bench: cleanup step failed: {exc}", file=sys.stderr)
+        if args.keep:
+            print(f"bench: kept {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
