@@ -447,12 +447,22 @@ class CoordinatorAuth(grpc.ServerInterceptor):
         if not token:
             _deny(context, grpc.StatusCode.UNAUTHENTICATED,
                   "malformed authorization metadata: expected `Bearer <token>`", method=full)
+        info: TokenInfo | None = None
+        rejected = ""
         try:
             info = self.verifier.verify(token or "")
         except TokenRejected as exc:
-            key_id = _key_id(token or "")
-            _deny(context, grpc.StatusCode.UNAUTHENTICATED, str(exc), method=full, token_id=key_id or "-")
-            raise AssertionError("unreachable") from None  # context.abort raised
+            rejected = str(exc)
+        except Exception:  # noqa: BLE001 - never str(exc) to the caller: it may name the database
+            log.exception("token check failed", extra={"fields": {"method": full}})
+        if rejected:
+            _deny(context, grpc.StatusCode.UNAUTHENTICATED, rejected, method=full,
+                  token_id=_key_id(token or "") or "-")
+        if info is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE,
+                          f"{full}: cannot check the token now (the coordinator's database is unavailable); "
+                          "try again")
+            raise AssertionError("unreachable")  # context.abort raised
         return Principal(name=info.name, role=info.role, via="token", token_id=info.id)
 
     def _coordinator_check(self, method: str) -> Check:
@@ -487,11 +497,20 @@ class CoordinatorAuth(grpc.ServerInterceptor):
                      fields: Mapping[str, Any]) -> None:
         from coordinator.db import tokens as db
 
-        with self.engine.connect() as conn:
-            if method in JOB_METHODS:
-                own = db.job_ownership(conn, str(getattr(request, "job_id", "")))
-            else:
-                own = db.model_ownership(conn, str(getattr(request, "uuid", "")))
+        own: db.Ownership | None = None
+        try:
+            with self.engine.connect() as conn:
+                if method in JOB_METHODS:
+                    own = db.job_ownership(conn, str(getattr(request, "job_id", "")))
+                else:
+                    own = db.model_ownership(conn, str(getattr(request, "uuid", "")))
+        except Exception:  # noqa: BLE001
+            log.exception("ownership check failed", extra={"fields": {"method": method}})
+        if own is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE,
+                          f"{COORDINATOR_SERVICE}/{method}: cannot check who owns it now (the coordinator's "
+                          "database is unavailable)")
+            raise AssertionError("unreachable")
         if not own.exists:
             return  # let the servicer answer NOT_FOUND / INVALID_ARGUMENT as it always does
         if own.owner != who.name:
