@@ -1037,11 +1037,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--submit-warmup", type=int, default=50, help="SubmitJob warm-up calls (default 50)")
     ap.add_argument("--metric-rows", type=int, default=100_000, help="metric rows to ingest (default 100000)")
     ap.add_argument("--metric-batch", type=int, default=2000, help="rows per ingest_metrics call (default 2000)")
-    ap.add_argument("--placement-budget", type=float, default=40.0,
+    ap.add_argument("--placement-budget", type=float, default=30.0,
                     help="stop timing placements after this many seconds, rate over the jobs placed by then, "
-                         "the rest canceled (default 40)")
-    ap.add_argument("--submit-budget", type=float, default=30.0,
-                    help="stop the SubmitJob calls after this many seconds (default 30)")
+                         "the rest canceled (default 30)")
+    ap.add_argument("--submit-budget", type=float, default=20.0,
+                    help="stop the SubmitJob calls after this many seconds (default 20)")
     ap.add_argument("--phase-timeout", type=float, default=120.0,
                     help="deadline of every wait; past it the bench fails (default 120)")
     ap.add_argument("--coordinator-arg", action="append", default=[], metavar="ARG",

@@ -504,3 +504,32 @@ def test_auth_off_changes_nothing(pki: Pki, tmp_path: Path) -> None:
     finally:
         agents.close()
         engine.dispose()
+
+
+def test_a_database_failure_during_the_token_check_is_unavailable_and_says_nothing_inside(
+        pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    good = make_engine(f"sqlite:///{tmp_path / 'good.db'}")
+    migrate(good)
+    token = auth.create_token(good, "root", "admin")
+    broken = make_engine(f"sqlite:///{tmp_path / 'never-migrated.db'}")  # no tokens table
+    interceptor = auth.CoordinatorAuth(broken)
+    agents = AgentPool()
+    reconciler = Reconciler(good, agents)
+    life = Lifecycle(good, agents, reconciler, lambda: None)
+    fleet = FleetService(Fleet(good, reconciler, lambda: None))
+    adders = [lambda s: add_to_server(CoordinatorService(good, life, agents), fleet, s)]
+    try:
+        with serving(pki, "coord", adders, [interceptor]) as addr:
+            ch = grpc.secure_channel(addr, pki.creds("ops"))
+            stub = coordinator_pb2_grpc.CoordinatorStub(auth.with_token(ch, token))
+            code, msg = code_of(lambda: stub.ListModels(cpb.ListModelsRequest(), timeout=TIMEOUT))
+            ch.close()
+    finally:
+        interceptor.close()
+        agents.close()
+        good.dispose()
+        broken.dispose()
+    assert code == UNAVAILABLE and "cannot check the token now" in msg
+    assert "no such table" not in msg and "never-migrated" not in msg
+    assert "no such table" in caplog.text  # the operator sees why, in the log
+    assert token not in caplog.text
