@@ -79,7 +79,7 @@ def progress_to_pb(p: dict[str, Any] | None) -> pb.Progress | None:
                        last_metrics=p.get("metrics", {}), updated_at=ts(p.get("updated_at")))
 
 
-def job_to_pb(j: JobRecord, with_metrics: bool = True) -> pb.JobStatus:
+def job_to_pb(j: JobRecord, with_metrics: bool = True, with_log: bool = False) -> pb.JobStatus:
     probe = j.probe
     if probe and not with_metrics:
         probe = {**probe, "metrics": []}
@@ -93,6 +93,8 @@ def job_to_pb(j: JobRecord, with_metrics: bool = True) -> pb.JobStatus:
     )
     if j.exit_code is not None:
         out.exit_code = j.exit_code
+    if with_log and not j.live:
+        out.log_tail = j.log_tail
     return out
 
 

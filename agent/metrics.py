@@ -8,15 +8,21 @@ Invariants:
   metrics that lose their job labels). The label set is the same whether the GPU is free or held, so
   a series only changes its label values, never its label names. If the store cannot be read, the
   last hold table read is used and `gpufleet_agent_store_up` is 0.
+- A scrape reads the store through its own read-only SQLite connection (WAL: readers never block the
+  writer) with two small queries, holds and counts in one snapshot; it never takes the store's lock,
+  so a scrape cannot delay the supervisor. Stores without a file (test fakes) are read through
+  `gpu_holds()` and `jobs()`.
 - Names, units and label names follow dcgm-exporter (`gpu`, `UUID`, `device`, `modelName`,
   `Hostname`): FB in MiB, power in W, temperature in C, utilisation in percent.
 """
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -69,6 +75,39 @@ class AgentCollector(Collector):
         self._holds: dict[int, tuple[str, int]] = {}
         self._lock = threading.Lock()
         self._store_error = ""
+        self._ro: sqlite3.Connection | None = None
+        self._ro_lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._ro_lock:
+            if self._ro is not None:
+                self._ro.close()
+                self._ro = None
+
+    def _read_sqlite(self, path: Any) -> tuple[dict[int, tuple[str, int]], dict[str, int]]:
+        with self._ro_lock:
+            if self._ro is None:
+                uri = Path(path).resolve().as_uri() + "?mode=ro"
+                self._ro = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None,
+                                           timeout=5)
+            db = self._ro
+            db.execute("BEGIN")  # one snapshot for both reads
+            try:
+                holds = {int(i): (str(j), int(a)) for i, j, a in
+                         db.execute("SELECT gpu_index, job_id, attempt FROM gpu_holds")}
+                rows = db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+                counts = {str(s): int(n) for s, n in rows}
+            finally:
+                db.execute("COMMIT")
+        return holds, counts
+
+    def _read_objects(self, store: Any) -> tuple[dict[int, tuple[str, int]], dict[str, int]]:
+        holds = dict(store.gpu_holds())
+        counts: dict[str, int] = {}
+        for job in store.jobs():
+            state = getattr(job.state, "value", str(job.state))
+            counts[state] = counts.get(state, 0) + 1
+        return holds, counts
 
     def describe(self) -> Iterator[Metric]:
         # Names only (for the registry's duplicate check); never touches the store or the monitor.
@@ -93,20 +132,20 @@ class AgentCollector(Collector):
         ]
 
     def _read_store(self) -> tuple[dict[int, tuple[str, int]], dict[str, int] | None]:
-        counts: dict[str, int] | None
+        store = self.sup.store
+        path = getattr(store, "path", None)
         try:
-            holds = dict(self.sup.store.gpu_holds())
-            counts = {s.value: 0 for s in JobState}
-            for job in self.sup.store.jobs():
-                state = getattr(job.state, "value", str(job.state))
-                counts[state] = counts.get(state, 0) + 1
+            holds, found = self._read_sqlite(path) if path else self._read_objects(store)
         except Exception as exc:  # noqa: BLE001 - a scrape must answer even when the store does not
             error = f"{type(exc).__name__}: {exc}"
             with self._lock:
                 if error != self._store_error:
                     event(log, "metrics.store_unreadable", logging.WARNING, error=error)
                 self._store_error = error
+                self.close()  # reopen next time (the file may have been replaced)
                 return dict(self._holds), None
+        counts = {s.value: 0 for s in JobState}
+        counts.update(found)
         with self._lock:
             self._holds = holds
             self._store_error = ""

@@ -43,7 +43,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
 
     @rpc
     def Inspect(self, request: apb.InspectRequest, context: Any) -> pb.JobStatus:
-        return convert.job_to_pb(self.sup.inspect(request.job_id, request.attempt))
+        return convert.job_to_pb(self.sup.inspect(request.job_id, request.attempt), with_log=True)
 
     @rpc
     def ListJobs(self, request: apb.ListJobsRequest, context: Any) -> apb.ListJobsResponse:

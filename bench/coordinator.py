@@ -591,6 +591,7 @@ class CpuMeter:
             out[name] = round(100 * used / wall, 1)
         busy = (b[2][0] - a[2][0]) / max(1, b[2][1] - a[2][1])
         out["machine_busy"] = round(100 * busy, 1)  # % of all CPUs
+        out["loadavg_1m"] = round(os.getloadavg()[0], 2)
         return out
 
 
@@ -615,7 +616,7 @@ class Spy:
                                       "--nonblocking", "--threads", "--output", str(self.path)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
-        time.sleep(0.3)  # not a synchronisation: lets py-spy attach before the phase begins
+        # No wait for it to attach: the first tens of ms of the phase may go unsampled, no more.
 
     def stop(self) -> dict[str, Any] | None:
         if self.proc is None or self.path is None:
@@ -919,9 +920,9 @@ def print_table(res: dict[str, Any]) -> None:
     print(f"submit: {sb['calls_per_s']:.0f} calls/s, p90 {sb['p90_ms']:.2f} ms, max {sb['max_ms']:.2f} ms")
     for phase, d in (("placements", pl), ("submit", sb)):
         c = d["cpu_pct"]
-        parts = ", ".join(f"{k} {v:.0f} %" for k, v in c.items() if k != "machine_busy")
+        parts = ", ".join(f"{k} {v:.0f} %" for k, v in c.items() if k not in ("machine_busy", "loadavg_1m"))
         print(f"CPU during {phase} (% of one core): {parts}; machine {c['machine_busy']:.0f} % busy "
-              f"(of {res['machine']['cpus']} CPUs)")
+              f"(of {res['machine']['cpus']} CPUs), load {c['loadavg_1m']:g} at the end")
         prof = d.get("profile")
         if prof and prof.get("samples"):
             print(f"  py-spy of the coordinator during {phase}: {prof['samples']} busy samples ({prof['file']})")

@@ -35,6 +35,7 @@ class Observation:
     probe: dict[str, Any] | None = None
     progress: dict[str, Any] | None = None
     error: str = ""
+    log_tail: bytes = b""
 
 
 def probe_from_pb(p: pb.ProbeResult) -> dict[str, Any]:
@@ -57,6 +58,7 @@ def observation_from_pb(st: pb.JobStatus) -> Observation:
         kind="found", state=state, attempt=st.attempt,
         exit_code=st.exit_code if st.HasField("exit_code") else None, message=st.message,
         probe=probe_from_pb(st.probe) if st.HasField("probe") else None, progress=progress,
+        log_tail=st.log_tail,
     )
 
 

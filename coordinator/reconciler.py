@@ -129,7 +129,7 @@ def ingest_probe(conn: Connection, job: JobRow, probe: dict[str, Any] | None) ->
 
 def end_job(engine: Engine, job_id: str, status: JobStatus, message: str, *, actor: str,
             exit_code: int | None = None, probe: dict[str, Any] | None = None, requeue: bool = False,
-            count_retry: bool = True, resume: bool = False) -> JobRow | None:
+            count_retry: bool = True, resume: bool = False, log_tail: bytes = b"") -> JobRow | None:
     """End one RUNNING/QUEUED attempt, store its metrics, move its model, maybe queue the next
     attempt — all in one transaction. Returns the new attempt when one was queued."""
     with engine.begin() as conn:
@@ -140,6 +140,8 @@ def end_job(engine: Engine, job_id: str, status: JobStatus, message: str, *, act
         repo.set_job_status(conn, job_id, status, exit_code=code, error_message=message or None,
                             reason=message or status.value, actor=actor)
         has_metrics = any(ingest_probe(conn, job, probe).values()) or bool(probe and probe.get("metrics"))
+        if log_tail:
+            repo.save_log_tail(conn, job_id, log_tail)
         new_job = None
         if requeue:
             try:
@@ -330,7 +332,8 @@ class Reconciler:
             return
         assert d.status is not None
         failpoints.hit("coordinator.reconcile.before_apply")
-        end_job(self.engine, job.id, d.status, d.message, actor=self.actor, exit_code=d.exit_code, probe=d.probe)
+        end_job(self.engine, job.id, d.status, d.message, actor=self.actor, exit_code=d.exit_code, probe=d.probe,
+                log_tail=obs.log_tail)
         if self.agents.acknowledge(address, job.root_id, job.attempt):
             with self.engine.begin() as conn:
                 repo.mark_acked(conn, [job.id])

@@ -138,6 +138,11 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             return  # still queued: no output yet
         with self.engine.connect() as conn:
             address = repo.get_node(conn, job.node).address
+            stored = repo.get_log_tail(conn, job.id) if job.terminal else None
+        if stored is not None:
+            # Ended and stored: serve the database's copy (the agent may have forgotten the job).
+            yield apb.LogChunk(data=_tail(stored, request.tail_lines))
+            return
         follow = request.follow and job.status is JobStatus.RUNNING
         stream = self.agents.stub(address).StreamLogs(
             apb.StreamLogsRequest(job_id=job.root_id, attempt=job.attempt, follow=follow,
@@ -208,6 +213,10 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         with self.engine.connect() as conn:
             counts = repo.get_dataset_counts(conn, request.uuid)
         return cpb.DatasetCountsResponse(uuid=request.uuid, counts=counts, total=sum(counts.values()))
+
+
+def _tail(data: bytes, lines: int) -> bytes:
+    return data if lines <= 0 else b"".join(data.splitlines(keepends=True)[-lines:])
 
 
 class FleetService(coordinator_pb2_grpc.FleetServicer):

@@ -240,9 +240,12 @@ def identity_from_pem(pem: bytes | str) -> Identity | None:
     return Identity(name, role)
 
 
-def describe(cert_path: str | os.PathLike[str]) -> CertInfo:
-    """What a certificate file says (for `gpufleet certs issue/show` and tests)."""
-    cert = x509.load_pem_x509_certificate(Path(cert_path).expanduser().read_bytes())
+def describe(cert_path: str | os.PathLike[str], field: str = "--tls-cert") -> CertInfo:
+    """What a certificate file says (for `gpufleet certs issue`, the agent's node name, tests)."""
+    try:
+        cert = x509.load_pem_x509_certificate(_read(cert_path, field))
+    except ValueError as exc:
+        raise InvalidArgument(field, f"{cert_path} is not a PEM certificate: {exc}") from None
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         dns = san.get_values_for_type(x509.DNSName)

@@ -32,6 +32,7 @@ from coordinator.db.schema import (
     METRIC_TABLES,
     dataset_stages,
     events,
+    job_logs,
     job_progress,
     jobs,
     models,
@@ -992,3 +993,20 @@ def get_dataset_counts(conn: Connection, uuid: str) -> dict[str, int]:
     t = dataset_stages
     query = sa.select(t.c.split_part, t.c.count).where(t.c.uuid == uuid).order_by(t.c.split_part)
     return {part: count for part, count in conn.execute(query)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Log tails
+
+
+def save_log_tail(conn: Connection, job_id: str, data: bytes, now: datetime | None = None) -> None:
+    """Store an ended attempt's last output (the first stored tail wins: it is final)."""
+    conn.execute(
+        _insert(conn, job_logs).values(job_id=job_id, data=data, stored_at=_now(now))
+        .on_conflict_do_nothing(index_elements=["job_id"])
+    )
+
+
+def get_log_tail(conn: Connection, job_id: str) -> bytes | None:
+    row = conn.execute(sa.select(job_logs.c.data).where(job_logs.c.job_id == job_id)).first()
+    return None if row is None else bytes(row[0])

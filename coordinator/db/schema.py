@@ -255,3 +255,13 @@ dataset_stages = sa.Table(
     sa.Column("node", sa.String(NODE_LEN), nullable=False),
     sa.Column("staged_at", UtcDateTime(), nullable=False),
 )
+
+# The last output of an ended attempt (agent's log tail), stored before the agent is told to
+# forget the job: logs must outlive the container (migration 0003).
+job_logs = sa.Table(
+    "job_logs",
+    metadata,
+    sa.Column("job_id", sa.String(ID_LEN), sa.ForeignKey("jobs.id"), primary_key=True),
+    sa.Column("data", sa.LargeBinary(), nullable=False),
+    sa.Column("stored_at", UtcDateTime(), nullable=False),
+)

@@ -158,7 +158,7 @@ class Progress(_message.Message):
     def __init__(self, current_epoch: _Optional[int] = ..., total_epoch: _Optional[int] = ..., last_metrics: _Optional[_Mapping[str, float]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "attempt", "state", "exit_code", "signal", "created_at", "started_at", "finished_at", "gpu_indices", "runtime", "runtime_id", "message", "probe", "progress", "output_dir", "acknowledged", "stop_requested", "job_type")
+    __slots__ = ("job_id", "attempt", "state", "exit_code", "signal", "created_at", "started_at", "finished_at", "gpu_indices", "runtime", "runtime_id", "message", "probe", "progress", "output_dir", "acknowledged", "stop_requested", "job_type", "log_tail")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -177,6 +177,7 @@ class JobStatus(_message.Message):
     ACKNOWLEDGED_FIELD_NUMBER: _ClassVar[int]
     STOP_REQUESTED_FIELD_NUMBER: _ClassVar[int]
     JOB_TYPE_FIELD_NUMBER: _ClassVar[int]
+    LOG_TAIL_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     attempt: int
     state: AgentJobState
@@ -195,7 +196,8 @@ class JobStatus(_message.Message):
     acknowledged: bool
     stop_requested: bool
     job_type: JobType
-    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., state: _Optional[_Union[AgentJobState, str]] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., gpu_indices: _Optional[_Iterable[int]] = ..., runtime: _Optional[str] = ..., runtime_id: _Optional[str] = ..., message: _Optional[str] = ..., probe: _Optional[_Union[ProbeResult, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., output_dir: _Optional[str] = ..., acknowledged: _Optional[bool] = ..., stop_requested: _Optional[bool] = ..., job_type: _Optional[_Union[JobType, str]] = ...) -> None: ...
+    log_tail: bytes
+    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., state: _Optional[_Union[AgentJobState, str]] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., gpu_indices: _Optional[_Iterable[int]] = ..., runtime: _Optional[str] = ..., runtime_id: _Optional[str] = ..., message: _Optional[str] = ..., probe: _Optional[_Union[ProbeResult, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., output_dir: _Optional[str] = ..., acknowledged: _Optional[bool] = ..., stop_requested: _Optional[bool] = ..., job_type: _Optional[_Union[JobType, str]] = ..., log_tail: _Optional[bytes] = ...) -> None: ...
 
 class GpuInfo(_message.Message):
     __slots__ = ("index", "uuid", "name", "utilization_gpu", "utilization_memory", "memory_used_bytes", "memory_total_bytes", "temperature_c", "power_w", "power_limit_w", "ecc_errors", "healthy", "assigned_job_id", "health_reason")

@@ -10,6 +10,7 @@ import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import pytest
 import sqlalchemy as sa
 
@@ -140,17 +141,20 @@ def test_node_lost_requeues_then_fences_the_returning_node(coordinator_factory, 
     assert first.superseded_by == retry_id
     second = wait_job(c, retry_id, "RUNNING")
     assert second.node == b.node_name and second.attempt == 2 and second.retries_used == 1
-    agent_running(b, retry_id)
-    assert pid_alive(wrapper) and runs(a, "lost") == 1 and runs(b, "lost") == 1
+    agent_running(b, job.job_id)  # agents know attempts by root id + attempt number
+    wait_for(lambda: runs(b, "lost") == 1, 10, "attempt 2 to start its work on B")
+    assert pid_alive(wrapper) and runs(a, "lost") == 1
 
     a.start()  # the node comes back: its attempt 1 is no longer current and gets stopped
     wait_for(lambda: node(c, a.node_name).state_name == "READY", 20, "node A READY again")
     wait_for(lambda: not pid_alive(wrapper), 30, "the stale attempt on A to be fenced")
-    try:
-        state = a.inspect(job.job_id).state
-    except Exception:  # noqa: BLE001 - NOT_FOUND once acknowledged and dropped
-        state = None
-    assert state in (None, pb.AGENT_JOB_STATE_STOPPED)
+
+    def fenced_on_a() -> bool:
+        try:
+            return a.inspect(job.job_id).state == pb.AGENT_JOB_STATE_STOPPED
+        except grpc.RpcError as exc:  # dropped once the coordinator acknowledged the STOPPED
+            return exc.code() == grpc.StatusCode.NOT_FOUND
+    wait_for(fenced_on_a, 10, "agent A to report its attempt STOPPED")
     assert (a.output_root / "lost" / "release").exists() is False  # it was stopped, never released
 
     release(b, "lost")
@@ -161,7 +165,7 @@ def test_node_lost_requeues_then_fences_the_returning_node(coordinator_factory, 
     assert Counter(j.status_name for j in attempts.values()) == Counter({"STOPPED": 1, "SUCCESS": 1})
     assert attempts[job.job_id].error_message.startswith("NODE_LOST")  # the first verdict stands
     assert runs(a, "lost") == 1 and runs(b, "lost") == 1
-    assert agent_attempts(a) == {(job.job_id, 1)} and agent_attempts(b) == {(retry_id, 2)}
+    assert agent_attempts(a) == {(job.job_id, 1)} and agent_attempts(b) == {(job.job_id, 2)}
 
 
 # -- two replicas on one PostgreSQL ----------------------------------------------------------------

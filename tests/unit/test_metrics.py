@@ -227,6 +227,38 @@ def test_agent_collector_with_the_real_gpu_monitor_and_store(tmp_path: Path) -> 
         store.close()
 
 
+def test_real_store_is_read_without_its_lock_in_one_snapshot(tmp_path: Path) -> None:
+    from agent.store import JobRecord, Store
+
+    store = Store(tmp_path / "agent.db")
+    try:
+        for i, gpus in enumerate(([0], [2, 3], [])):
+            job = JobRecord(job_id=f"j{i}", attempt=i + 1, state=JobState.PENDING, spec={}, gpu_indices=gpus,
+                            runtime="process", created_at=1.0)
+            store.insert(job)
+            job, _ = store.update(job, state=JobState.RUNNING, runtime_id="r")
+            if i == 2:
+                store.update(job, state=JobState.FAILED, finished_at=2.0, log_tail=b"x" * 65536)
+        collector = AgentCollector(FakeSupervisor(store), FakeMonitor([sample(i) for i in range(4)]), "h")  # type: ignore[arg-type]
+        reg = CollectorRegistry()
+        reg.register(collector)
+        # The supervisor holds the store's lock (a long transaction): the scrape does not wait for it.
+        got: dict[str, Any] = {}
+        with store._lock:
+            t = threading.Thread(target=lambda: got.update(m=scrape(reg)))
+            t.start()
+            t.join(5)
+            assert not t.is_alive(), "the scrape waited for the store's lock"
+        m = got["m"]
+        jobs = {lab["state"]: v for _, lab, v in m["gpufleet_agent_jobs"]}
+        assert jobs["RUNNING"] == 2 and jobs["FAILED"] == 1 and jobs["PENDING"] == 0
+        held = {lab["gpu"]: (lab["job_id"], lab["attempt"]) for _, lab, _ in m["DCGM_FI_DEV_GPU_UTIL"]}
+        assert held == {"0": ("j0", "1"), "1": ("", ""), "2": ("j1", "2"), "3": ("j1", "2")}
+        collector.close()
+    finally:
+        store.close()
+
+
 def test_registry_rejects_a_second_collector_with_the_same_names() -> None:
     reg = CollectorRegistry()
     reg.register(AgentCollector(FakeSupervisor(FakeStore()), FakeMonitor([]), "h"))

@@ -152,3 +152,11 @@ def test_credentials_are_built_from_files_and_missing_files_are_named(ca: Path, 
         tls.server_credentials(crt, tmp_path / "missing.key", ca / "ca.crt")
     with pytest.raises(InvalidArgument, match="--tls-ca"):
         tls.channel_credentials(tmp_path / "nope.crt")
+
+
+def test_describe_names_the_flag_of_a_bad_file(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument, match="--tls-cert.*cannot read"):
+        tls.describe(tmp_path / "missing.crt")
+    (tmp_path / "junk.crt").write_text("not a certificate")
+    with pytest.raises(InvalidArgument, match="--tls-cert.*not a PEM certificate"):
+        tls.describe(tmp_path / "junk.crt")
