@@ -73,7 +73,7 @@ class Registrar:
         node = self.service.node_info()
         sup = self.service.sup
         jobs = [cpb.JobDigest(job_id=j.job_id, attempt=j.attempt, state=convert.state_to_pb(j.state))  # type: ignore[arg-type]
-                for j in sup.list()]
+                for j in sup.jobs()]
         r = self.stub.Heartbeat(cpb.HeartbeatRequest(node_name=node.node_name, gpus=node.gpus, jobs=jobs,
                                                      last_event_seq=node.last_event_seq), timeout=5)
         if r.reregister:

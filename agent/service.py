@@ -52,7 +52,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
             if s == pb.AGENT_JOB_STATE_UNSPECIFIED or s not in pb.AgentJobState.values():
                 raise InvalidArgument(f"states[{i}]", f"unknown job state {s}")
             states.append(convert.state_from_pb(s))
-        jobs = self.sup.list(states or None)
+        jobs = self.sup.jobs(states or None)
         return apb.ListJobsResponse(jobs=[convert.job_to_pb(j, with_metrics=False) for j in jobs])
 
     @rpc_stream
@@ -102,7 +102,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
     def node_info(self) -> apb.NodeInfo:
         samples, sampled_at = self.gpus.latest()
         held = self.sup.held_gpus()
-        jobs = self.sup.list()
+        jobs = self.sup.jobs()
         return apb.NodeInfo(
             hostname=socket.gethostname(), agent_version=__version__, runtime=self.sup.runtime.name,
             uptime_seconds=time.time() - self.started,

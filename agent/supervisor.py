@@ -248,7 +248,7 @@ class Supervisor:
             raise InvalidArgument("attempt", f"must be >= 0, got {attempt}")
         return self.store.get(job_id, attempt or None)
 
-    def list(self, states: list[JobState] | None = None) -> list[JobRecord]:
+    def jobs(self, states: list[JobState] | None = None) -> list[JobRecord]:
         return self.store.jobs(states)
 
     def acknowledge(self, job_id: str, attempt: int) -> bool:

@@ -20,10 +20,9 @@ from rich.console import Console
 from rich.table import Table
 
 from gpufleet.v1 import agent_pb2 as apb
-from gpufleet.v1 import agent_pb2_grpc
+from gpufleet.v1 import agent_pb2_grpc, coordinator_pb2_grpc
 from gpufleet.v1 import common_pb2 as pb
 from gpufleet.v1 import coordinator_pb2 as cpb
-from gpufleet.v1 import coordinator_pb2_grpc
 
 T = TypeVar("T")
 DEFAULT_COORDINATOR = "127.0.0.1:50050"
@@ -309,7 +308,11 @@ def nodes_show(name: str) -> None:
         err.print(f"[red]error (NOT_FOUND):[/] node {name} is not registered")
         raise typer.Exit(1)
     n = match[0]
-    emit(n, lambda: (_table(f"node {name}", NODE_COLUMNS, node_rows([n])), gpu_table("GPUs", list(n.gpus))))
+    def table() -> None:
+        _table(f"node {name}", NODE_COLUMNS, node_rows([n]))
+        gpu_table("GPUs", list(n.gpus))
+
+    emit(n, table)
 
 
 @nodes_app.command("drain")

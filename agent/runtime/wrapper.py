@@ -108,8 +108,8 @@ def main(argv: list[str]) -> int:
         }).encode())
         return 127
     _write_atomic(os.path.join(job_dir, "child.pid"), str(child.pid).encode())
-    for s in pending:
-        forward(s, None)
+    for signum in pending:
+        forward(signum, None)
     assert child.stdout is not None
     pump = threading.Thread(target=_pump, args=(child.stdout.fileno(), log_path, max_bytes), daemon=True)
     pump.start()

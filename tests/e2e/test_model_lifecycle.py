@@ -18,7 +18,8 @@ def status(m: cpb.Model) -> tuple[str, str, str]:
 def test_train_then_test_at_best_epoch(fleet) -> None:  # type: ignore[no-untyped-def]
     c, a = fleet
     m = c.stub.CreateModel(cpb.CreateModelRequest(
-        model_no="G1", version="v1", train_type="seg", params_json=json.dumps({"total_epoch": 4, "epoch_seconds": 0.05}),
+        model_no="G1", version="v1", train_type="seg",
+        params_json=json.dumps({"total_epoch": 4, "epoch_seconds": 0.05}),
         spec=pb.JobSpec(command=TRAINER, total_epoch=4), gpus=1), timeout=10)
     assert status(m) == ("READY", "READY", "READY")
     m = c.stub.RunTrain(cpb.ModelRef(uuid=m.uuid), timeout=10)

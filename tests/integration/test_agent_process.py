@@ -11,7 +11,6 @@ import grpc
 import pytest
 
 from gpufleet.v1 import agent_pb2 as apb
-from gpufleet.v1 import common_pb2 as pb
 from tests.harness import AgentProc, state_name, wait_for
 
 PY = sys.executable
