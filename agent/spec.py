@@ -228,10 +228,12 @@ def validate(
             raise InvalidArgument("gpu_indices", f"GPU {idx} does not exist on this host (have {sorted(known_gpus)})")
 
     visible = ",".join(str(i) for i in gpu_indices)
+    # Inside a container that got real GPUs through a device request they are renumbered 0..n-1.
+    cuda = ",".join(str(i) for i in range(len(gpu_indices))) if runtime == "docker" and real_gpus else visible
     env = dict(base_env)
     env.update(spec.env)
     env.update({
-        "CUDA_VISIBLE_DEVICES": visible,
+        "CUDA_VISIBLE_DEVICES": cuda,
         "NVIDIA_VISIBLE_DEVICES": visible if visible else "void",
         "GPUFLEET_JOB_ID": job_id,
         "GPUFLEET_ATTEMPT": str(attempt),
