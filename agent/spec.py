@@ -230,7 +230,8 @@ def validate(
     visible = ",".join(str(i) for i in gpu_indices)
     # Inside a container that got real GPUs through a device request they are renumbered 0..n-1.
     cuda = ",".join(str(i) for i in range(len(gpu_indices))) if runtime == "docker" and real_gpus else visible
-    env = dict(base_env)
+    # A container keeps its image's PATH/HOME: only process jobs start from the agent's base env.
+    env = dict(base_env) if runtime == "process" else {}
     env.update(spec.env)
     env.update({
         "CUDA_VISIBLE_DEVICES": cuda,
