@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from agent.gpus import GpuMonitor, open_gpu_source
+from agent.metrics import AgentCollector
 from agent.runtime.base import Runtime
 from agent.service import AgentService, add_to_server
 from agent.spec import Roots
@@ -23,6 +24,7 @@ from agent.supervisor import Supervisor
 from gpufleet import config, sdnotify
 from gpufleet import log as flog
 from gpufleet.errors import FleetError, InvalidArgument
+from gpufleet.metrics import RpcMetricsInterceptor, new_registry, start_http, stop_http
 from gpufleet.server import (
     bind,
     build_server,
@@ -54,6 +56,8 @@ OPTIONS = [
     config.Option("tls-key", "", "server key (PEM)"),
     config.Option("tls-ca", "", "CA that signs client certificates (enables mTLS)"),
     config.Option("insecure", False, "allow plaintext gRPC on a non-loopback address", bool),
+    config.Option("metrics-listen", "127.0.0.1:9410",
+                  "HOST:PORT for Prometheus /metrics (empty: off; not 9400, dcgm-exporter's port)"),
     config.Option("log-level", "info", "debug, info, warning, error"),
 ]
 
@@ -104,7 +108,9 @@ def run(argv: list[str] | None = None) -> int:
                      log_max_bytes=opts.log_max_bytes)
     sup.restore()
 
-    server, hs = build_server()
+    registry = new_registry()
+    registry.register(AgentCollector(sup, monitor, node_name))
+    server, hs = build_server(interceptors=[RpcMetricsInterceptor(registry)])
     service = AgentService(sup, monitor, node_name)
     add_to_server(service, server)
     enable_reflection(server, [SERVICE])
@@ -115,6 +121,11 @@ def run(argv: list[str] | None = None) -> int:
     set_health(hs, [SERVICE], True)
     host, _ = config.split_hostport(opts.listen, "--listen")
     (state_dir / "agent.addr").write_text(f"{host}:{port}\n")
+    metrics_server = None
+    if opts.metrics_listen:
+        metrics_server, mport = start_http(opts.metrics_listen, registry)
+        mhost, _ = config.split_hostport(opts.metrics_listen, "--metrics-listen")
+        (state_dir / "metrics.addr").write_text(f"{mhost}:{mport}\n")
     flog.event(log, "agent.ready", listen=f"{host}:{port}", runtime=runtime.name, gpus=monitor.source.kind,
                node=node_name, jobs=len(store.live_jobs()))
 
@@ -142,6 +153,7 @@ def run(argv: list[str] | None = None) -> int:
     if registrar:
         registrar.close()
     server.stop(grace=2).wait()
+    stop_http(metrics_server)
     sup.close()
     monitor.stop()
     store.close()

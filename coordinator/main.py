@@ -14,12 +14,14 @@ from coordinator.agents import AgentPool
 from coordinator.db import engine as dbengine
 from coordinator.fleet import Fleet
 from coordinator.lifecycle import Lifecycle
+from coordinator.metrics import CoordinatorCollector
 from coordinator.reconciler import Reconciler
 from coordinator.scheduler import Scheduler
 from coordinator.service import CoordinatorService, FleetService, add_to_server
 from gpufleet import config, sdnotify
 from gpufleet import log as flog
 from gpufleet.errors import FleetError, InvalidArgument
+from gpufleet.metrics import RpcMetricsInterceptor, new_registry, start_http, stop_http
 from gpufleet.server import (
     bind,
     build_server,
@@ -46,6 +48,7 @@ OPTIONS = [
     config.Option("tls-key", "", "server key (PEM)"),
     config.Option("tls-ca", "", "CA that signs client certificates (enables mTLS)"),
     config.Option("insecure", False, "allow plaintext gRPC on a non-loopback address", bool),
+    config.Option("metrics-listen", "127.0.0.1:9411", "HOST:PORT for Prometheus /metrics (empty: off)"),
     config.Option("log-level", "info", "debug, info, warning, error"),
 ]
 
@@ -88,7 +91,9 @@ def run(argv: list[str] | None = None) -> int:
     sched_ref.append(scheduler)
     life = Lifecycle(engine, agents, reconciler, wake)
 
-    server, hs = build_server()
+    registry = new_registry()
+    registry.register(CoordinatorCollector(engine, scheduler, reconciler, fleet))
+    server, hs = build_server(interceptors=[RpcMetricsInterceptor(registry)])
     add_to_server(CoordinatorService(engine, life, agents), FleetService(fleet), server)
     enable_reflection(server, SERVICES)
     creds = server_credentials(opts.tls_cert, opts.tls_key, opts.tls_ca) if tls else None
@@ -101,6 +106,11 @@ def run(argv: list[str] | None = None) -> int:
     set_health(hs, SERVICES, True)
     host, _ = config.split_hostport(opts.listen, "--listen")
     (state_dir / "coordinator.addr").write_text(f"{host}:{port}\n")
+    metrics_server = None
+    if opts.metrics_listen:
+        metrics_server, mport = start_http(opts.metrics_listen, registry)
+        mhost, _ = config.split_hostport(opts.metrics_listen, "--metrics-listen")
+        (state_dir / "metrics.addr").write_text(f"{mhost}:{mport}\n")
     flog.event(log, "coordinator.ready", listen=f"{host}:{port}", database=engine.dialect.name)
 
     stop = threading.Event()
@@ -116,6 +126,7 @@ def run(argv: list[str] | None = None) -> int:
     sdnotify.notify("STOPPING=1")
     set_health(hs, SERVICES, False)
     server.stop(grace=2).wait()
+    stop_http(metrics_server)
     scheduler.close()
     fleet.close()
     reconciler.close()

@@ -23,6 +23,7 @@ from coordinator import convert
 from coordinator.agents import AgentPool
 from coordinator.db import repo
 from coordinator.db.rows import JobRow
+from coordinator.metrics import PLACEMENT_SECONDS, QUEUE_WAIT_SECONDS
 from coordinator.states import JobStatus, NodeState, TerminationReason
 from gpufleet import failpoints
 from gpufleet.log import event
@@ -145,11 +146,16 @@ class Scheduler:
 
     def run_once(self) -> bool:
         """One pass; True when a full batch was placed (call again)."""
+        started = time.perf_counter()
         placed = self.decide()
         if not placed:
             return False
+        now = datetime.now(UTC)
+        for p in placed:
+            QUEUE_WAIT_SECONDS.observe(max(0.0, (now - p.job.created_at).total_seconds()))
         list(self._pool.map(self.launch, placed))
         self.placements += len(placed)
+        PLACEMENT_SECONDS.observe(time.perf_counter() - started)
         return len(placed) >= CLAIM_BATCH
 
     def launch(self, p: Placement) -> None:

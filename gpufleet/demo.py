@@ -65,7 +65,8 @@ def run_demo(out: Console, *, keep: bool, epochs: int, epoch_seconds: float, sta
     out.print(f"[bold]gpufleet demo[/] — state in {root}")
     try:
         spawn(["coordinator.main", "--listen", caddr, "--state-dir", str(root / "coordinator"),
-               "--heartbeat-interval", "0.5", "--reconcile-interval", "0.5", "--schedule-interval", "0.5"], clog)
+               "--heartbeat-interval", "0.5", "--reconcile-interval", "0.5", "--schedule-interval", "0.5",
+               "--metrics-listen", "127.0.0.1:0"], clog)
         ch = grpc.insecure_channel(caddr)
         health = health_pb2_grpc.HealthStub(ch)
         _wait("the coordinator", lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
@@ -73,7 +74,8 @@ def run_demo(out: Console, *, keep: bool, epochs: int, epoch_seconds: float, sta
         out.print(f"  coordinator  {caddr}  (SQLite {root / 'coordinator'})")
         spawn(["agent.main", "--listen", aaddr, "--state-dir", str(root / "agent"), "--runtime", "process",
                "--gpus", "fake:4", "--output-root", str(root / "output"), "--data-root", str(root / "data"),
-               "--coordinator", caddr, "--node-name", "demo-node", "--poll-interval", "0.2"], alog)
+               "--coordinator", caddr, "--node-name", "demo-node", "--poll-interval", "0.2",
+               "--metrics-listen", "127.0.0.1:0"], alog)
         stub = coordinator_pb2_grpc.CoordinatorStub(ch)
         _wait("the agent to register", lambda: stub.ListNodes(cpb.ListNodesRequest(), timeout=2).nodes, 60,
               [clog, alog])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from concurrent import futures
 from pathlib import Path
 
@@ -40,9 +41,11 @@ def server_credentials(cert: str, key: str, ca: str) -> grpc.ServerCredentials:
     )
 
 
-def build_server(max_workers: int = 32) -> tuple[grpc.Server, health.HealthServicer]:
+def build_server(max_workers: int = 32, interceptors: Sequence[grpc.ServerInterceptor] = ()
+                 ) -> tuple[grpc.Server, health.HealthServicer]:
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
+        interceptors=list(interceptors),
         options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 32 * 1024 * 1024)],
     )
     hs = health.HealthServicer(experimental_non_blocking=True)

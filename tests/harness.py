@@ -104,7 +104,7 @@ class AgentProc:
         argv = [sys.executable, "-m", "agent.main", "--listen", self.addr, "--state-dir", str(self.state_dir),
                 "--runtime", runtime, "--gpus", gpus, "--output-root", str(self.output_root),
                 "--data-root", str(self.data_root), "--node-name", self.node_name, "--poll-interval", "0.1",
-                "--gpu-sample-interval", "1"]
+                "--gpu-sample-interval", "1", "--metrics-listen", ""]
         if docker_host:
             argv += ["--docker-host", docker_host]
         self.daemon = Daemon(argv + (extra or []), root / "agent.log", env=env or {})
@@ -191,7 +191,7 @@ class CoordinatorProc:
         self.addr = f"127.0.0.1:{self.port}"
         argv = [sys.executable, "-m", "coordinator.main", "--listen", self.addr, "--state-dir", str(root / "state"),
                 "--node-timeout", str(node_timeout), "--heartbeat-interval", "0.5", "--reconcile-interval", "0.5",
-                "--schedule-interval", "0.5"]
+                "--schedule-interval", "0.5", "--metrics-listen", ""]
         if database_url:
             argv += ["--database-url", database_url]
         self.daemon = Daemon(argv + (extra or []), root / "coordinator.log", env=env or {})

@@ -64,7 +64,7 @@ def test_daemon_reports_ready_to_systemd(daemon: str, tmp_path: Path) -> None:
     s.settimeout(60)
     port = free_port()
     args = [sys.executable, "-m", f"{daemon}.main", "--listen", f"127.0.0.1:{port}", "--state-dir",
-            str(tmp_path / "state")]
+            str(tmp_path / "state"), "--metrics-listen", "127.0.0.1:0"]
     if daemon == "agent":
         args += ["--runtime", "process", "--gpus", "fake:1", "--output-root", str(tmp_path / "o"),
                  "--data-root", str(tmp_path / "d")]
