@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -21,10 +18,11 @@ from agent.service import AgentService, add_to_server
 from agent.spec import Roots
 from agent.store import Store
 from agent.supervisor import Supervisor
-from gpufleet import config, sdnotify
+from gpufleet import config
 from gpufleet import log as flog
-from gpufleet.errors import FleetError, InvalidArgument
-from gpufleet.metrics import RpcMetricsInterceptor, new_registry, start_http, stop_http
+from gpufleet.daemon import main_wrapper, serve_until_signalled, start_metrics
+from gpufleet.errors import InvalidArgument
+from gpufleet.metrics import RpcMetricsInterceptor, new_registry, stop_http
 from gpufleet.server import (
     bind,
     build_server,
@@ -121,11 +119,7 @@ def run(argv: list[str] | None = None) -> int:
     set_health(hs, [SERVICE], True)
     host, _ = config.split_hostport(opts.listen, "--listen")
     (state_dir / "agent.addr").write_text(f"{host}:{port}\n")
-    metrics_server = None
-    if opts.metrics_listen:
-        metrics_server, mport = start_http(opts.metrics_listen, registry)
-        mhost, _ = config.split_hostport(opts.metrics_listen, "--metrics-listen")
-        (state_dir / "metrics.addr").write_text(f"{mhost}:{mport}\n")
+    metrics_server = start_metrics(opts.metrics_listen, registry, state_dir)
     flog.event(log, "agent.ready", listen=f"{host}:{port}", runtime=runtime.name, gpus=monitor.source.kind,
                node=node_name, jobs=len(store.live_jobs()))
 
@@ -137,19 +131,9 @@ def run(argv: list[str] | None = None) -> int:
                               labels=opts.labels)
         registrar.start()
 
-    stop = threading.Event()
-    for s in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(s, lambda *_: stop.set())
-    sdnotify.notify("READY=1\nSTATUS=serving")
-    wd = sdnotify.watchdog_interval()
-    while not stop.wait(min(wd or 1.0, 1.0)):
-        healthy = store.ping() and sup.runtime_ok and time.monotonic() - sup.last_tick_ok < 30
-        set_health(hs, [SERVICE], healthy)
-        if wd and healthy:
-            sdnotify.notify("WATCHDOG=1")
+    serve_until_signalled(
+        hs, [SERVICE], lambda: store.ping() and sup.runtime_ok and time.monotonic() - sup.last_tick_ok < 30)
     # Jobs keep running: only the agent stops. They are re-attached on the next start.
-    sdnotify.notify("STOPPING=1")
-    set_health(hs, [SERVICE], False)
     if registrar:
         registrar.close()
     server.stop(grace=2).wait()
@@ -162,11 +146,7 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def main() -> None:
-    try:
-        sys.exit(run())
-    except FleetError as exc:
-        print(f"gpufleet-agent: {exc}", file=sys.stderr)
-        sys.exit(2)
+    main_wrapper("gpufleet-agent", run)
 
 
 if __name__ == "__main__":

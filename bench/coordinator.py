@@ -2,38 +2,44 @@
 
 One run, against a real `gpufleet-coordinator` process (`python -m coordinator.main` with
 `sys.executable`, its production defaults for heartbeat/reconcile/schedule intervals and node
-timeout) on PostgreSQL: a throwaway cluster started here as tests/postgres.py starts one (initdb
-in a temp dir, as the `postgres` user when we are root, fsync on unless --no-fsync), or the server
-of --database-url, or SQLite with --sqlite. 100 simulated agents live in this process: each one a
-grpc.aio server on its own loopback port (all in one event-loop thread) that implements
-gpufleet.v1.Agent — Launch records the job and answers RUNNING at once (idempotent on
-(job_id, attempt)), Inspect answers RUNNING (or SUCCEEDED once told), Stop, Acknowledge, ListJobs,
-GetNode — and that registers with the coordinator through gpufleet.v1.Fleet.Register and then
+timeout; any other port it listens on by default, such as --metrics-listen, moved to a free one)
+on PostgreSQL: a throwaway cluster started here as tests/postgres.py starts one (initdb in a temp
+dir, as the `postgres` user when we are root, fsync on unless --no-fsync), or a fresh database on
+the server of --database-url, or SQLite with --sqlite. 100 simulated agents live in this process:
+each one a grpc.aio server on its own loopback port (all on one event loop in a background
+thread) that implements gpufleet.v1.Agent — Launch records the job and answers RUNNING at once
+(idempotent on (job_id, attempt)), Inspect answers RUNNING (or SUCCEEDED once told), Stop,
+Acknowledge, ListJobs, GetNode — and that registers through gpufleet.v1.Fleet.Register and then
 heartbeats at the interval the coordinator answers with, carrying its GPU snapshot and a digest
 of every job it holds, as the real agent does.
 
-Figures:
+Figures, in this order:
+- floors: a SELECT 1 round trip and an INSERT+COMMIT through SQLAlchemy right now (what every
+  per-row statement costs; a loaded machine inflates them).
 - metric rows ingested/s: coordinator.db.repo.ingest_metrics, in this process, N rows (default
   100,000) in batches of B (default 2,000 = 100 epochs x 20 keys), one job and one transaction per
-  batch, splits train/val/test in turn. Measured first, before the fleet starts. A repeat of one
-  batch must insert 0 rows (ingestion is idempotent).
+  batch, splits train/val/test in turn, before the fleet starts. A repeat of one batch must
+  insert 0 rows (ingestion is idempotent).
 - placements/s: J queued jobs (default 5,000; 1 GPU each) are committed in one transaction while
-  the fleet is registered and idle, then the coordinator's scheduler is woken (an idempotent
-  Register of one agent) and the clock runs until every job has been decided, committed, launched
-  over gRPC on a fake agent, and the agent's answer stored (`observed_state` RUNNING in the
-  database). Everything the coordinator runs in production runs meanwhile: heartbeats, the
-  reconciler (Inspect of every RUNNING job), the node sweep.
-- SubmitJob p50/p99: S sequential SubmitJob calls (default 1,000, after 50 warm-up calls) on one
-  channel with a sync stub, against the same coordinator, which now holds the J running jobs and
-  places each submitted one on the fleet; the reply is the "ack". Submit->Launch (when the fake
-  agent got the Launch) is shown too, without a target.
+  the fleet is registered and idle, then the scheduler is woken (an idempotent Register of one
+  agent) and the clock runs until every job has been decided, committed, launched over gRPC on a
+  fake agent, and the agent's answer stored (`observed_state` RUNNING in the database).
+  Everything the coordinator runs in production runs meanwhile: heartbeats, the reconciler
+  (Inspect of every RUNNING job), the node sweep. When --placement-budget (30 s) runs out first,
+  the rate is over the jobs stored by then and the rest of the queue is canceled.
+- SubmitJob p50/p99: S sequential SubmitJob calls (default 1,000, after 50 warm-up calls; at
+  most --submit-budget, 20 s) on one channel with a sync stub, against the same coordinator,
+  which now holds the jobs placed above and places each submitted one; the reply is the "ack".
+  Submit->Launch (when the fake agent got the Launch) is shown too, without a target.
+With each phase: CPU used by the coordinator, this process and PostgreSQL, how busy the whole
+machine was, and with --py-spy DIR where the coordinator's busy samples went.
 
 Targets (issue 4): >= 1,000 placements/s, SubmitJob p99 <= 50 ms, >= 50,000 metric rows/s.
 Exit status: 0 every target met, 1 a target missed, 2 the bench failed, 130 interrupted.
 The coordinator, the fake agents and a PostgreSQL cluster started here are removed at the end,
 also on Ctrl-C or SIGTERM (a database created on a --database-url server is dropped).
 
-    python3 bench/coordinator.py [--json] [--sqlite | --database-url URL] [--jobs 5000]
+    python3 bench/coordinator.py [--json] [--sqlite | --database-url URL] [--py-spy DIR]
 """
 from __future__ import annotations
 
@@ -73,10 +79,9 @@ from coordinator.db import repo  # noqa: E402
 from coordinator.db.schema import jobs as jobs_table  # noqa: E402
 from coordinator.states import JobStatus  # noqa: E402
 from gpufleet.v1 import agent_pb2 as apb  # noqa: E402
-from gpufleet.v1 import agent_pb2_grpc  # noqa: E402
+from gpufleet.v1 import agent_pb2_grpc, coordinator_pb2_grpc  # noqa: E402
 from gpufleet.v1 import common_pb2 as pb  # noqa: E402
 from gpufleet.v1 import coordinator_pb2 as cpb  # noqa: E402
-from gpufleet.v1 import coordinator_pb2_grpc  # noqa: E402
 from tests.harness import healthy  # noqa: E402
 
 PY = sys.executable
@@ -252,18 +257,20 @@ class FakeAgent(agent_pb2_grpc.AgentServicer):
         self.farm.record_launch(request.job_id, self.name, list(request.gpu_indices))
         return st
 
+    async def _held(self, job_id: str, attempt: int, context: Any) -> pb.JobStatus:
+        st = self.jobs.get(job_id)
+        if st is not None and attempt in (0, st.attempt):
+            return st
+        await context.abort(grpc.StatusCode.NOT_FOUND, f"job {job_id} attempt {attempt} not found")
+        raise AssertionError("context.abort raises")
+
     async def Inspect(self, request: apb.InspectRequest, context: Any) -> pb.JobStatus:
         self.farm.inspect_calls += 1
-        st = self.jobs.get(request.job_id)
-        if st is None or request.attempt not in (0, st.attempt):
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"job {request.job_id}/{request.attempt} not found")
-        return st
+        return await self._held(request.job_id, request.attempt, context)
 
     async def Stop(self, request: apb.StopRequest, context: Any) -> pb.JobStatus:
-        st = self.jobs.get(request.job_id)
-        if st is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"job {request.job_id} not found")
-        if st.state in LIVE and (request.attempt in (0, st.attempt)):
+        st = await self._held(request.job_id, 0, context)
+        if st.state in LIVE and request.attempt in (0, st.attempt):
             st.state = STOPPED
             st.stop_requested = True
             st.exit_code = -1
@@ -302,7 +309,8 @@ class FakeAgent(agent_pb2_grpc.AgentServicer):
                                    agent_version=AGENT_VERSION, runtime="process", gpus=self.gpus)
 
     def heartbeat_request(self) -> cpb.HeartbeatRequest:
-        digests = [cpb.JobDigest(job_id=j.job_id, attempt=j.attempt, state=j.state) for j in self.jobs.values()]
+        digests = [cpb.JobDigest(job_id=j.job_id, attempt=j.attempt, state=j.state)
+                   for j in self.jobs.values()] if self.farm.digests else []
         return cpb.HeartbeatRequest(node_name=self.name, gpus=self.gpus, jobs=digests)
 
 
@@ -310,7 +318,8 @@ class AgentFarm:
     """N fake agents, each a grpc.aio server on its own loopback port, all on one event loop in a
     background thread; registering with and heartbeating to the coordinator."""
 
-    def __init__(self, n: int, gpus: int, prefix: str) -> None:
+    def __init__(self, n: int, gpus: int, prefix: str, digests: bool = True) -> None:
+        self.digests = digests
         self.agents = [FakeAgent(self, f"{prefix}-{i:03d}", gpus) for i in range(n)]
         self.by_name = {a.name: a for a in self.agents}
         self.loop = asyncio.new_event_loop()
@@ -460,7 +469,7 @@ class Coordinator:
         self.root = root
         self.state_dir = root / "state"
         self.argv = [PY, "-m", "coordinator.main", "--listen", "127.0.0.1:0", "--state-dir", str(self.state_dir),
-                     "--database-url", url, *extra]
+                     "--database-url", url, *own_port_flags(extra), *extra]
         self.proc: subprocess.Popen[bytes] | None = None
         self.addr = ""
         self.channel: grpc.Channel | None = None
@@ -522,6 +531,16 @@ class Coordinator:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+
+
+def own_port_flags(extra: list[str]) -> list[str]:
+    """Any other port the coordinator listens on by default (e.g. --metrics-listen) is moved to a
+    free one, so that the bench never collides with a coordinator already running here."""
+    from coordinator import main as cmain
+
+    names = {o.name for o in cmain.OPTIONS}
+    return [f"--{name}=127.0.0.1:0" for name in ("metrics-listen",)
+            if name in names and not any(a.startswith(f"--{name}") for a in extra)]
 
 
 def _raise(exc: Exception) -> Any:
@@ -782,7 +801,7 @@ def bench_placements(engine: sa.Engine, farm: AgentFarm, coord: Coordinator, met
     t_end = time.perf_counter()
     cpu = meter.delta(cpu0, meter.sample())
     profile = spy.stop()
-    launched = [farm.first_launch[j] for j in job_ids if j in farm.first_launch]
+    launched = [t for j in job_ids if (t := farm.first_launch.get(j)) is not None and t <= t_end]
     canceled = cancel_queued(engine, prefix) if partial else 0
     if partial:
         # What was assigned before the cancel gets launched still; wait for it, untimed.
@@ -899,7 +918,9 @@ def print_table(res: dict[str, Any]) -> None:
     print(f"gpufleet coordinator bench: {m['cpus']} CPUs, Python {m['python']}, load {m['loadavg_at_start']:g} "
           f"at start; {res['database']}")
     print(f"fleet: {res['agents']} fake agents x {res['gpus_per_agent']} GPUs (grpc.aio, one process), "
-          f"heartbeat every {res['heartbeat_interval_s']:g} s with job digests; coordinator defaults otherwise")
+          f"heartbeat every {res['heartbeat_interval_s']:g} s "
+          f"{'with job digests' if res['heartbeat_digests'] else 'WITHOUT job digests (--no-digests)'}; coordinator "
+          + (f"args {' '.join(res['coordinator_args'])}" if res["coordinator_args"] else "defaults otherwise"))
     width = max(len(r["metric"]) for r in res["results"])
     print(f"{'metric':<{width}}  {'value':>12}  {'target':>13}  result")
     for r in res["results"]:
@@ -968,13 +989,15 @@ def run(args: argparse.Namespace, root: Path, cleanup: list[Callable[[], None]])
     res["metrics"] = bench_metrics(engine, tag, args.metric_rows, args.metric_batch)
 
     progress(f"bench: starting the coordinator and {args.agents} fake agents ...")
-    farm = AgentFarm(args.agents, gpus, f"bench-{tag}")
+    farm = AgentFarm(args.agents, gpus, f"bench-{tag}", digests=not args.no_digests)
+    res["heartbeat_digests"] = not args.no_digests
     cleanup.append(farm.close)
     farm.start()
     coord = Coordinator(root / "coordinator", db.url, args.coordinator_arg)
     cleanup.append(coord.stop)
     coord.start()
     res["coordinator_pid"] = coord.pid
+    res["coordinator_args"] = list(args.coordinator_arg)
     reg_s = farm.register_all(coord.addr)
     res["register_all_s"] = round(reg_s, 3)
     res["heartbeat_interval_s"] = farm.interval
@@ -1047,6 +1070,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="deadline of every wait; past it the bench fails (default 120)")
     ap.add_argument("--coordinator-arg", action="append", default=[], metavar="ARG",
                     help="extra argument for gpufleet-coordinator (repeat; e.g. --coordinator-arg=--log-level=warning)")
+    ap.add_argument("--no-digests", action="store_true",
+                    help="diagnostic: heartbeats without job digests (unlike real agents), to show their cost")
     ap.add_argument("--py-spy", type=Path, default=None, metavar="DIR",
                     help="record the coordinator with py-spy during the placement and submit phases into DIR "
                          "(raw collapsed stacks) and add the busiest functions to the report")
@@ -1085,7 +1110,10 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 fn()
             except Exception as exc:  # noqa: BLE001 - keep cleaning
-                print(f"bench: cleanup step failed: {exc}", file=sys.stderr)
+                try:
+                    print(f"bench: cleanup step failed: {exc}", file=sys.stderr)
+                except OSError:
+                    pass  # stderr gone (a closed pipe): the cleanup goes on regardless
         if args.keep:
             print(f"bench: kept {root}", file=sys.stderr)
         else:

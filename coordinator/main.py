@@ -5,9 +5,7 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
-import threading
 import time
 
 from coordinator.agents import AgentPool
@@ -18,10 +16,11 @@ from coordinator.metrics import CoordinatorCollector
 from coordinator.reconciler import Reconciler
 from coordinator.scheduler import Scheduler
 from coordinator.service import CoordinatorService, FleetService, add_to_server
-from gpufleet import config, sdnotify
+from gpufleet import config
 from gpufleet import log as flog
-from gpufleet.errors import FleetError, InvalidArgument
-from gpufleet.metrics import RpcMetricsInterceptor, new_registry, start_http, stop_http
+from gpufleet.daemon import main_wrapper, serve_until_signalled, start_metrics
+from gpufleet.errors import InvalidArgument
+from gpufleet.metrics import RpcMetricsInterceptor, new_registry, stop_http
 from gpufleet.server import (
     bind,
     build_server,
@@ -106,25 +105,10 @@ def run(argv: list[str] | None = None) -> int:
     set_health(hs, SERVICES, True)
     host, _ = config.split_hostport(opts.listen, "--listen")
     (state_dir / "coordinator.addr").write_text(f"{host}:{port}\n")
-    metrics_server = None
-    if opts.metrics_listen:
-        metrics_server, mport = start_http(opts.metrics_listen, registry)
-        mhost, _ = config.split_hostport(opts.metrics_listen, "--metrics-listen")
-        (state_dir / "metrics.addr").write_text(f"{mhost}:{mport}\n")
+    metrics_server = start_metrics(opts.metrics_listen, registry, state_dir)
     flog.event(log, "coordinator.ready", listen=f"{host}:{port}", database=engine.dialect.name)
 
-    stop = threading.Event()
-    for s in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(s, lambda *_: stop.set())
-    sdnotify.notify("READY=1\nSTATUS=serving")
-    wd = sdnotify.watchdog_interval()
-    while not stop.wait(min(wd or 1.0, 1.0)):
-        healthy = _db_ok(engine) and time.monotonic() - reconciler.last_ok < 60
-        set_health(hs, SERVICES, healthy)
-        if wd and healthy:
-            sdnotify.notify("WATCHDOG=1")
-    sdnotify.notify("STOPPING=1")
-    set_health(hs, SERVICES, False)
+    serve_until_signalled(hs, SERVICES, lambda: _db_ok(engine) and time.monotonic() - reconciler.last_ok < 60)
     server.stop(grace=2).wait()
     stop_http(metrics_server)
     scheduler.close()
@@ -146,11 +130,7 @@ def _db_ok(engine: object) -> bool:
 
 
 def main() -> None:
-    try:
-        sys.exit(run())
-    except FleetError as exc:
-        print(f"gpufleet-coordinator: {exc}", file=sys.stderr)
-        sys.exit(2)
+    main_wrapper("gpufleet-coordinator", run)
 
 
 if __name__ == "__main__":
