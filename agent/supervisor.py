@@ -41,9 +41,12 @@ class _Watch:
 
     tracker: ProgressTracker
     cursor: str = ""
-    last_read: float = 0.0
-    last_emit: float = 0.0
+    # Monotonic times (the wall clock may jump): last output read, last progress event.
+    last_read: float | None = None
+    last_emit: float | None = None
     killed: bool = False
+    # Monotonic time at which a stopped job gets SIGKILL (None: not yet derived).
+    kill_at: float | None = None
 
 
 class Supervisor:
@@ -59,6 +62,7 @@ class Supervisor:
         progress_interval: float = 1.0,
         log_max_bytes: int = 64 * 1024 * 1024,
         clock: Any = time.time,
+        mono: Any = time.monotonic,
     ) -> None:
         self.store = store
         self.runtime = runtime
@@ -68,7 +72,11 @@ class Supervisor:
         self.poll_interval = poll_interval
         self.progress_interval = progress_interval
         self.log_max_bytes = log_max_bytes
+        # Wall time for what is stored and shown (created/finished, the persisted stop deadline);
+        # monotonic time for every interval and timeout decided in memory, so that a wall-clock
+        # jump (NTP step, manual change) neither delays a SIGKILL nor cuts a grace period short.
         self.clock = clock
+        self.mono = mono
         self._cond = threading.Condition()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -99,8 +107,15 @@ class Supervisor:
             return  # the monitor observes it like any running job
         handle = self.runtime.find(job.job_id, job.attempt, self._job_dir(job))
         if handle is not None:
-            self._update(job, runtime_id=handle.runtime_id, start_marker=handle.start_marker)
             event(log, "job.reattach", job_id=job.job_id, attempt=job.attempt, runtime_id=handle.runtime_id)
+            if job.stop_requested:
+                self._update(job, runtime_id=handle.runtime_id, start_marker=handle.start_marker)
+                return
+            # The agent died after creating the container/process but before recording it: the
+            # launch was accepted, so finish it. runtime.start finds the existing object (never a
+            # second one) and starts a container that was created but never started (a crash
+            # between create and start), which would otherwise stay PENDING forever.
+            self._start(job, found=handle)
             return
         if job.stop_requested:
             self._update(job, state=JobState.STOPPED, finished_at=self.clock(), message="stopped before start")
@@ -181,7 +196,7 @@ class Supervisor:
             failpoints.hit("agent.launch.after_insert")
             return self._start(job, plan)
 
-    def _start(self, job: JobRecord, plan: Any = None) -> JobRecord:
+    def _start(self, job: JobRecord, plan: Any = None, found: Handle | None = None) -> JobRecord:
         if plan is None:
             try:
                 samples, _ = self.gpus.latest()
@@ -192,6 +207,9 @@ class Supervisor:
                 )
                 plan.output_dir.mkdir(parents=True, exist_ok=True)
             except (InvalidArgument, FailedPrecondition, OSError) as exc:
+                if found is not None:
+                    # It exists already: never judge it from the spec, the monitor observes it.
+                    return self._update(job, runtime_id=found.runtime_id, start_marker=found.start_marker)
                 return self._update(job, state=JobState.FAILED, finished_at=self.clock(),
                                     message=f"cannot start after restart: {exc}")
         try:
@@ -223,6 +241,7 @@ class Supervisor:
                                    stop_deadline=self.clock() + grace_seconds)
                 event(log, "job.stop", job_id=job_id, attempt=job.attempt, grace_seconds=grace_seconds)
                 if job.runtime_id:
+                    self._watch(job).kill_at = self.mono() + grace_seconds
                     self._signal(job, signal.SIGTERM if grace_seconds > 0 else signal.SIGKILL)
                 else:
                     job = self._update(job, state=JobState.STOPPED, finished_at=self.clock(),
@@ -339,7 +358,7 @@ class Supervisor:
         if obs.seen in (Seen.RUNNING, Seen.CREATED):
             if job.state == JobState.PENDING and obs.seen == Seen.RUNNING:
                 job = self._update(job, state=JobState.RUNNING, started_at=obs.started_at or now)
-            if job.stop_requested and job.stop_deadline is not None and now >= job.stop_deadline:
+            if job.stop_requested and self._kill_due(job):
                 w = self._watch(job)
                 if not w.killed:
                     event(log, "job.kill", job_id=job.job_id, attempt=job.attempt, reason="grace expired")
@@ -377,6 +396,16 @@ class Supervisor:
               exit_code=obs.exit_code, probe=verdict.get("reason"))
         failpoints.hit("agent.exit.after_record")
 
+    def _kill_due(self, job: JobRecord) -> bool:
+        """Whether a stopped job's grace period is over, by the monotonic clock."""
+        w = self._watch(job)
+        if w.kill_at is None:
+            # Stop was requested before this agent process started: only the persisted wall
+            # deadline is known. What is left of it is taken once, bounded by the longest grace.
+            left = (job.stop_deadline if job.stop_deadline is not None else 0.0) - self.clock()
+            w.kill_at = self.mono() + min(max(left, 0.0), float(MAX_GRACE))
+        return self.mono() >= w.kill_at
+
     def _probe(self, job: JobRecord, best_key: str = "", best_mode: str = "") -> dict[str, Any]:
         spec = JobSpec.from_dict(job.spec)
         folder = self.roots.output_root / spec.output_dir
@@ -387,17 +416,18 @@ class Supervisor:
 
     def _progress(self, job: JobRecord, handle: Handle, job_dir: Path, now: float, final: bool = False) -> None:
         w = self._watch(job)
-        if not final and now - w.last_read < self.progress_interval:
+        mono = self.mono()
+        if not final and w.last_read is not None and mono - w.last_read < self.progress_interval:
             return
-        w.last_read = now
+        w.last_read = mono
         try:
             data, w.cursor = self.runtime.read_since(handle, job_dir, w.cursor)
         except Exception:  # noqa: BLE001
             return
         if not data or not w.tracker.feed(data, now):
             return
-        if final or now - w.last_emit >= self.progress_interval:
-            w.last_emit = now
+        if final or w.last_emit is None or mono - w.last_emit >= self.progress_interval:
+            w.last_emit = mono
             st = w.tracker.state
             prog = {"current_epoch": st.current_epoch, "total_epoch": st.total_epoch,
                     "metrics": dict(st.metrics), "updated_at": st.updated_at}

@@ -84,6 +84,12 @@ class AgentPool:
             apb.LaunchRequest(job_id=job_id, attempt=attempt, spec=spec, gpu_indices=gpus), timeout=LAUNCH_TIMEOUT
         )
 
+    def launch_future(self, address: str, job_id: str, attempt: int, spec: pb.JobSpec,
+                      gpus: list[int]) -> grpc.Future:
+        return self.stub(address).Launch.future(  # type: ignore[no-any-return]
+            apb.LaunchRequest(job_id=job_id, attempt=attempt, spec=spec, gpu_indices=gpus), timeout=LAUNCH_TIMEOUT
+        )
+
     def inspect(self, address: str, job_id: str, attempt: int, timeout: float = RPC_TIMEOUT) -> Observation:
         """What the agent says of (job_id, attempt); agent job ids are the coordinator's root ids."""
         try:
@@ -93,6 +99,15 @@ class AgentPool:
                 return Observation(kind="not_found", error=exc.details() or "")
             return Observation(kind="error", error=f"{exc.code().name}: {exc.details()}")
         return observation_from_pb(st)
+
+    def list_live(self, address: str, timeout: float = RPC_TIMEOUT) -> dict[tuple[str, int], Observation] | None:
+        """Every PENDING/RUNNING attempt an agent holds, in one call (None when it cannot be asked)."""
+        try:
+            r = self.stub(address).ListJobs(
+                apb.ListJobsRequest(states=[pb.AGENT_JOB_STATE_PENDING, pb.AGENT_JOB_STATE_RUNNING]), timeout=timeout)
+        except grpc.RpcError:
+            return None
+        return {(st.job_id, st.attempt): observation_from_pb(st) for st in r.jobs}
 
     def stop(self, address: str, job_id: str, attempt: int, grace: int = 10) -> Observation:
         try:

@@ -21,7 +21,7 @@ from coordinator.agents import row_id
 from coordinator.db import repo
 from coordinator.reconciler import Reconciler, end_job
 from coordinator.states import JobStatus, NodeState, TerminationReason
-from gpufleet.errors import InvalidArgument, NotFound
+from gpufleet.errors import InvalidArgument
 from gpufleet.log import event
 
 log = logging.getLogger("gpufleet.coordinator.fleet")
@@ -102,21 +102,21 @@ class Fleet:
         to_sync: list[str] = []
         acked: list[str] = []
         with self.engine.connect() as conn:
-            for d in jobs:
-                try:
-                    row = repo.get_job(conn, row_id(d.job_id, d.attempt))
-                except NotFound:
-                    continue  # not the coordinator's job (launched by hand): leave it alone
-                current = row.status is JobStatus.RUNNING and row.node == name and row.attempt == d.attempt
-                if d.state in LIVE_AGENT_STATES:
-                    if not current:
-                        answer.stop.append(d)  # fencing: this attempt is not the one that should run
-                elif current:
-                    to_sync.append(row.id)  # ended on the agent, not yet in the database
-                elif row.terminal:
-                    answer.acknowledged.append(d)
-                    if not row.acked:
-                        acked.append(row.id)
+            rows = repo.job_briefs(conn, [row_id(d.job_id, d.attempt) for d in jobs])
+        for d in jobs:
+            row = rows.get(row_id(d.job_id, d.attempt))
+            if row is None:
+                continue  # not the coordinator's job (launched by hand): leave it alone
+            current = row.status is JobStatus.RUNNING and row.node == name and row.attempt == d.attempt
+            if d.state in LIVE_AGENT_STATES:
+                if not current:
+                    answer.stop.append(d)  # fencing: this attempt is not the one that should run
+            elif current:
+                to_sync.append(row.id)  # ended on the agent, not yet in the database
+            elif row.terminal:
+                answer.acknowledged.append(d)
+                if not row.acked:
+                    acked.append(row.id)
         if acked:
             with self.engine.begin() as conn:
                 repo.mark_acked(conn, acked)

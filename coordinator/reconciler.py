@@ -238,6 +238,8 @@ class Reconciler:
         self._thread: threading.Thread | None = None
         self.last_ok = time.monotonic()
         self.actions: dict[str, int] = {}
+        # What was last written for each running job, so an unchanged report writes nothing.
+        self._applied: dict[str, tuple[str, str]] = {}
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
@@ -268,8 +270,24 @@ class Reconciler:
             running = repo.running_jobs(conn)
             addresses = {n.name: n.address for n in repo.list_nodes(conn)}
         startup = not self.first_pass_done
-        list(self._pool.map(lambda j: self.reconcile(j, addresses.get(j.node or "", ""), startup), running))
+        by_node: dict[str, list[JobRow]] = {}
+        for j in running:
+            by_node.setdefault(j.node or "", []).append(j)
+
+        def one_node(node: str) -> None:
+            # One ListJobs per node covers every attempt still running there; only the others
+            # (ended, missing) need an Inspect of their own.
+            address = addresses.get(node, "")
+            live = self.agents.list_live(address) if address else None
+            for job in by_node[node]:
+                try:
+                    self.reconcile(job, address, startup, live)
+                except Exception:  # noqa: BLE001 - one job must not stop the pass
+                    log.exception("reconcile failed", extra={"fields": {"job_id": job.id, "node": node}})
+
+        list(self._pool.map(one_node, list(by_node)))
         self.first_pass_done = True
+        self._applied = {k: v for k, v in self._applied.items() if k in {j.id for j in running}}
 
     def sync_job(self, job_id: str) -> None:
         """Reconcile one job now (SyncStatus, a heartbeat that disagrees with the database)."""
@@ -280,10 +298,11 @@ class Reconciler:
             address = repo.get_node(conn, job.node).address
         self.reconcile(job, address, startup=False)
 
-    def reconcile(self, job: JobRow, address: str, startup: bool) -> Decision:
+    def reconcile(self, job: JobRow, address: str, startup: bool,
+                  live: dict[tuple[str, int], Observation] | None = None) -> Decision:
         if not address:
             return KEEP
-        obs = self.agents.inspect(address, job.root_id, job.attempt)
+        obs = (live or {}).get((job.root_id, job.attempt)) or self.agents.inspect(address, job.root_id, job.attempt)
         if startup and self.on_restart == "stop" and obs.kind == "found" and obs.state in ("PENDING", "RUNNING"):
             # The old system's behaviour, for operators who ask for it.
             with self.engine.begin() as conn:
@@ -305,7 +324,8 @@ class Reconciler:
         self.actions[d.action] = self.actions.get(d.action, 0) + 1
         now = datetime.now(UTC)
         if d.action == "keep":
-            if obs.kind == "found":
+            seen = (obs.state, repr(sorted((obs.progress or {}).items())))
+            if obs.kind == "found" and self._applied.get(job.id) != seen:
                 with self.engine.begin() as conn:
                     repo.set_observed_state(conn, job.id, obs.state, now)
                     if obs.progress:
@@ -313,6 +333,7 @@ class Reconciler:
                         repo.upsert_progress(conn, job.id, p["current_epoch"], p["total_epoch"], p["metrics"], now)
                     if obs.state == "RUNNING":
                         start_running(conn, job, self.actor)
+                self._applied[job.id] = seen
             return
         if d.action == "relaunch":
             from coordinator import convert

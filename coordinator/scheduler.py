@@ -138,9 +138,9 @@ class Scheduler:
                 if pick is None:
                     continue
                 node, gpus = pick
-                if repo.assign_job(conn, job.id, node.name, gpus, actor=self.actor, now=now):
-                    node.used.update(gpus)
-                    placed.append(Placement(job, node.name, node.address, gpus))
+                node.used.update(gpus)
+                placed.append(Placement(job, node.name, node.address, gpus))
+            repo.assign_jobs(conn, [(p.job.id, p.node, p.gpus) for p in placed], actor=self.actor, now=now)
         failpoints.hit("coordinator.assign.after_commit")
         return placed
 
@@ -153,10 +153,35 @@ class Scheduler:
         now = datetime.now(UTC)
         for p in placed:
             QUEUE_WAIT_SECONDS.observe(max(0.0, (now - p.job.created_at).total_seconds()))
-        list(self._pool.map(self.launch, placed))
+        self.launch_all(placed)
         self.placements += len(placed)
         PLACEMENT_SECONDS.observe(time.perf_counter() - started)
         return len(placed) >= CLAIM_BATCH
+
+    def launch_all(self, placed: list[Placement]) -> None:
+        """Send every Launch at once (gRPC futures), store the answers in one statement, and give
+        the ones that failed their own retries."""
+        futures = [(p, self.agents.launch_future(p.address, p.job.root_id, p.job.attempt,
+                                                 convert.spec_to_pb(p.job.spec), p.gpus)) for p in placed]
+        ok: dict[str, list[str]] = {}
+        retry: list[Placement] = []
+        for p, fut in futures:
+            try:
+                st = fut.result()
+            except grpc.RpcError:
+                retry.append(p)
+                continue
+            ok.setdefault(convert.agent_state_name(st.state), []).append(p.job.id)
+        failpoints.hit("coordinator.launch.after_ack")
+        if ok:
+            with self.engine.begin() as conn:
+                at = datetime.now(UTC)
+                for state, ids in ok.items():
+                    repo.set_observed_many(conn, ids, state, at)
+        for state, ids in ok.items():
+            event(log, "jobs.launched", count=len(ids), state=state, first=ids[0])
+        if retry:
+            list(self._pool.map(self.launch, retry))
 
     def launch(self, p: Placement) -> None:
         spec = convert.spec_to_pb(p.job.spec)

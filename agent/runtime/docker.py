@@ -37,6 +37,7 @@ import urllib3.exceptions
 from docker.types import DeviceRequest, LogConfig, Mount
 
 from agent.runtime.base import Found, Handle, LaunchPlan, Observation, RuntimeError_, Seen
+from gpufleet import failpoints
 
 log = logging.getLogger("gpufleet.agent.runtime.docker")
 
@@ -240,6 +241,7 @@ class DockerRuntime:
                         ) from exc
                     time.sleep(0.005)  # poll interval while the other create registers
                     continue
+                failpoints.hit("agent.launch.after_create")
                 self._start(cid, name)
                 return Handle(runtime_id=cid)
             self._check_ours(info, plan.job_id, plan.attempt, name)

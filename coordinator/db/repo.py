@@ -18,6 +18,7 @@ import math
 import re
 import uuid as uuidlib
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -501,6 +502,72 @@ def assign_job(
         detail={"node": node, "gpu_indices": list(gpu_indices)}, now=at,
     )
     return True
+
+
+def assign_jobs(
+    conn: Connection,
+    assignments: Sequence[tuple[str, str, Sequence[int]]],
+    *,
+    actor: str = "scheduler",
+    now: datetime | None = None,
+) -> None:
+    """Many QUEUED -> RUNNING assignments (job id, node, GPUs) in two statements.
+
+    Only for jobs this transaction claimed with `claim_queued`: their rows are locked (FOR UPDATE
+    SKIP LOCKED on PostgreSQL, the writer lock on SQLite), so every guarded update wins.
+    """
+    if not assignments:
+        return
+    states.check_job(JobStatus.QUEUED, JobStatus.RUNNING)
+    at = _now(now)
+    stmt = (
+        sa.update(jobs)
+        .where(jobs.c.id == sa.bindparam("b_id"), jobs.c.status == JobStatus.QUEUED.value)
+        .values(status=JobStatus.RUNNING.value, node=sa.bindparam("b_node"),
+                gpu_indices=sa.bindparam("b_gpus", type_=jobs.c.gpu_indices.type), assigned_at=at,
+                row_version=jobs.c.row_version + 1)
+    )
+    conn.execute(stmt, [{"b_id": j, "b_node": n, "b_gpus": [int(i) for i in g]} for j, n, g in assignments])
+    conn.execute(sa.insert(events), [
+        {"at": at, "entity": "job", "entity_id": j, "from_state": JobStatus.QUEUED.value,
+         "to_state": JobStatus.RUNNING.value, "reason": "assigned", "actor": actor,
+         "detail": {"node": n, "gpu_indices": [int(i) for i in g]}}
+        for j, n, g in assignments
+    ])
+
+
+def set_observed_many(conn: Connection, job_ids: Sequence[str], observed: str, at: datetime) -> None:
+    """`set_observed_state` for many jobs in one statement (the agents' Launch answers)."""
+    if not job_ids:
+        return
+    values: dict[str, Any] = {"observed_state": observed, "observed_at": at}
+    if observed == "RUNNING":
+        values["started_at"] = sa.func.coalesce(jobs.c.started_at, at)
+    conn.execute(sa.update(jobs).where(jobs.c.id.in_(list(job_ids))).values(values))
+
+
+@dataclass(frozen=True, slots=True)
+class JobBrief:
+    """The few columns a heartbeat needs per digest."""
+
+    id: str
+    status: JobStatus
+    node: str | None
+    attempt: int
+    acked: bool
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in states.JOB_TERMINAL
+
+
+def job_briefs(conn: Connection, job_ids: Sequence[str]) -> dict[str, JobBrief]:
+    """id -> brief for the given ids that exist, in one query."""
+    if not job_ids:
+        return {}
+    q = sa.select(jobs.c.id, jobs.c.status, jobs.c.node, jobs.c.attempt, jobs.c.acked).where(
+        jobs.c.id.in_(list(job_ids)))
+    return {r.id: JobBrief(r.id, JobStatus(r.status), r.node, r.attempt, bool(r.acked)) for r in conn.execute(q)}
 
 
 def set_job_status(
