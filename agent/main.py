@@ -18,8 +18,9 @@ from agent.service import AgentService, add_to_server
 from agent.spec import Roots
 from agent.store import Store
 from agent.supervisor import Supervisor
-from gpufleet import config
+from gpufleet import auth, config
 from gpufleet import log as flog
+from gpufleet import tls as fleet_tls
 from gpufleet.daemon import main_wrapper, serve_until_signalled, start_metrics
 from gpufleet.errors import InvalidArgument
 from gpufleet.metrics import RpcMetricsInterceptor, new_registry, stop_http
@@ -28,7 +29,6 @@ from gpufleet.server import (
     build_server,
     check_listen_security,
     enable_reflection,
-    server_credentials,
     set_health,
 )
 
@@ -50,9 +50,9 @@ OPTIONS = [
     config.Option("labels", "", "node labels, key=value,key=value"),
     config.Option("poll-interval", 0.5, "seconds between job observations", float),
     config.Option("log-max-bytes", 64 * 1024 * 1024, "rotate a job's captured output at this size", int),
-    config.Option("tls-cert", "", "server certificate (PEM)"),
-    config.Option("tls-key", "", "server key (PEM)"),
-    config.Option("tls-ca", "", "CA that signs client certificates (enables mTLS)"),
+    config.Option("tls-cert", "", "this agent's certificate (PEM, role agent, CN = node name)"),
+    config.Option("tls-key", "", "its private key (PEM)"),
+    config.Option("tls-ca", "", "the fleet CA (PEM): only the coordinator's certificate may call the agent"),
     config.Option("insecure", False, "allow plaintext gRPC on a non-loopback address", bool),
     config.Option("metrics-listen", "127.0.0.1:9410",
                   "HOST:PORT for Prometheus /metrics (empty: off; not 9400, dcgm-exporter's port)"),
@@ -91,12 +91,23 @@ def run(argv: list[str] | None = None) -> int:
     opts = config.parse("gpufleet-agent", "gpufleet agent: runs jobs on this GPU host", OPTIONS, argv)
     flog.setup(opts.log_level)
     tls = bool(opts.tls_cert and opts.tls_key)
+    if tls and not opts.tls_ca:
+        raise InvalidArgument("--tls-ca", "TLS on the agent is mutual: give the fleet CA, so that only the "
+                              "coordinator's certificate may call it")
     check_listen_security(opts.listen, opts.insecure, tls)
     state_dir = config.state_path(opts.state_dir)
     roots = Roots(config.state_path(opts.output_root), config.state_path(opts.data_root), state_dir / "jobs")
     for p in (state_dir, roots.output_root, roots.data_root, roots.jobs_root):
         p.mkdir(parents=True, exist_ok=True)
     node_name = opts.node_name or socket.gethostname()
+    if tls:
+        # The coordinator accepts heartbeats only for the name in the agent's certificate.
+        cert_name = fleet_tls.describe(opts.tls_cert).name
+        if opts.node_name and opts.node_name != cert_name:
+            raise InvalidArgument("--node-name", f"{opts.node_name!r}, but --tls-cert is for {cert_name!r}: "
+                                  "the coordinator would refuse every heartbeat (issue a certificate for "
+                                  "this name)")
+        node_name = cert_name
 
     store = Store(state_dir / "agent.db")
     monitor = GpuMonitor(open_gpu_source(opts.gpus), interval=opts.gpu_sample_interval)
@@ -108,11 +119,11 @@ def run(argv: list[str] | None = None) -> int:
 
     registry = new_registry()
     registry.register(AgentCollector(sup, monitor, node_name))
-    server, hs = build_server(interceptors=[RpcMetricsInterceptor(registry)])
+    server, hs = build_server(interceptors=[RpcMetricsInterceptor(registry), *auth.interceptors_for_agent(tls)])
     service = AgentService(sup, monitor, node_name)
     add_to_server(service, server)
     enable_reflection(server, [SERVICE])
-    creds = server_credentials(opts.tls_cert, opts.tls_key, opts.tls_ca) if tls else None
+    creds = fleet_tls.server_credentials(opts.tls_cert, opts.tls_key, opts.tls_ca) if tls else None
     port = bind(server, opts.listen, creds)
     server.start()
     sup.start()
@@ -127,8 +138,9 @@ def run(argv: list[str] | None = None) -> int:
     if opts.coordinator:
         from agent.registrar import Registrar
 
+        dial_creds = fleet_tls.channel_credentials(opts.tls_ca, opts.tls_cert, opts.tls_key) if tls else None
         registrar = Registrar(opts.coordinator, service, advertise=opts.advertise or f"{host}:{port}",
-                              labels=opts.labels)
+                              labels=opts.labels, credentials=dial_creds)
         registrar.start()
 
     serve_until_signalled(

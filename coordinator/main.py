@@ -16,8 +16,9 @@ from coordinator.metrics import CoordinatorCollector
 from coordinator.reconciler import Reconciler
 from coordinator.scheduler import Scheduler
 from coordinator.service import CoordinatorService, FleetService, add_to_server
-from gpufleet import config
+from gpufleet import auth, config
 from gpufleet import log as flog
+from gpufleet import tls as fleet_tls
 from gpufleet.daemon import main_wrapper, serve_until_signalled, start_metrics
 from gpufleet.errors import InvalidArgument
 from gpufleet.metrics import RpcMetricsInterceptor, new_registry, stop_http
@@ -26,7 +27,6 @@ from gpufleet.server import (
     build_server,
     check_listen_security,
     enable_reflection,
-    server_credentials,
     set_health,
 )
 
@@ -43,9 +43,11 @@ OPTIONS = [
     config.Option("reconcile-interval", 2.0, "seconds between reconcile passes", float),
     config.Option("schedule-interval", 2.0, "seconds between scheduling passes (also event-driven)", float),
     config.Option("on-restart", "keep", "keep: running jobs survive a coordinator restart; stop: stop them"),
-    config.Option("tls-cert", "", "server certificate (PEM)"),
-    config.Option("tls-key", "", "server key (PEM)"),
-    config.Option("tls-ca", "", "CA that signs client certificates (enables mTLS)"),
+    config.Option("tls-cert", "", "the coordinator's certificate (PEM, role coordinator)"),
+    config.Option("tls-key", "", "its private key (PEM)"),
+    config.Option("tls-ca", "", "the fleet CA (PEM): agents and clients must present certificates it signed"),
+    config.Option("auth", "auto", "auto (tokens, and agent certificates with TLS, unless plaintext on "
+                  "loopback), on, or off"),
     config.Option("insecure", False, "allow plaintext gRPC on a non-loopback address", bool),
     config.Option("metrics-listen", "127.0.0.1:9411", "HOST:PORT for Prometheus /metrics (empty: off)"),
     config.Option("log-level", "info", "debug, info, warning, error"),
@@ -73,9 +75,20 @@ def run(argv: list[str] | None = None) -> int:
     if migrate_only:
         return 0
     tls = bool(opts.tls_cert and opts.tls_key)
+    if tls and not opts.tls_ca:
+        raise InvalidArgument("--tls-ca", "TLS on the coordinator is mutual: give the fleet CA (agents and "
+                              "clients present certificates it signed)")
     check_listen_security(opts.listen, opts.insecure, tls)
+    if opts.auth not in ("auto", "on", "off"):
+        raise InvalidArgument("--auth", f"must be auto, on or off, got {opts.auth!r}")
+    loopback = config.is_loopback(config.split_hostport(opts.listen, "--listen")[0])
+    auth_on = opts.auth == "on" or (opts.auth == "auto" and (tls or not loopback))
+    if not auth_on and not loopback:
+        flog.event(log, "auth.off", logging.WARNING, listen=opts.listen,
+                   detail="--auth off on a non-loopback address: anyone who reaches it is admin")
+    auth_interceptors = [auth.CoordinatorAuth(engine, agent_certs=tls)] if auth_on else []
 
-    agents = AgentPool()
+    agents = AgentPool(fleet_tls.channel_credentials(opts.tls_ca, opts.tls_cert, opts.tls_key) if tls else None)
     sched_ref: list[Scheduler] = []
 
     def wake() -> None:
@@ -92,10 +105,10 @@ def run(argv: list[str] | None = None) -> int:
 
     registry = new_registry()
     registry.register(CoordinatorCollector(engine, scheduler, reconciler, fleet))
-    server, hs = build_server(interceptors=[RpcMetricsInterceptor(registry)])
+    server, hs = build_server(interceptors=[RpcMetricsInterceptor(registry), *auth_interceptors])
     add_to_server(CoordinatorService(engine, life, agents), FleetService(fleet), server)
     enable_reflection(server, SERVICES)
-    creds = server_credentials(opts.tls_cert, opts.tls_key, opts.tls_ca) if tls else None
+    creds = fleet_tls.server_credentials(opts.tls_cert, opts.tls_key, opts.tls_ca) if tls else None
     port = bind(server, opts.listen, creds)
     server.start()
     # Reconcile what the database says against the agents before placing anything new.
@@ -106,7 +119,8 @@ def run(argv: list[str] | None = None) -> int:
     host, _ = config.split_hostport(opts.listen, "--listen")
     (state_dir / "coordinator.addr").write_text(f"{host}:{port}\n")
     metrics_server = start_metrics(opts.metrics_listen, registry, state_dir)
-    flog.event(log, "coordinator.ready", listen=f"{host}:{port}", database=engine.dialect.name)
+    flog.event(log, "coordinator.ready", listen=f"{host}:{port}", database=engine.dialect.name, tls=tls,
+               auth=auth_on)
 
     serve_until_signalled(hs, SERVICES, lambda: _db_ok(engine) and time.monotonic() - reconciler.last_ok < 60)
     server.stop(grace=2).wait()

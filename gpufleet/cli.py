@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import grpc
@@ -19,6 +20,8 @@ from google.protobuf.message import Message
 from rich.console import Console
 from rich.table import Table
 
+from gpufleet import auth, tls
+from gpufleet.errors import FleetError
 from gpufleet.v1 import agent_pb2 as apb
 from gpufleet.v1 import agent_pb2_grpc, coordinator_pb2_grpc
 from gpufleet.v1 import common_pb2 as pb
@@ -45,6 +48,10 @@ class Ctx:
     coordinator: str = DEFAULT_COORDINATOR
     output: str = "table"
     timeout: float = 30.0
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    token: str | None = None
 
 
 CTX = Ctx()
@@ -56,10 +63,22 @@ def main_options(
     = DEFAULT_COORDINATOR,
     output: Annotated[str, typer.Option("--output", "-o", help="table or json")] = "table",
     timeout: Annotated[float, typer.Option(help="seconds per call")] = 30.0,
+    tls_ca: Annotated[str, typer.Option(envvar="GPUFLEET_TLS_CA", help="fleet CA (PEM): enables mTLS")] = "",
+    tls_cert: Annotated[str, typer.Option(envvar="GPUFLEET_TLS_CERT", help="client certificate (PEM)")] = "",
+    tls_key: Annotated[str, typer.Option(envvar="GPUFLEET_TLS_KEY", help="client key (PEM)")] = "",
+    token_file: Annotated[str, typer.Option(envvar="GPUFLEET_TOKEN_FILE",
+                                            help="file holding the API token (or set GPUFLEET_TOKEN)")] = "",
 ) -> None:
     if output not in ("table", "json"):
         raise typer.BadParameter("must be table or json", param_hint="--output")
+    if bool(tls_cert) != bool(tls_key):
+        raise typer.BadParameter("give both or neither", param_hint="--tls-cert/--tls-key")
     CTX.coordinator, CTX.output, CTX.timeout = coordinator, output, timeout
+    CTX.tls_ca, CTX.tls_cert, CTX.tls_key = tls_ca, tls_cert, tls_key
+    try:
+        CTX.token = auth.load_token(token_file)
+    except FleetError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--token-file") from None
 
 
 @contextmanager
@@ -71,14 +90,22 @@ def rpc_errors() -> Iterator[None]:
         code = exc.code()
         name = code.name if code else "UNKNOWN"
         if code == grpc.StatusCode.UNAVAILABLE:
-            err.print(f"[red]error:[/] cannot reach {CTX.coordinator} ({exc.details()}); is the service running?")
+            hint = "; or check --tls-ca/--tls-cert/--tls-key" if CTX.tls_ca else ""
+            err.print(f"[red]error:[/] cannot reach {CTX.coordinator} ({exc.details()}); "
+                      f"is the service running?{hint}")
         else:
             err.print(f"[red]error ({name}):[/] {exc.details()}")
         raise typer.Exit(1) from None
 
 
+def dial(address: str) -> grpc.Channel:
+    """mTLS when --tls-ca is given, plaintext otherwise."""
+    with fleet_errors():
+        return tls.dial(address, CTX.tls_ca, CTX.tls_cert, CTX.tls_key)
+
+
 def coord() -> coordinator_pb2_grpc.CoordinatorStub:
-    return coordinator_pb2_grpc.CoordinatorStub(grpc.insecure_channel(CTX.coordinator))
+    return coordinator_pb2_grpc.CoordinatorStub(auth.with_token(dial(CTX.coordinator), CTX.token))
 
 
 def call(fn: Callable[..., T], req: Message) -> T:
@@ -335,7 +362,7 @@ def agent_status(address: Annotated[str, typer.Argument(help="agent HOST:PORT")]
     """Health, GPUs and jobs, straight from one agent."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    ch = grpc.insecure_channel(address)
+    ch = dial(address)  # agents take a client certificate (role client: reads only), no token
     CTX.coordinator = address
     with rpc_errors():
         health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=CTX.timeout)
@@ -354,6 +381,176 @@ def agent_status(address: Annotated[str, typer.Argument(help="agent HOST:PORT")]
            [[j.job_id, j.attempt, pb.AgentJobState.Name(j.state).removeprefix("AGENT_JOB_STATE_"),
              j.exit_code if j.HasField("exit_code") else "-", ",".join(map(str, j.gpu_indices)) or "-",
              j.message[:50]] for j in jobs.jobs])
+
+
+# -- security: certificates and tokens -------------------------------------------------------------
+# (paste into gpufleet/cli.py after the `agent` commands; needs `from gpufleet import auth, tls` and
+#  `from gpufleet.errors import FleetError` at the top of the module)
+certs_app = typer.Typer(no_args_is_help=True,
+                        help="The fleet CA and mTLS certificates (run where the CA key is).")
+tokens_app = typer.Typer(no_args_is_help=True,
+                         help="API tokens (admin, user, viewer); run on the coordinator host: they are "
+                              "stored in its database.")
+app.add_typer(certs_app, name="certs")
+app.add_typer(tokens_app, name="tokens")
+DEFAULT_CA_DIR = "~/.config/gpufleet/ca"
+
+
+@contextmanager
+def fleet_errors() -> Iterator[None]:
+    """A domain error (bad input, missing CA, unknown token) prints its message and exits 1."""
+    try:
+        yield
+    except FleetError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+
+
+def _cert_dict(path: Any, key: Any = None) -> dict[str, Any]:
+    i = tls.describe(path)
+    d = {"cert": str(path), "name": i.name, "role": i.role, "dns": i.dns, "ips": i.ips,
+         "not_before": i.not_before.isoformat(), "not_after": i.not_after.isoformat(), "issuer": i.issuer,
+         "sha256": i.fingerprint_sha256}
+    if key is not None:
+        d["key"] = str(key)
+    return d
+
+
+@certs_app.command("init")
+def certs_init(
+    directory: Annotated[str, typer.Argument(help="folder for ca.crt and ca.key (keep ca.key off the fleet)")]
+    = DEFAULT_CA_DIR,
+    common_name: Annotated[str, typer.Option(help="the CA's name")] = "gpufleet CA",
+    days: Annotated[int, typer.Option(help="validity in days")] = 3650,
+    force: Annotated[bool, typer.Option(help="replace an existing CA (every certificate it signed stops "
+                                             "working)")] = False,
+) -> None:
+    """Make the fleet's certificate authority."""
+    with fleet_errors():
+        crt, key = tls.init_ca(os.path.expanduser(directory), common_name=common_name, days=days, force=force)
+    d = _cert_dict(crt, key)
+    if CTX.output == "json":
+        print(json.dumps(d, indent=2))
+        return
+    out.print(f"CA [bold]{common_name}[/] valid until {d['not_after'][:10]}\n  certificate: {crt}\n  "
+              f"private key: {key} (0600; keep it off the fleet's machines)\n"
+              "next: gpufleet certs issue NAME --role agent|coordinator|client --host ADDRESS "
+              f"--ca-dir {directory}")
+
+
+@certs_app.command("issue")
+def certs_issue(
+    name: Annotated[str, typer.Argument(help="node name for agents (must match --node-name), else a host "
+                                             "or user name")],
+    role: Annotated[str, typer.Option(help="agent, coordinator or client (operators and the CLI)")],
+    host: Annotated[list[str] | None, typer.Option(help="address peers dial: IP or DNS (repeat)")] = None,
+    ca_dir: Annotated[str, typer.Option(envvar="GPUFLEET_CA_DIR", help="the CA's folder")] = DEFAULT_CA_DIR,
+    out_dir: Annotated[str, typer.Option(help="for NAME.crt, NAME.key, ca.crt (default: ./NAME)")] = "",
+    days: Annotated[int, typer.Option(help="validity in days")] = 365,
+) -> None:
+    """Sign a certificate for an agent, the coordinator or a client."""
+    with fleet_errors():
+        crt, key = tls.issue(os.path.expanduser(ca_dir), out_dir or name, name, role, host or [], days=days)
+    d = _cert_dict(crt, key)
+    if CTX.output == "json":
+        print(json.dumps(d, indent=2))
+        return
+    out.print(f"{role} certificate [bold]{name}[/] valid until {d['not_after'][:10]}, "
+              f"names {', '.join(d['dns'] + d['ips'])}\n  certificate: {crt}\n  private key: {key} (0600)\n"
+              f"  CA: {crt.parent / 'ca.crt'}\n"
+              f"use: --tls-cert {crt} --tls-key {key} --tls-ca {crt.parent / 'ca.crt'}")
+
+
+def _engine(database_url: str, state_dir: str) -> Any:
+    from coordinator.db import engine as dbengine
+
+    url = database_url or dbengine.default_sqlite_url(Path(state_dir).expanduser().resolve())
+    eng = dbengine.make_engine(url)
+    dbengine.migrate(eng)  # idempotent; the tokens table arrives with migration 0002
+    return eng
+
+
+DbUrl = Annotated[str, typer.Option("--database-url", envvar="GPUFLEET_DATABASE_URL",
+                                    help="the coordinator's database (default: SQLite in --state-dir)")]
+StateDir = Annotated[str, typer.Option("--state-dir", envvar="GPUFLEET_STATE_DIR",
+                                       help="the coordinator's --state-dir")]
+DEFAULT_COORDINATOR_STATE = "/var/lib/gpufleet/coordinator"
+
+
+def _token_rows(items: list[auth.TokenInfo]) -> list[list[Any]]:
+    return [[t.display, t.name, t.role, t.created_at.strftime("%Y-%m-%d %H:%M"),
+             t.expires_at.strftime("%Y-%m-%d %H:%M") if t.expires_at else "-",
+             t.revoked_at.strftime("%Y-%m-%d %H:%M") if t.revoked_at else "-"] for t in items]
+
+
+TOKEN_COLUMNS = ["id", "name", "role", "created", "expires", "revoked"]
+
+
+@tokens_app.command("create")
+def tokens_create(
+    name: Annotated[str, typer.Argument(help="who the token is for; owner of what it creates")],
+    role: Annotated[str, typer.Option(help="admin, user (own models and jobs) or viewer (reads)")] = "user",
+    expires_days: Annotated[float, typer.Option(help="expire after this many days (0: never)")] = 0,
+    database_url: DbUrl = "",
+    state_dir: StateDir = DEFAULT_COORDINATOR_STATE,
+) -> None:
+    """Make a token; it is printed once, on stdout, and stored only as a salted hash."""
+    from datetime import timedelta
+
+    with fleet_errors():
+        eng = _engine(database_url, state_dir)
+        try:
+            token = auth.create_token(eng, name, role,
+                                      expires_in=timedelta(days=expires_days) if expires_days > 0 else None)
+            info = next(t for t in auth.list_tokens(eng) if t.id == token[4:16])
+        finally:
+            eng.dispose()
+    if CTX.output == "json":
+        print(json.dumps({"token": token, **info.as_dict()}, indent=2))
+        return
+    err.print(f"token {info.display} for [bold]{name}[/] (role {role}); shown only now. Give it to the CLI "
+              "with GPUFLEET_TOKEN or --token-file:")
+    print(token)
+
+
+@tokens_app.command("list")
+def tokens_list(
+    all_: Annotated[bool, typer.Option("--all", help="include revoked tokens")] = False,
+    database_url: DbUrl = "",
+    state_dir: StateDir = DEFAULT_COORDINATOR_STATE,
+) -> None:
+    """Tokens by id (their first characters), name and role; never the secret."""
+    with fleet_errors():
+        eng = _engine(database_url, state_dir)
+        try:
+            items = auth.list_tokens(eng, include_revoked=all_)
+        finally:
+            eng.dispose()
+    if CTX.output == "json":
+        print(json.dumps([t.as_dict() for t in items], indent=2))
+        return
+    _table("tokens", TOKEN_COLUMNS, _token_rows(items))
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(
+    ident: Annotated[str, typer.Argument(help="token id (as `tokens list` shows it), or a name: all its "
+                                              "tokens")],
+    database_url: DbUrl = "",
+    state_dir: StateDir = DEFAULT_COORDINATOR_STATE,
+) -> None:
+    """Revoke a token (or every token of a name); the coordinator refuses it within seconds."""
+    with fleet_errors():
+        eng = _engine(database_url, state_dir)
+        try:
+            ids = auth.revoke_token(eng, ident)
+        finally:
+            eng.dispose()
+    if CTX.output == "json":
+        print(json.dumps({"revoked": ids}))
+        return
+    out.print(f"revoked {', '.join(f'{auth.TOKEN_PREFIX}{i}…' for i in ids)} "
+              f"(running coordinators stop accepting it within {auth.DEFAULT_TTL:.0f}s)")
 
 
 # -- demo ------------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from concurrent import futures
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -31,14 +30,6 @@ def check_listen_security(listen: str, insecure: bool, tls: bool) -> None:
     if not is_loopback(host):
         event(log, "insecure.listen", logging.WARNING, listen=listen,
               detail="plaintext gRPC on a non-loopback address: anyone who can reach it controls jobs")
-
-
-def server_credentials(cert: str, key: str, ca: str) -> grpc.ServerCredentials:
-    return grpc.ssl_server_credentials(
-        [(Path(key).read_bytes(), Path(cert).read_bytes())],
-        root_certificates=Path(ca).read_bytes() if ca else None,
-        require_client_auth=bool(ca),
-    )
 
 
 def build_server(max_workers: int = 32, interceptors: Sequence[grpc.ServerInterceptor] = ()
