@@ -36,6 +36,8 @@ class Lifecycle:
     reconciler: Reconciler
     wake_scheduler: Callable[[], None]
     actor: str = "api"
+    # Called after a node's schedulability changed (drain/undrain).
+    nodes_changed: Callable[[], None] = lambda: None
 
     # -- models --------------------------------------------------------------------------------
     def create_model(self, *, model_no: str, version: str, train_type: str, memo: str, params_json: str,
@@ -238,8 +240,7 @@ class Lifecycle:
                 repo.set_node_state(conn, name, NodeState.DRAINING, reason="DrainNode", actor=self.actor)
             elif not drain and node.state in (NodeState.DRAINING, NodeState.DRAINED):
                 repo.set_node_state(conn, name, NodeState.READY, reason="UndrainNode", actor=self.actor)
-        if not drain:
-            self.wake_scheduler()
+        self.nodes_changed()
 
     def stage_dataset(self, uuid: str, node_name: str) -> tuple[str, str]:
         """The agent (name, address) to stage a model's dataset on."""

@@ -88,6 +88,8 @@ def run(argv: list[str] | None = None) -> int:
                    detail="--auth off on a non-loopback address: anyone who reaches it is admin")
     auth_interceptors = [auth.CoordinatorAuth(engine, agent_certs=tls)] if auth_on else []
 
+    # RPC threads should not wait 5 ms for the GIL behind the scheduler and heartbeat work.
+    sys.setswitchinterval(0.001)
     agents = AgentPool(fleet_tls.channel_credentials(opts.tls_ca, opts.tls_cert, opts.tls_key) if tls else None)
     sched_ref: list[Scheduler] = []
 
@@ -95,13 +97,18 @@ def run(argv: list[str] | None = None) -> int:
         if sched_ref:
             sched_ref[0].wake()
 
+    def nodes_changed() -> None:  # registered, lost, drained: the scheduler must not use a stale list
+        if sched_ref:
+            sched_ref[0].invalidate_nodes()
+            sched_ref[0].wake()
+
     reconciler = Reconciler(engine, agents, interval=opts.reconcile_interval, on_restart=opts.on_restart,
                             wake_scheduler=wake)
-    fleet = Fleet(engine, reconciler, wake, node_timeout=opts.node_timeout,
+    fleet = Fleet(engine, reconciler, nodes_changed, node_timeout=opts.node_timeout,
                   heartbeat_interval=opts.heartbeat_interval)
     scheduler = Scheduler(engine, agents, fleet.fresh_nodes, interval=opts.schedule_interval)
     sched_ref.append(scheduler)
-    life = Lifecycle(engine, agents, reconciler, wake)
+    life = Lifecycle(engine, agents, reconciler, wake, nodes_changed=nodes_changed)
 
     registry = new_registry()
     registry.register(CoordinatorCollector(engine, scheduler, reconciler, fleet))

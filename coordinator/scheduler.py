@@ -31,6 +31,7 @@ from gpufleet.log import event
 log = logging.getLogger("gpufleet.coordinator.scheduler")
 
 CLAIM_BATCH = 200
+NODE_CACHE_S = 0.5
 LAUNCH_RETRIES = 3
 
 
@@ -97,6 +98,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self.last_ok = time.monotonic()
         self.placements = 0
+        self._node_cache: tuple[float, list[Any]] | None = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -123,6 +125,18 @@ class Scheduler:
             self._wake.wait(self.interval)
             self._wake.clear()
 
+    def _nodes(self, conn: Any) -> list[Any]:
+        """Nodes with their GPU snapshots, read at most every NODE_CACHE_S: heartbeats refresh them
+        only every few seconds, and decoding every snapshot on every submit would cost more than
+        the placement. GPU *use* is always read fresh (it decides double booking)."""
+        now = time.monotonic()
+        if self._node_cache is None or now - self._node_cache[0] > NODE_CACHE_S:
+            self._node_cache = (now, repo.list_nodes(conn))
+        return self._node_cache[1]
+
+    def invalidate_nodes(self) -> None:
+        self._node_cache = None
+
     def decide(self) -> list[Placement]:
         """Claim queued jobs and commit their assignments, in one transaction."""
         fresh = self.fresh_nodes()
@@ -131,7 +145,7 @@ class Scheduler:
             queued = repo.claim_queued(conn, CLAIM_BATCH)
             if not queued:
                 return []
-            views = node_views(repo.list_nodes(conn), repo.gpus_in_use(conn), fresh)
+            views = node_views(self._nodes(conn), repo.gpus_in_use(conn), fresh)
             now = datetime.now(UTC)
             for job in queued:
                 pick = choose(job.gpus, job.constraints, views)
