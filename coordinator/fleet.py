@@ -23,6 +23,7 @@ from coordinator.reconciler import Reconciler, end_job
 from coordinator.states import JobStatus, NodeState, TerminationReason
 from gpufleet.errors import InvalidArgument
 from gpufleet.log import event
+from gpufleet.loop import Loop
 
 log = logging.getLogger("gpufleet.coordinator.fleet")
 
@@ -56,9 +57,7 @@ class Fleet:
         self.started = mono()
         self._seen: dict[str, float] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.last_ok = mono()
+        self.loop = Loop("node-sweep", lambda: bool(self.sweep()) and False, min(1.0, node_timeout / 4), mono)
 
     # -- liveness ------------------------------------------------------------------------------
     def _touch(self, name: str) -> None:
@@ -130,22 +129,15 @@ class Fleet:
         return answer
 
     # -- the sweep -----------------------------------------------------------------------------
+    @property
+    def last_ok(self) -> float:
+        return self.loop.last_ok
+
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="node-sweep", daemon=True)
-        self._thread.start()
+        self.loop.start()
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=5)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(min(1.0, self.node_timeout / 4)):
-            try:
-                self.sweep()
-                self.last_ok = self.mono()
-            except Exception:  # noqa: BLE001
-                log.exception("node sweep failed")
+        self.loop.close()
 
     def sweep(self) -> list[str]:
         """Declare silent nodes LOST (stopping and requeueing their jobs); finish drains."""

@@ -8,8 +8,6 @@ move, and (by the job's retry policy) a new attempt is queued.
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from coordinator.states import DesiredState, JobStatus, JobType, ModelStatus, St
 from gpufleet import failpoints
 from gpufleet.errors import FailedPrecondition
 from gpufleet.log import event
+from gpufleet.loop import Loop
 
 log = logging.getLogger("gpufleet.coordinator.reconciler")
 
@@ -232,38 +231,25 @@ class Reconciler:
         self.wake_scheduler = wake_scheduler
         self.actor = actor
         self.first_pass_done = False
-        self._stop = threading.Event()
-        self._wake = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="reconcile")
-        self._thread: threading.Thread | None = None
-        self.last_ok = time.monotonic()
+        self.loop = Loop("reconciler", self.run_once, interval)
         self.actions: dict[str, int] = {}
         # What was last written for each running job, so an unchanged report writes nothing.
         self._applied: dict[str, tuple[str, str]] = {}
 
+    @property
+    def last_ok(self) -> float:
+        return self.loop.last_ok
+
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
-        self._thread.start()
+        self.loop.start()
 
     def wake(self) -> None:
-        self._wake.set()
+        self.loop.wake()
 
     def close(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread:
-            self._thread.join(timeout=5)
+        self.loop.close()
         self._pool.shutdown(wait=True, cancel_futures=True)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.run_once()
-                self.last_ok = time.monotonic()
-            except Exception:  # noqa: BLE001 - survive a DB restart or anything else
-                log.exception("reconcile pass failed")
-            self._wake.wait(self.interval)
-            self._wake.clear()
 
     def run_once(self) -> None:
         with self.engine.connect() as conn:

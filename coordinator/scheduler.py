@@ -8,7 +8,6 @@ retry after a crash is safe and the reconciler re-sends it when the agent never 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +26,7 @@ from coordinator.metrics import PLACEMENT_SECONDS, QUEUE_WAIT_SECONDS
 from coordinator.states import JobStatus, NodeState, TerminationReason
 from gpufleet import failpoints
 from gpufleet.log import event
+from gpufleet.loop import Loop
 
 log = logging.getLogger("gpufleet.coordinator.scheduler")
 
@@ -92,38 +92,24 @@ class Scheduler:
         self.fresh_nodes = fresh_nodes
         self.interval = interval
         self.actor = actor
-        self._wake = threading.Event()
-        self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="launch")
-        self._thread: threading.Thread | None = None
-        self.last_ok = time.monotonic()
+        self.loop = Loop("scheduler", self.run_once, interval)
         self.placements = 0
         self._node_cache: tuple[float, list[Any]] | None = None
 
+    @property
+    def last_ok(self) -> float:
+        return self.loop.last_ok
+
     def wake(self) -> None:
-        self._wake.set()
+        self.loop.wake()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
-        self._thread.start()
+        self.loop.start()
 
     def close(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread:
-            self._thread.join(timeout=5)
+        self.loop.close()
         self._pool.shutdown(wait=True, cancel_futures=True)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                while self.run_once() and not self._stop.is_set():
-                    pass  # a full batch was placed: there may be more
-                self.last_ok = time.monotonic()
-            except Exception:  # noqa: BLE001 - the loop must survive anything (e.g. a DB restart)
-                log.exception("scheduling pass failed")
-            self._wake.wait(self.interval)
-            self._wake.clear()
 
     def _nodes(self, conn: Any) -> list[Any]:
         """Nodes with their GPU snapshots, read at most every NODE_CACHE_S: heartbeats refresh them

@@ -1,0 +1,48 @@
+"""A periodic background loop: one thread, runs `step` every `interval` or as soon as woken,
+logs and survives any error, and stamps its last success (health checks read `last_ok`)."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+log = logging.getLogger("gpufleet.loop")
+
+
+class Loop:
+    def __init__(self, name: str, step: Callable[[], bool | None], interval: float,
+                 mono: Callable[[], float] = time.monotonic) -> None:
+        """`step` returns True to be called again at once (it has more work queued)."""
+        self.name = name
+        self.step = step
+        self.interval = interval
+        self.mono = mono
+        self.last_ok = mono()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout=timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                while self.step() and not self._stop.is_set():
+                    pass
+                self.last_ok = self.mono()
+            except Exception:  # noqa: BLE001 - the loop must survive anything (e.g. a database restart)
+                log.exception("loop step failed", extra={"fields": {"loop": self.name}})
+            self._wake.wait(self.interval)
+            self._wake.clear()
