@@ -175,7 +175,7 @@ class Store:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.OperationalError):
-                    raise _translate(exc) from exc
+                    raise _translate(exc, self.path) from exc
                 raise
 
     def close(self) -> None:
@@ -385,7 +385,7 @@ def _job_params(j: JobRecord) -> tuple[Any, ...]:
     )
 
 
-def _translate(exc: sqlite3.OperationalError) -> Exception:
+def _translate(exc: sqlite3.OperationalError, path: Path) -> Exception:
     if "full" in str(exc).lower():
-        return StoreFull("agent state dir is full: no new job can be recorded (free disk space)")
+        return StoreFull(f"agent state dir {path.parent} is full: no new job can be recorded (free disk space)")
     return exc

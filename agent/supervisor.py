@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import signal
 import threading
 import time
@@ -24,7 +25,7 @@ from agent.progress import ProgressState, ProgressTracker
 from agent.runtime.base import Handle, Observation, Runtime, RuntimeError_, Seen
 from agent.spec import JobSpec, Roots, check_job_id, validate
 from agent.states import LIVE, JobState, ended_state
-from agent.store import Event, JobRecord, Store
+from agent.store import Event, JobRecord, Store, StoreFull
 from gpufleet import failpoints
 from gpufleet.errors import FailedPrecondition, InvalidArgument
 from gpufleet.log import event
@@ -33,6 +34,10 @@ log = logging.getLogger("gpufleet.agent")
 
 LOG_TAIL_BYTES = 64 * 1024
 MAX_GRACE = 3600
+# A new job needs room in the state dir: its record (SQLite may still take writes into WAL pages
+# it already has, so it cannot be relied on to notice a full disk) and, on the process runtime,
+# its runtime files. Below this much free space a Launch is refused before anything is written.
+MIN_FREE_BYTES = 1024 * 1024
 
 
 @dataclasses.dataclass
@@ -185,6 +190,7 @@ class Supervisor:
                 gpu_indices=list(gpu_indices), runtime=self.runtime.name, created_at=self.clock(),
             )
             self.store.precheck(job)  # fencing, live attempts, GPU holds: refuse before touching disk
+            self._check_space()
             try:
                 # Before anything is recorded: a folder that cannot be made must leave no record.
                 plan.output_dir.mkdir(parents=True, exist_ok=True)
@@ -195,6 +201,29 @@ class Supervisor:
             event(log, "job.recorded", job_id=job_id, attempt=attempt, gpus=gpu_indices)
             failpoints.hit("agent.launch.after_insert")
             return self._start(job, plan)
+
+    def _check_space(self) -> None:
+        """Refuse a new job (RESOURCE_EXHAUSTED) when the state dir's filesystem is (nearly) full.
+
+        Running jobs are not affected: they stay tracked and record their end once space returns.
+        """
+        seen: set[int] = set()
+        for folder in (self.store.path.parent, self.roots.jobs_root):
+            try:
+                dev = os.stat(folder).st_dev
+                st = os.statvfs(folder)
+            except OSError:
+                continue  # a folder that is not there is the runtime's problem, reported as such
+            if dev in seen:
+                continue
+            seen.add(dev)
+            free = st.f_bavail * st.f_frsize
+            if free < MIN_FREE_BYTES:
+                raise StoreFull(
+                    f"agent state dir {folder} is full ({free} bytes free, a new job needs at least "
+                    f"{MIN_FREE_BYTES}): no new job is started until disk space is freed; running jobs "
+                    "are still tracked"
+                )
 
     def _start(self, job: JobRecord, plan: Any = None, found: Handle | None = None) -> JobRecord:
         if plan is None:

@@ -20,7 +20,8 @@ from sqlalchemy.engine import Engine
 from coordinator.agents import row_id
 from coordinator.db import repo
 from coordinator.reconciler import Reconciler, end_job
-from coordinator.states import JobStatus, NodeState, TerminationReason
+from coordinator.states import DesiredState, JobStatus, NodeState, TerminationReason
+from gpufleet.config import split_hostport
 from gpufleet.errors import InvalidArgument
 from gpufleet.log import event
 from gpufleet.loop import Loop
@@ -56,13 +57,33 @@ class Fleet:
         self.mono = mono
         self.started = mono()
         self._seen: dict[str, float] = {}
+        self._seen_wall: dict[str, datetime] = {}
+        self._heard: set[str] = set()  # nodes this process itself got a heartbeat from
         self._lock = threading.Lock()
         self.loop = Loop("node-sweep", lambda: bool(self.sweep()) and False, min(1.0, node_timeout / 4), mono)
 
     # -- liveness ------------------------------------------------------------------------------
-    def _touch(self, name: str) -> None:
+    def _touch(self, name: str, wall: datetime | None = None) -> None:
         with self._lock:
             self._seen[name] = self.mono()
+            self._seen_wall[name] = wall or datetime.now(UTC)
+            self._heard.add(name)
+
+    def _learn_from_db(self, nodes: Sequence[Any]) -> None:
+        """Heartbeats another replica received: a node's database heartbeat newer than the last one
+        this process stored counts as seen, aged by the wall clock. Only ever adds freshness, and a
+        heartbeat "from the future" (a clock stepped back) counts for nothing."""
+        wall = datetime.now(UTC)
+        with self._lock:
+            for n in nodes:
+                hb = n.last_heartbeat
+                mine = self._seen_wall.get(n.name)
+                if hb is None or (mine is not None and hb <= mine):
+                    continue
+                age = (wall - hb).total_seconds()
+                if 0 <= age <= self.node_timeout:
+                    self._seen[n.name] = max(self._seen.get(n.name, 0.0), self.mono() - age)
+                    self._seen_wall[n.name] = hb
 
     def fresh_nodes(self) -> set[str]:
         """Nodes whose last heartbeat is within the timeout (by this process's monotonic clock)."""
@@ -80,6 +101,9 @@ class Fleet:
                  gpus: Sequence[dict[str, Any]]) -> float:
         if not name:
             raise InvalidArgument("node_name", "must not be empty")
+        host, _ = split_hostport(address, "address")
+        if not host or any(c.isspace() for c in host):
+            raise InvalidArgument("address", f"expected HOST:PORT the coordinator can dial, got {address!r}")
         with self.engine.begin() as conn:
             node = repo.upsert_node(conn, name, address=address, labels=labels, agent_version=agent_version,
                                     runtime=runtime, gpus=gpus)
@@ -96,7 +120,7 @@ class Fleet:
             node = repo.heartbeat_node(conn, name, gpus, now)
         if node is None or node.state is NodeState.LOST:
             return HeartbeatAnswer(reregister=True)  # Register revives it and carries the fencing
-        self._touch(name)
+        self._touch(name, now)
         answer = HeartbeatAnswer()
         to_sync: list[str] = []
         acked: list[str] = []
@@ -144,6 +168,7 @@ class Fleet:
         lost: list[str] = []
         with self.engine.connect() as conn:
             nodes = repo.list_nodes(conn)
+        self._learn_from_db(nodes)
         for n in nodes:
             if n.state is not NodeState.LOST and self.silent_for(n.name) > self.node_timeout:
                 self.node_lost(n.name)
@@ -160,11 +185,12 @@ class Fleet:
                                 actor="sweep")
             running = repo.jobs_on_node(conn, name)
         # Never heard from since this coordinator started: the old system's "inspect error at restart".
-        at_restart = self.mono() - self.started <= self.node_timeout * 1.5 and name not in self._seen
+        at_restart = self.mono() - self.started <= self.node_timeout * 1.5 and name not in self._heard
         reason = (TerminationReason.SERVER_RESTART_CONTAINER_INSPECT_ERROR if at_restart
                   else TerminationReason.NODE_LOST)
         event(log, "node.lost", logging.WARNING, node=name, jobs=[j.id for j in running])
         for job in running:
+            # A job someone asked to stop is not brought back by its retry policy.
             end_job(self.engine, job.id, JobStatus.STOPPED, reason.message(f"node {name}"), actor="sweep",
-                    requeue=job.can_retry, count_retry=True)
+                    requeue=job.can_retry and job.desired_state is DesiredState.RUN, count_retry=True)
         self.wake_scheduler()

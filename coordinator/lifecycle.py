@@ -140,7 +140,7 @@ class Lifecycle:
             model = repo.get_model(conn, uuid, for_update=True)
             new = states.run_test(model.states)
             params = json.loads(model.params_json or "{}")
-            total = _int(params.get("total_epoch", params.get("totalEpoch")))
+            total = _int(model.spec.get("total_epoch")) or _int(params.get("total_epoch", params.get("totalEpoch")))
             if total and epoch > total:
                 raise InvalidArgument("epoch", f"must be <= total_epoch {total}, got {epoch}")
             train = self._last_train_job(conn, model)

@@ -67,9 +67,9 @@ def decide(job: JobRow, obs: Observation, *, startup: bool) -> Decision:
         return Decision("probe")
     if obs.state in ("PENDING", "RUNNING"):
         return Decision("stop") if job.desired_state is DesiredState.STOP else KEEP
-    if obs.state == "SUCCEEDED":
+    if obs.state == "SUCCEEDED" and obs.exit_code in (0, None):
         return Decision("finish", JobStatus.SUCCESS, 0, "", obs.probe)
-    if obs.state == "FAILED":
+    if obs.state in ("SUCCEEDED", "FAILED"):  # the exit code decides, whatever the state says
         if obs.exit_code is None:  # could not be started on the host
             return Decision("finish", JobStatus.FAILED, None,
                             TerminationReason.LAUNCH_FAILED.message(obs.message), obs.probe)
@@ -282,7 +282,7 @@ class Reconciler:
             if job.status is not JobStatus.RUNNING or not job.node:
                 return
             address = repo.get_node(conn, job.node).address
-        self.reconcile(job, address, startup=False)
+        self.reconcile(job, address, startup=not self.first_pass_done)
 
     def reconcile(self, job: JobRow, address: str, startup: bool,
                   live: dict[tuple[str, int], Observation] | None = None) -> Decision:

@@ -14,7 +14,7 @@ from coordinator.db import repo
 from coordinator.fleet import Digest, Fleet
 from coordinator.lifecycle import Lifecycle, check_job_id
 from coordinator.states import JobStatus
-from gpufleet.errors import InvalidArgument, Unavailable, rpc, rpc_stream
+from gpufleet.errors import InvalidArgument, Unavailable, Upstream, rpc, rpc_stream
 from gpufleet.v1 import agent_pb2 as apb
 from gpufleet.v1 import common_pb2 as pb
 from gpufleet.v1 import coordinator_pb2 as cpb
@@ -200,8 +200,9 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             r = self.agents.stub(address).StageDataset(
                 apb.StageDatasetRequest(stage_id=request.uuid, links=request.links), timeout=120)
         except grpc.RpcError as exc:
-            if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
-                context.abort(exc.code(), f"node {name}: {exc.details()}")
+            if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
+                              grpc.StatusCode.RESOURCE_EXHAUSTED):
+                raise Upstream(exc.code(), f"node {name}: {exc.details()}") from None
             raise Unavailable(f"StageDataset: cannot reach node {name}: {exc.code().name}") from None
         with self.engine.begin() as conn:
             repo.set_dataset_counts(conn, request.uuid, dict(r.counts), name)

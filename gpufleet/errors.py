@@ -54,6 +54,14 @@ class PermissionDenied(FleetError):
     code = grpc.StatusCode.PERMISSION_DENIED
 
 
+class Upstream(FleetError):
+    """An error another daemon answered with, passed on with its code (e.g. an agent's refusal)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 

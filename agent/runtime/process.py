@@ -175,27 +175,45 @@ class ProcessRuntime:
         return data
 
     def follow(self, handle: Handle, job_dir: Path, tail_lines: int = 0) -> Iterator[bytes]:
-        first = self.logs(handle, job_dir, tail_lines)
-        if first:
-            yield first
-        cursor = self._cursor_at_end(job_dir)
-        while True:
-            ended = self.observe(handle, job_dir).seen in (Seen.EXITED, Seen.MISSING)
-            data, cursor = self.read_since(handle, job_dir, cursor)
-            if data:
-                yield data
-            elif ended:
-                return
-            else:
-                time.sleep(0.2)
-
-    @staticmethod
-    def _cursor_at_end(job_dir: Path) -> str:
+        """The tail, then new output until the job ends. The log stays open between reads, so its
+        last lines are delivered even when the job's folder is removed (acknowledged) meanwhile."""
+        path = job_dir / "output.log"
         try:
-            st = os.stat(job_dir / "output.log")
+            f = open(path, "rb")  # noqa: SIM115 - closed in the finally below (it may be reopened)
         except FileNotFoundError:
-            return ""
-        return f"{st.st_ino}:{st.st_size}"
+            first = self.logs(handle, job_dir, tail_lines)
+            if first:
+                yield first
+            return
+        try:
+            try:
+                old = (job_dir / "output.log.1").read_bytes()
+            except FileNotFoundError:
+                old = b""
+            first = old + f.read()  # everything so far; reading goes on from here
+            if tail_lines > 0:
+                first = b"".join(first.splitlines(keepends=True)[-tail_lines:])
+            if first:
+                yield first
+            while True:
+                ended = self.observe(handle, job_dir).seen in (Seen.EXITED, Seen.MISSING)
+                data = f.read(1 << 20)
+                if data:
+                    yield data
+                    continue
+                try:
+                    rotated = os.stat(path).st_ino != os.fstat(f.fileno()).st_ino
+                except FileNotFoundError:
+                    rotated = False  # removed: what is left in our open file is all there is
+                if rotated:
+                    f.close()
+                    f = open(path, "rb")  # noqa: SIM115
+                    continue
+                if ended:
+                    return
+                time.sleep(0.2)
+        finally:
+            f.close()
 
     def read_since(self, handle: Handle, job_dir: Path, cursor: str) -> tuple[bytes, str]:
         path = job_dir / "output.log"

@@ -6,10 +6,17 @@ process group of its own; SIGTERM/SIGINT/SIGHUP sent to the wrapper are forwarde
 Stdout and stderr go to JOB_DIR/output.log, rotated to output.log.1 at LOG_MAX_BYTES.
 When the job ends the wrapper writes JOB_DIR/exit.json atomically (write, fsync, rename, fsync dir).
 
+A full disk (ENOSPC/EDQUOT) never costs the job or its exit code: output that cannot be logged is
+dropped (and the loss noted in the log once writing works again) while the pipe keeps being
+drained, so the job never blocks on its own output; child.pid and exit.json are retried until
+they can be written, and the wrapper stays alive (the job shows RUNNING) until its exit code is
+down on disk, instead of dying and leaving the job to be judged LOST.
+
 Standard library only: it must start fast and must not depend on the agent's imports.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -17,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any
 
 
 def _write_atomic(path: str, data: bytes) -> None:
@@ -35,6 +43,25 @@ def _write_atomic(path: str, data: bytes) -> None:
         os.close(dfd)
 
 
+# Errors that mean "no room now": wait for space instead of giving up on what must be recorded.
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_RETRY_MAX_S = 1.0
+
+
+def _write_retrying(path: str, data: bytes) -> None:
+    """_write_atomic, retried for as long as the disk is full (any other error is raised)."""
+    delay = 0.05
+    while True:
+        try:
+            _write_atomic(path, data)
+            return
+        except OSError as exc:
+            if exc.errno not in _NO_SPACE:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, _RETRY_MAX_S)
+
+
 def _write_handle(job_dir: str) -> None:
     """Record our own pid and start time first thing: if the agent dies before it writes the
     handle, a retried launch still finds this wrapper instead of starting a second one."""
@@ -50,10 +77,42 @@ def _write_handle(job_dir: str) -> None:
                                     "attempt": attempt}).encode())
 
 
+class _Partial(OSError):
+    """An OSError after `written` bytes went out."""
+
+    def __init__(self, exc: OSError, written: int) -> None:
+        super().__init__(exc.errno, exc.strerror)
+        self.written = written
+
+
+def _write_all(out: Any, data: bytes) -> int:
+    """Write all of `data` to an unbuffered file (raises _Partial, saying how much went out)."""
+    done = 0
+    view = memoryview(data)
+    while done < len(data):
+        try:
+            done += out.write(view[done:]) or 0
+        except OSError as exc:
+            raise _Partial(exc, done) from exc
+    return done
+
+
 def _pump(src: int, log_path: str, max_bytes: int) -> None:
-    """Copy the job's output into the log file, rotating it at max_bytes."""
-    out = open(log_path, "ab", buffering=0)
-    size = out.tell()
+    """Copy the job's output into the log file, rotating it at max_bytes.
+
+    The pipe is always drained, whatever happens to the log: a job blocked on a full pipe
+    would stop. Output that cannot be written (disk full) is dropped and counted, and a line
+    saying so goes into the log as soon as writing works again.
+    """
+    out: Any = None
+    size = 0
+    dropped = 0
+    why = ""
+    try:
+        out = open(log_path, "ab", buffering=0)  # at once: followers expect the file from the start
+        size = out.tell()
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__  # no room even for the file: opened again later
     while True:
         try:
             chunk = os.read(src, 65536)
@@ -61,14 +120,30 @@ def _pump(src: int, log_path: str, max_bytes: int) -> None:
             break
         if not chunk:
             break
-        if size + len(chunk) > max_bytes and size > 0:
-            out.close()
-            os.replace(log_path, log_path + ".1")
-            out = open(log_path, "ab", buffering=0)
-            size = 0
-        out.write(chunk)
-        size += len(chunk)
-    out.close()
+        note = (f"\ngpufleet: {dropped} bytes of output dropped: cannot write the log ({why})\n".encode()
+                if dropped else b"")
+        data = note + chunk
+        try:
+            if out is None:
+                out = open(log_path, "ab", buffering=0)
+                size = out.tell()
+            if size + len(data) > max_bytes and size > 0:
+                out.close()
+                out = None
+                os.replace(log_path, log_path + ".1")
+                out = open(log_path, "ab", buffering=0)
+                size = 0
+            size += _write_all(out, data)
+            dropped = 0
+        except OSError as exc:
+            written = exc.written if isinstance(exc, _Partial) else 0
+            size += written
+            if note and written >= len(note):
+                dropped = 0  # the note made it; what follows is a new loss
+            dropped += len(chunk) - max(0, written - len(note))
+            why = exc.strerror or type(exc).__name__
+    if out is not None:
+        out.close()
 
 
 def main(argv: list[str]) -> int:
@@ -100,14 +175,25 @@ def main(argv: list[str]) -> int:
             start_new_session=True, close_fds=True,
         )
     except OSError as exc:
-        with open(log_path, "ab") as f:
-            f.write(f"gpufleet: cannot start {cmd[0]!r}: {exc.strerror}\n".encode())
-        _write_atomic(exit_path, json.dumps({
+        try:
+            with open(log_path, "ab") as f:
+                f.write(f"gpufleet: cannot start {cmd[0]!r}: {exc.strerror}\n".encode())
+        except OSError:
+            pass  # the message is in exit.json too
+        _write_retrying(exit_path, json.dumps({
             "exit_code": 127, "signal": 0, "started_at": started, "finished_at": time.time(),
             "message": f"cannot start {cmd[0]!r}: {exc.strerror}",
         }).encode())
         return 127
-    _write_atomic(os.path.join(job_dir, "child.pid"), str(child.pid).encode())
+    pid_path = os.path.join(job_dir, "child.pid")
+    try:
+        _write_atomic(pid_path, str(child.pid).encode())
+    except OSError as exc:
+        if exc.errno not in _NO_SPACE:
+            raise
+        # The job runs already: signals still reach it through this wrapper (forward); the
+        # pid file follows as soon as there is room.
+        threading.Thread(target=_write_retrying, args=(pid_path, str(child.pid).encode()), daemon=True).start()
     for signum in pending:
         forward(signum, None)
     assert child.stdout is not None
@@ -123,7 +209,8 @@ def main(argv: list[str]) -> int:
     pump.join(timeout=2.0)
     sig = -rc if rc < 0 else 0
     code = 128 + sig if sig else rc
-    _write_atomic(exit_path, json.dumps({
+    # Retried while the disk is full: the job's end is known here and nowhere else.
+    _write_retrying(exit_path, json.dumps({
         "exit_code": code, "signal": sig, "started_at": started, "finished_at": time.time(),
         "message": f"killed by signal {sig}" if sig else "",
     }).encode())

@@ -24,7 +24,6 @@ from tests.integration.test_coordinator_reconcile import (
     agent_running,
     create_model,
     get_job,
-    get_model,
     holds,
     metric_row_counts,
     node,
@@ -168,12 +167,72 @@ def test_node_lost_requeues_then_fences_the_returning_node(coordinator_factory, 
     assert agent_attempts(a) == {(job.job_id, 1)} and agent_attempts(b) == {(job.job_id, 2)}
 
 
+def test_job_canceled_while_its_node_is_unreachable_is_not_requeued(
+        coordinator_factory, agent_factory) -> None:  # type: ignore[no-untyped-def]
+    c = coordinator_factory(node_timeout=3)
+    a = agent_factory("A", extra=["--coordinator", c.addr])
+    b = agent_factory("B", extra=["--coordinator", c.addr])
+    register(c, a)
+    register(c, b, 2)
+    job = submit(c, GATED, "cancel-unreachable", max_retries=1)
+    placed = wait_job(c, job.job_id, "RUNNING")
+    on, other = (a, b) if placed.node == a.node_name else (b, a)
+    agent_running(on, job.job_id)
+    on.kill()
+    c.stub.CancelJob(cpb.JobRef(job_id=job.job_id), timeout=30)  # the stop cannot reach the agent yet
+    first = wait_job(c, job.job_id, "STOPPED", "SUCCESS", "FAILED", timeout=20)
+    assert first.status_name == "STOPPED"
+    assert not first.superseded_by, f"canceled job requeued as {first.superseded_by}"
+    assert c.stub.ListJobs(cpb.ListJobsQuery(), timeout=5).total_elements == 1
+    assert not other.stub.ListJobs(apb.ListJobsRequest(), timeout=5).jobs
+
+
+def test_agent_down_across_a_coordinator_restart_is_inspect_error_once_the_node_is_lost(
+        coordinator_factory, agent_factory) -> None:  # type: ignore[no-untyped-def]
+    c = coordinator_factory(node_timeout=3)
+    a = agent_factory("a", extra=["--coordinator", c.addr])
+    register(c, a)
+    job = submit(c, GATED, "inspect-error")
+    wait_job(c, job.job_id, "RUNNING")
+    wrapper = int(agent_running(a, job.job_id).runtime_id)
+    a.kill()
+    c.kill()
+    c.start()  # the agent cannot be asked: no verdict until its node is declared lost
+    assert get_job(c, job.job_id).status_name == "RUNNING"
+    done = wait_job(c, job.job_id, "STOPPED", "SUCCESS", "FAILED", timeout=20)
+    assert done.status_name == "STOPPED" and done.exit_code == -1, done
+    assert done.error_message.startswith("SERVER_RESTART_CONTAINER_INSPECT_ERROR"), done.error_message
+    assert node(c, a.node_name).state_name == "LOST"
+    assert pid_alive(wrapper)
+    a.start()  # back: its attempt was ended, so it is fenced rather than left running
+    wait_for(lambda: node(c, a.node_name).state_name == "READY", 20, "node READY again")
+    wait_for(lambda: not pid_alive(wrapper), 30, "the ended attempt to be fenced")
+    assert get_job(c, job.job_id).status_name == "STOPPED"
+    assert not (a.output_root / "inspect-error" / "release").exists()
+
+
+def test_on_restart_stop_stops_running_jobs(coordinator_factory, agent_factory) -> None:  # type: ignore[no-untyped-def]
+    c = coordinator_factory()
+    a = agent_factory("a", extra=["--coordinator", c.addr])
+    register(c, a)
+    job = submit(c, GATED, "old-behaviour")
+    wait_job(c, job.job_id, "RUNNING")
+    wrapper = int(agent_running(a, job.job_id).runtime_id)
+    c.kill()
+    c.daemon.argv += ["--on-restart", "stop"]  # the old system's behaviour, for operators who want it
+    c.start()
+    done = wait_job(c, job.job_id, "STOPPED", "SUCCESS", "FAILED", timeout=30)
+    assert done.status_name == "STOPPED" and done.exit_code == -1, done
+    wait_for(lambda: not pid_alive(wrapper), 15, "the job's process to be stopped")
+    # jobs placed after the start are not touched
+    later = submit(c, ONCE, "after-restart")
+    assert wait_job(c, later.job_id, "SUCCESS", "FAILED", "STOPPED").status_name == "SUCCESS"
+
+
 # -- two replicas on one PostgreSQL ----------------------------------------------------------------
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(strict=True, reason="BUG: node liveness is per replica (Fleet._seen, this process's "
-                   "monotonic clock): a replica declares LOST every node that heartbeats to the other replica")
 def test_replica_does_not_declare_nodes_of_the_other_replica_lost(
         coordinator_factory, agent_factory, pg_url) -> None:  # type: ignore[no-untyped-def]
     c1 = coordinator_factory("c1", database_url=pg_url, node_timeout=2)
@@ -196,8 +255,7 @@ N_JOBS = 500
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_two_replicas_500_jobs_none_placed_twice(coordinator_factory, agent_factory, pg_url) -> None:  # type: ignore[no-untyped-def]
-    # A long node timeout: liveness is per replica (see the xfail above), and this test is about
-    # claiming. Each replica places on the agents that heartbeat to it.
+    # A long node timeout: this test is about claiming, not liveness.
     c1 = coordinator_factory("c1", database_url=pg_url, node_timeout=600)
     c2 = coordinator_factory("c2", database_url=pg_url, node_timeout=600)
     agents = [agent_factory(f"a{i}", extra=["--coordinator", c.addr]) for i, c in enumerate((c1, c2, c1))]
@@ -224,7 +282,8 @@ def test_two_replicas_500_jobs_none_placed_twice(coordinator_factory, agent_fact
     assert {j.job_id for j in jobs} == set(ids)
     assert all(j.attempt == 1 and j.status_name == "SUCCESS" and j.exit_code == 0 for j in jobs)
     by_node = Counter(j.node for j in jobs)
-    assert set(by_node) <= {a.node_name for a in agents} and len(by_node) >= 2, by_node
+    # Best fit packs GPU-less jobs: where they land matters less than that each landed once.
+    assert set(by_node) <= {a.node_name for a in agents}, by_node
 
     seen: Counter[str] = Counter()
     for a in agents:

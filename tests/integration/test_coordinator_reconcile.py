@@ -55,8 +55,10 @@ def get_job(c: CoordinatorProc, job_id: str) -> cpb.Job:
 
 
 def wait_job(c: CoordinatorProc, job_id: str, *statuses: str, timeout: float = 30) -> cpb.Job:
-    return wait_for(lambda: (j := get_job(c, job_id)).status_name in statuses and j, timeout,
-                    f"job {job_id} in {statuses} (coordinator log:\n{c.daemon.log_tail(15)})")
+    def reached() -> cpb.Job | None:
+        j = get_job(c, job_id)
+        return j if j.status_name in statuses else None
+    return wait_for(reached, timeout, f"job {job_id} in {statuses}")
 
 
 def get_model(c: CoordinatorProc, uuid: str) -> cpb.Model:
@@ -65,7 +67,10 @@ def get_model(c: CoordinatorProc, uuid: str) -> cpb.Model:
 
 def wait_model(c: CoordinatorProc, uuid: str, pred: Callable[[cpb.Model], bool], what: str,
                timeout: float = 30) -> cpb.Model:
-    return wait_for(lambda: (m := get_model(c, uuid)) and pred(m) and m, timeout, what)
+    def reached() -> cpb.Model | None:
+        m = get_model(c, uuid)
+        return m if pred(m) else None
+    return wait_for(reached, timeout, what)
 
 
 def states_of(m: cpb.Model) -> tuple[str, str, str]:
@@ -93,7 +98,7 @@ def kill_behind_agents_back(a: AgentProc, job_id: str, attempt: int = 1) -> None
     st = a.inspect(job_id)
     wrapper_pid = int(st.runtime_id)
     pid_file = a.state_dir / "jobs" / job_id / str(attempt) / "child.pid"
-    child_pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), 10, "child.pid"))
+    child_pid = int(wait_for(lambda: pid_file.read_text() if pid_file.exists() else "", 10, "child.pid"))
     os.kill(wrapper_pid, signal.SIGKILL)
     os.killpg(child_pid, signal.SIGKILL)
 
@@ -199,9 +204,20 @@ def test_logs_of_a_running_job_plain_tail_and_follow(fleet) -> None:  # type: ig
     wait_job(c, job.job_id, "SUCCESS")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: StreamJobLogs of an ended job fails UNAVAILABLE: the coordinator "
-                   "acknowledges the final state at once, the agent then drops the job with its logs, and the "
-                   "coordinator keeps no log tail")
+def test_follow_logs_get_the_last_line_written_right_before_exit(fleet) -> None:  # type: ignore[no-untyped-def]
+    c, a = fleet
+    job = submit(c, GATED, "follow-end")
+    wait_job(c, job.job_id, "RUNNING")
+    agent_running(a, job.job_id)
+    wait_for(lambda: b"gate: waiting" in a.logs(job.job_id), 10, "the job's first line")
+    stream = c.stub.StreamJobLogs(apb.StreamLogsRequest(job_id=job.job_id, follow=True), timeout=30)
+    got = next(stream).data
+    release(a, "follow-end")  # the job prints its last line and exits at once
+    for chunk in stream:
+        got += chunk.data
+    assert got == b"gate: waiting\ngate: released\n"
+
+
 def test_logs_of_an_ended_job_are_still_served(fleet) -> None:  # type: ignore[no-untyped-def]
     c, _ = fleet
     job = submit(c, [PY, "-c", "import sys; print('line one'); print('going down'); sys.exit(7)"], "ended-logs")
@@ -360,6 +376,24 @@ def test_drain_blocks_new_placements_lets_running_finish_then_undrain(fleet) -> 
     assert n.state_name == "READY"
     done = wait_job(c, queued.job_id, "SUCCESS")
     assert done.node == a.node_name
+
+
+def test_unhealthy_gpus_are_never_assigned(coordinator_factory, agent_factory) -> None:  # type: ignore[no-untyped-def]
+    c = coordinator_factory()
+    a = agent_factory("sick", gpus="fake:2", extra=["--coordinator", c.addr])
+    register(c, a)
+    a.stub.SetGpuHealth(apb.SetGpuHealthRequest(index=0, healthy=False, reason="XID 79"), timeout=5)
+    wait_for(lambda: [g.healthy for g in node(c, a.node_name).gpus] == [False, True], 15,
+             "the heartbeat to carry GPU 0 unhealthy")
+    one = submit(c, GATED, "sick-1", gpus=1)
+    assert list(wait_job(c, one.job_id, "RUNNING").gpu_indices) == [1]
+    two = submit(c, [PY, "-c", "pass"], "sick-2", gpus=1)
+    holds(lambda: get_job(c, two.job_id).status_name == "QUEUED", 1.5, "no healthy GPU left: the job waits")
+    a.stub.SetGpuHealth(apb.SetGpuHealthRequest(index=0, healthy=True), timeout=5)  # recovered
+    done = wait_job(c, two.job_id, "SUCCESS", "FAILED", "STOPPED")
+    assert done.status_name == "SUCCESS" and list(done.gpu_indices) == [0]
+    release(a, "sick-1")
+    assert wait_job(c, one.job_id, "SUCCESS").exit_code == 0
 
 
 # -- metric ingestion is idempotent --------------------------------------------------------------------

@@ -213,9 +213,6 @@ def test_decide_is_pure() -> None:
     assert probe == INCOMPLETE and row == job()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: decide() trusts the agent's SUCCEEDED label and ignores a "
-                   "non-zero exit code (DESIGN 'the exit code decides', SkyPilot #8928); "
-                   "states.job_from_agent maps it to FAILED")
 @pytest.mark.parametrize("startup", BOTH)
 def test_exit_code_decides_over_a_succeeded_label(startup: bool) -> None:
     d = decide(job(), found("SUCCEEDED", 137, probe=COMPLETE), startup=startup)
