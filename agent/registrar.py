@@ -3,7 +3,7 @@
 The heartbeat carries the GPU snapshot and a digest of every job the agent holds; the answer
 carries fencing orders (attempts that are no longer current: stop them) and acknowledgements
 (final states the coordinator stored: the agent may forget them). Losing the coordinator changes
-nothing for running jobs; the agent keeps retrying with backoff.
+nothing for running jobs; the agent keeps trying every interval.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import grpc
 from agent import convert
 from agent.service import AgentService
 from gpufleet.log import event
+from gpufleet.server import channel
 from gpufleet.v1 import coordinator_pb2 as cpb
 from gpufleet.v1 import coordinator_pb2_grpc
 
@@ -40,8 +41,7 @@ class Registrar:
         self.advertise = advertise
         self.labels = parse_labels(labels)
         self.interval = interval
-        self.channel = (grpc.secure_channel(coordinator, credentials) if credentials
-                        else grpc.insecure_channel(coordinator))
+        self.channel = channel(coordinator, credentials)
         self.stub = coordinator_pb2_grpc.FleetStub(self.channel)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="registrar", daemon=True)
@@ -93,15 +93,14 @@ class Registrar:
         self.last_ok = time.monotonic()
 
     def _loop(self) -> None:
-        backoff = self.interval
+        # No growing backoff: a failed heartbeat costs one connection attempt, and a coordinator
+        # that comes back must hear from every node well within its node timeout.
         while not self._stop.is_set():
             try:
                 self.heartbeat_once()
-                backoff = self.interval
             except grpc.RpcError as exc:
                 self.registered = self.registered and exc.code() != grpc.StatusCode.NOT_FOUND
                 event(log, "heartbeat.failed", logging.WARNING, code=str(exc.code()), detail=exc.details())
-                backoff = min(backoff * 2, 30.0)
             except Exception:  # noqa: BLE001 - the loop must survive anything
                 log.exception("heartbeat failed")
-            self._stop.wait(backoff)
+            self._stop.wait(self.interval)

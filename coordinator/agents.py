@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 
+from gpufleet.server import channel
 from gpufleet.v1 import agent_pb2 as apb
 from gpufleet.v1 import agent_pb2_grpc
 from gpufleet.v1 import common_pb2 as pb
@@ -73,8 +74,7 @@ class AgentPool:
         with self._lock:
             s = self._stubs.get(address)
             if s is None:
-                ch = (grpc.secure_channel(address, self.credentials) if self.credentials
-                      else grpc.insecure_channel(address))
+                ch = channel(address, self.credentials)
                 self._channels[address] = ch
                 s = self._stubs[address] = agent_pb2_grpc.AgentStub(ch)
             return s

@@ -32,6 +32,21 @@ def check_listen_security(listen: str, insecure: bool, tls: bool) -> None:
               detail="plaintext gRPC on a non-loopback address: anyone who can reach it controls jobs")
 
 
+# Peers must find each other again within a heartbeat or two after a restart: gRPC's default
+# reconnect backoff grows to 120 s, long enough for a node to be declared LOST for nothing.
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+
+def channel(address: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
+    if credentials is not None:
+        return grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+
+
 def build_server(max_workers: int = 32, interceptors: Sequence[grpc.ServerInterceptor] = ()
                  ) -> tuple[grpc.Server, health.HealthServicer]:
     server = grpc.server(

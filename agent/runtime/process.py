@@ -178,13 +178,18 @@ class ProcessRuntime:
         """The tail, then new output until the job ends. The log stays open between reads, so its
         last lines are delivered even when the job's folder is removed (acknowledged) meanwhile."""
         path = job_dir / "output.log"
-        try:
-            f = open(path, "rb")  # noqa: SIM115 - closed in the finally below (it may be reopened)
-        except FileNotFoundError:
-            first = self.logs(handle, job_dir, tail_lines)
-            if first:
-                yield first
-            return
+        while True:
+            try:
+                f = open(path, "rb")  # noqa: SIM115 - closed in the finally below (it may be reopened)
+                break
+            except FileNotFoundError:
+                # A job launched a moment ago: its wrapper has not made the log yet.
+                if self.observe(handle, job_dir).seen in (Seen.EXITED, Seen.MISSING):
+                    first = self.logs(handle, job_dir, tail_lines)
+                    if first:
+                        yield first
+                    return
+                time.sleep(0.05)
         try:
             try:
                 old = (job_dir / "output.log.1").read_bytes()
