@@ -40,6 +40,8 @@ OPTIONS = [
     config.Option("state-dir", "/var/lib/gpufleet/agent", "where the agent keeps its SQLite store and job files"),
     config.Option("runtime", "auto", "docker, process, or auto (docker when the engine answers)"),
     config.Option("docker-host", "", "Docker engine URL (default: DOCKER_HOST or the local socket)"),
+    config.Option("container-user", "", "user (name or uid:gid) containers run as unless the spec names one "
+                  "(default: the image's user)"),
     config.Option("gpus", "auto", "auto (NVML when present, else none), none, nvml, or fake:N"),
     config.Option("gpu-sample-interval", 5.0, "seconds between GPU samples", float),
     config.Option("output-root", "/var/lib/gpufleet/output", "the only host folder jobs may write to"),
@@ -60,7 +62,7 @@ OPTIONS = [
 ]
 
 
-def choose_runtime(name: str, state_dir: Path, node_name: str, docker_host: str) -> Runtime:
+def choose_runtime(name: str, state_dir: Path, node_name: str, docker_host: str, container_user: str = "") -> Runtime:
     from agent.runtime.process import ProcessRuntime
 
     if name not in ("auto", "docker", "process"):
@@ -72,7 +74,7 @@ def choose_runtime(name: str, state_dir: Path, node_name: str, docker_host: str)
 
     url = docker_host or None
     if DockerRuntime.available(url):
-        return DockerRuntime(node_name, base_url=url)
+        return DockerRuntime(node_name, base_url=url, default_user=container_user)
     if name == "docker":
         raise InvalidArgument("--runtime", "docker was asked for but no Docker engine answers")
     log.info("runtime.auto", extra={"fields": {"chosen": "process", "why": "no Docker engine answers"}})
@@ -112,7 +114,7 @@ def run(argv: list[str] | None = None) -> int:
     store = Store(state_dir / "agent.db")
     monitor = GpuMonitor(open_gpu_source(opts.gpus), interval=opts.gpu_sample_interval)
     monitor.start()
-    runtime = choose_runtime(opts.runtime, state_dir, node_name, opts.docker_host)
+    runtime = choose_runtime(opts.runtime, state_dir, node_name, opts.docker_host, opts.container_user)
     sup = Supervisor(store, runtime, monitor, roots, base_env=base_env(), poll_interval=opts.poll_interval,
                      log_max_bytes=opts.log_max_bytes)
     sup.restore()
