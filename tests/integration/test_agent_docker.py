@@ -83,7 +83,12 @@ def test_container_removed_behind_the_agents_back_is_lost_with_probe(docker_agen
     (out / "val.csv").write_text("epoch,val_loss\n" + "".join(f"{e},0.5\n" for e in range(1, rows + 1)))
     st = a.launch(job, sh("sleep 60"), image=IMAGE, total_epoch=2)
     a.wait_state(job, "RUNNING")
+    # Removed while the agent is down (as after a host reboot or a `docker rm -f` during an
+    # upgrade): a live agent could catch the container's SIGKILL exit (137) before it vanishes,
+    # which is a true FAILED, not this case.
+    a.kill()
     dockerd.client.containers.get(st.runtime_id).remove(force=True)
+    a.start()
     lost = a.wait_state(job, "LOST")
     assert lost.probe.completed is complete
     assert lost.probe.reason == ("ok" if complete else "val.csv-lines-mismatch lines=1 expected=2")
