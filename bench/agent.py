@@ -144,7 +144,9 @@ class Agent:
         self.addr = f"127.0.0.1:{free_port()}"
         self.argv = [PY, "-m", "agent.main", "--listen", self.addr, "--state-dir", str(self.state_dir),
                      "--runtime", runtime, "--gpus", gpus, "--output-root", str(root / "out"),
-                     "--data-root", str(root / "data"), "--node-name", name]
+                     "--data-root", str(root / "data"), "--node-name", name,
+                     # /metrics on a free port: two bench agents (or a running one) must not collide.
+                     "--metrics-listen", "127.0.0.1:0"]
         if docker_host:
             self.argv += ["--docker-host", docker_host]
         self.proc: subprocess.Popen[bytes] | None = None
