@@ -21,7 +21,7 @@ from agent.supervisor import Supervisor
 from gpufleet import auth, config
 from gpufleet import log as flog
 from gpufleet import tls as fleet_tls
-from gpufleet.daemon import main_wrapper, serve_until_signalled, start_metrics
+from gpufleet.daemon import main_wrapper, serve_until_signalled, start_metrics, tune_for_latency
 from gpufleet.errors import InvalidArgument
 from gpufleet.metrics import RpcMetricsInterceptor, new_registry, stop_http
 from gpufleet.server import (
@@ -111,6 +111,7 @@ def run(argv: list[str] | None = None) -> int:
                                   "this name)")
         node_name = cert_name
 
+    tune_for_latency()
     store = Store(state_dir / "agent.db")
     monitor = GpuMonitor(open_gpu_source(opts.gpus), interval=opts.gpu_sample_interval)
     monitor.start()

@@ -19,7 +19,7 @@ from coordinator.service import CoordinatorService, FleetService, add_to_server
 from gpufleet import auth, config
 from gpufleet import log as flog
 from gpufleet import tls as fleet_tls
-from gpufleet.daemon import main_wrapper, serve_until_signalled, start_metrics
+from gpufleet.daemon import main_wrapper, serve_until_signalled, start_metrics, tune_for_latency
 from gpufleet.errors import InvalidArgument
 from gpufleet.metrics import RpcMetricsInterceptor, new_registry, stop_http
 from gpufleet.server import (
@@ -90,8 +90,7 @@ def run(argv: list[str] | None = None) -> int:
                    detail="--auth off on a non-loopback address: anyone who reaches it is admin")
     auth_interceptors = [auth.CoordinatorAuth(engine, agent_certs=tls)] if auth_on else []
 
-    # RPC threads should not wait 5 ms for the GIL behind the scheduler and heartbeat work.
-    sys.setswitchinterval(0.001)
+    tune_for_latency()
     agents = AgentPool(fleet_tls.channel_credentials(opts.tls_ca, opts.tls_cert, opts.tls_key) if tls else None)
     sched_ref: list[Scheduler] = []
 

@@ -17,6 +17,12 @@ from gpufleet.metrics import start_http
 from gpufleet.server import set_health
 
 
+def tune_for_latency() -> None:
+    """RPC threads should not wait 5 ms (CPython's default switch interval) for the GIL behind
+    background loops: a 1 ms interval keeps RPC tails short at no measurable throughput cost."""
+    sys.setswitchinterval(0.001)
+
+
 def start_metrics(listen: str, registry: Any, state_dir: Path) -> Any:
     """Serve /metrics when `listen` is set; the bound address goes to <state-dir>/metrics.addr."""
     if not listen:
