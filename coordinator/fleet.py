@@ -58,6 +58,7 @@ class Fleet:
         self.started = mono()
         self._seen: dict[str, float] = {}
         self._seen_wall: dict[str, datetime] = {}
+        self._db_hb: dict[str, datetime | None] = {}  # last stored heartbeat each sweep saw
         self._heard: set[str] = set()  # nodes this process itself got a heartbeat from
         self._lock = threading.Lock()
         self.loop = Loop("node-sweep", lambda: bool(self.sweep()) and False, min(1.0, node_timeout / 4), mono)
@@ -70,20 +71,17 @@ class Fleet:
             self._heard.add(name)
 
     def _learn_from_db(self, nodes: Sequence[Any]) -> None:
-        """Heartbeats another replica received: a node's database heartbeat newer than the last one
-        this process stored counts as seen, aged by the wall clock. Only ever adds freshness, and a
-        heartbeat "from the future" (a clock stepped back) counts for nothing."""
-        wall = datetime.now(UTC)
+        """Heartbeats another replica received: a node's stored heartbeat that changed since the last
+        sweep (and is not the one this process wrote) counts as a sighting now, on this process's
+        monotonic clock. No wall clocks are compared, so replicas with skewed clocks agree."""
         with self._lock:
             for n in nodes:
                 hb = n.last_heartbeat
-                mine = self._seen_wall.get(n.name)
-                if hb is None or (mine is not None and hb <= mine):
+                before = self._db_hb.get(n.name)
+                self._db_hb[n.name] = hb
+                if hb is None or before is None or hb == before or hb == self._seen_wall.get(n.name):
                     continue
-                age = (wall - hb).total_seconds()
-                if 0 <= age <= self.node_timeout:
-                    self._seen[n.name] = max(self._seen.get(n.name, 0.0), self.mono() - age)
-                    self._seen_wall[n.name] = hb
+                self._seen[n.name] = self.mono()
 
     def fresh_nodes(self) -> set[str]:
         """Nodes whose last heartbeat is within the timeout (by this process's monotonic clock)."""

@@ -208,10 +208,13 @@ class Scheduler:
         detail = f"{p.node}: {code.name}: {exc.details()}"
         event(log, "job.launch_failed", logging.WARNING, job_id=p.job.id, attempt=p.job.attempt, node=p.node,
               code=code.name, detail=exc.details())
-        transient = code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                             grpc.StatusCode.RESOURCE_EXHAUSTED)
-        # The agent may or may not have started it (UNAVAILABLE after sending): the attempt ends
-        # here and a node that comes back is told to stop it (fencing).
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            # The agent may have recorded it and be restarting: the attempt stays RUNNING (never
+            # confirmed), the reconciler re-sends the idempotent Launch, and only the node's
+            # heartbeat timeout may end it.
+            return
+        # The agent answered and refused: nothing runs there for this attempt.
+        transient = code == grpc.StatusCode.RESOURCE_EXHAUSTED
         from coordinator.reconciler import end_job  # the one place that ends a job
 
         # Launch trouble does not use up the user's retries, but is bounded so that a node that
