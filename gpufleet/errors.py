@@ -65,9 +65,22 @@ class Upstream(FleetError):
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _transient(exc: BaseException) -> bool:
+    """A lost or refused database connection (a restarting PostgreSQL): safe for clients to retry."""
+    if not type(exc).__module__.startswith("sqlalchemy"):
+        return False
+    from sqlalchemy import exc as sa_exc
+
+    return isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError) or bool(
+        getattr(exc, "connection_invalidated", False))
+
+
 def _abort(context: grpc.ServicerContext, method: str, exc: BaseException) -> None:
     if isinstance(exc, FleetError):
         context.abort(exc.code, str(exc))
+    if _transient(exc):
+        log.warning("rpc failed: database unavailable", extra={"fields": {"method": method}})
+        context.abort(grpc.StatusCode.UNAVAILABLE, f"{method}: the database is unavailable; retry")
     # Never leak str(exc) of an unexpected error: it may hold paths or secrets.
     log.exception("rpc failed", extra={"fields": {"method": method}})
     context.abort(grpc.StatusCode.INTERNAL, f"{method}: internal error (see the server log)")
