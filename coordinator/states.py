@@ -223,24 +223,15 @@ MODEL_TRANSITIONS: frozenset[tuple[ModelStatus, ModelStatus]] = frozenset(
     }
 )
 
-STEP_TRANSITIONS: frozenset[tuple[ModelStatus, ModelStatus]] = frozenset(
-    {
-        (M.READY, M.IN_PROGRESS),
-        (M.IN_PROGRESS, M.COMPLETED),
-        (M.IN_PROGRESS, M.STOPPED),
-        (M.IN_PROGRESS, M.ERROR),
-        (M.COMPLETED, M.IN_PROGRESS),
-        (M.STOPPED, M.IN_PROGRESS),
-        (M.ERROR, M.IN_PROGRESS),
-        (M.STOPPED, M.READY),
-        (M.ERROR, M.READY),
-        # step2 only, in practice: a TRAIN run that also produced the test result (the zip)
-        # completes step2 without a test job of its own.
-        (M.READY, M.COMPLETED),
-        # no-ops
-        *((s, s) for s in ModelStatus),
-    }
-)
+# Steps move like models, and also: back to READY (restart_train resets step2), READY ->
+# COMPLETED (step2 only, in practice: a TRAIN run that also produced the test result, the zip,
+# completes step2 without a test job of its own), and READY -> READY as a no-op.
+STEP_TRANSITIONS: frozenset[tuple[ModelStatus, ModelStatus]] = MODEL_TRANSITIONS | {
+    (M.STOPPED, M.READY),
+    (M.ERROR, M.READY),
+    (M.READY, M.COMPLETED),
+    (M.READY, M.READY),
+}
 
 NODE_TRANSITIONS: frozenset[tuple[NodeState, NodeState]] = frozenset(
     {
