@@ -50,6 +50,7 @@ class Lifecycle:
         template.output_dir = template.output_dir or "models"
         template.params_json = params_json or template.params_json
         check_portable(template)
+        check_job_size(template.to_dict(), constraints)
         with self.engine.begin() as conn:
             return repo.create_model(conn, model_no=model_no, version=version, train_type=train_type, memo=memo,
                                      params_json=params_json or "{}", spec=template.to_dict(), gpus=gpus or 1,
@@ -188,6 +189,7 @@ class Lifecycle:
                    max_retries: int, resume_on_retry: bool, name: str) -> JobRow:
         _check_gpus(gpus)
         check_portable(JobSpec.from_dict(spec))
+        check_job_size(spec, constraints)
         with self.engine.begin() as conn:
             job = repo.create_job(conn, spec=spec, gpus=gpus, priority=priority, constraints=constraints,
                                   max_retries=max_retries, resume_on_retry=resume_on_retry, name=name,
@@ -270,6 +272,24 @@ def _check_uuid(uuid: str) -> None:
 def check_job_id(job_id: str) -> None:
     if not job_id or len(job_id) > 128:
         raise InvalidArgument("job_id", "must be 1 to 128 characters")
+
+
+MAX_CONSTRAINTS = 64
+MAX_LABEL = 256
+MAX_SPEC_BYTES = 512 * 1024  # a job and its answers must stay far below gRPC's 4 MiB message limit
+
+
+def check_job_size(spec: dict[str, Any], constraints: dict[str, str]) -> None:
+    if len(constraints) > MAX_CONSTRAINTS:
+        raise InvalidArgument("constraints", f"at most {MAX_CONSTRAINTS} entries, got {len(constraints)}")
+    for k, v in constraints.items():
+        if not k or len(k) > MAX_LABEL or len(v) > MAX_LABEL:
+            raise InvalidArgument("constraints", f"keys (non-empty) and values must be at most {MAX_LABEL} "
+                                  f"characters ({k[:40]!r})")
+    size = len(json.dumps(spec))
+    if size > MAX_SPEC_BYTES:
+        raise InvalidArgument("spec", f"is {size} bytes as JSON; at most {MAX_SPEC_BYTES} (put large data in "
+                              "files under the data root, not in the spec)")
 
 
 def _check_gpus(gpus: int) -> None:

@@ -233,6 +233,9 @@ class FleetService(coordinator_pb2_grpc.FleetServicer):
 
     @rpc
     def Heartbeat(self, request: cpb.HeartbeatRequest, context: Any) -> cpb.HeartbeatResponse:
+        for i, d in enumerate(request.jobs):
+            if d.state not in pb.AgentJobState.values() or d.state == pb.AGENT_JOB_STATE_UNSPECIFIED:
+                raise InvalidArgument(f"jobs[{i}].state", f"unknown agent job state {d.state}")
         digests = [Digest(d.job_id, d.attempt, convert.agent_state_name(d.state)) for d in request.jobs]
         a = self.fleet.heartbeat(request.node_name, [convert.gpu_from_pb(g) for g in request.gpus], digests)
 

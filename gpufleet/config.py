@@ -93,7 +93,7 @@ def parse(prog: str, description: str, options: Sequence[Option], argv: Sequence
 
 def split_hostport(value: str, field: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not host or not (port.isascii() and port.isdecimal()) or not 0 <= int(port) <= 65535:
         raise InvalidArgument(field, f"expected HOST:PORT, got {value!r}")
     return host.strip("[]"), int(port)
 

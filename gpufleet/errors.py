@@ -75,9 +75,17 @@ def _transient(exc: BaseException) -> bool:
         getattr(exc, "connection_invalidated", False))
 
 
+MAX_MESSAGE = 1024  # the message travels in a trailer; clients refuse metadata past 8 KiB
+
+
+def _bounded(message: str) -> str:
+    """Messages quote the offending input; a huge input must not make the answer undeliverable."""
+    return message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE] + "… (truncated)"
+
+
 def _abort(context: grpc.ServicerContext, method: str, exc: BaseException) -> None:
     if isinstance(exc, FleetError):
-        context.abort(exc.code, str(exc))
+        context.abort(exc.code, _bounded(str(exc)))
     if _transient(exc):
         log.warning("rpc failed: database unavailable", extra={"fields": {"method": method}})
         context.abort(grpc.StatusCode.UNAVAILABLE, f"{method}: the database is unavailable; retry")
