@@ -75,7 +75,7 @@ def _transient(exc: BaseException) -> bool:
         getattr(exc, "connection_invalidated", False))
 
 
-MAX_MESSAGE = 1024  # the message travels in a trailer; clients refuse metadata past 8 KiB
+MAX_MESSAGE = 512  # the message travels in a trailer; clients refuse metadata past 8 KiB
 
 
 def _bounded(message: str) -> str:
