@@ -190,5 +190,6 @@ class Fleet:
         for job in running:
             # A job someone asked to stop is not brought back by its retry policy.
             end_job(self.engine, job.id, JobStatus.STOPPED, reason.message(f"node {name}"), actor="sweep",
-                    requeue=job.can_retry and job.desired_state is DesiredState.RUN, count_retry=True)
+                    requeue=job.can_retry and job.desired_state is DesiredState.RUN, count_retry=True,
+                    only_if=lambda conn: repo.get_node(conn, name).state is NodeState.LOST)
         self.wake_scheduler()

@@ -128,13 +128,16 @@ def ingest_probe(conn: Connection, job: JobRow, probe: dict[str, Any] | None) ->
 
 def end_job(engine: Engine, job_id: str, status: JobStatus, message: str, *, actor: str,
             exit_code: int | None = None, probe: dict[str, Any] | None = None, requeue: bool = False,
-            count_retry: bool = True, resume: bool = False, log_tail: bytes = b"") -> JobRow | None:
+            count_retry: bool = True, resume: bool = False, log_tail: bytes = b"",
+            only_if: Callable[[Connection], bool] | None = None) -> JobRow | None:
     """End one RUNNING/QUEUED attempt, store its metrics, move its model, maybe queue the next
     attempt — all in one transaction. Returns the new attempt when one was queued."""
     with engine.begin() as conn:
         job = repo.get_job(conn, job_id, for_update=True)
         if job.terminal:
             return None  # someone else ended it first; the first verdict stands
+        if only_if is not None and not only_if(conn):
+            return None  # the reason to end it no longer holds (e.g. its node came back)
         code = exit_code if status is JobStatus.FAILED else None
         repo.set_job_status(conn, job_id, status, exit_code=code, error_message=message or None,
                             reason=message or status.value, actor=actor)
@@ -295,6 +298,11 @@ class Reconciler:
                 repo.set_desired_state(conn, job.id, DesiredState.STOP, reason="--on-restart=stop",
                                        actor=self.actor)
             job = _refetch(self.engine, job.id)
+        if obs.kind == "not_found":
+            # Ended and acknowledged meanwhile, or requeued? Decide on the row as it is now.
+            job = _refetch(self.engine, job.id)
+            if job.status is not JobStatus.RUNNING:
+                return KEEP
         d = decide(job, obs, startup=startup)
         if d.action == "probe":
             spec = job.spec

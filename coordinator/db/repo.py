@@ -543,7 +543,8 @@ def set_observed_many(conn: Connection, job_ids: Sequence[str], observed: str, a
     values: dict[str, Any] = {"observed_state": observed, "observed_at": at}
     if observed == "RUNNING":
         values["started_at"] = sa.func.coalesce(jobs.c.started_at, at)
-    conn.execute(sa.update(jobs).where(jobs.c.id.in_(list(job_ids))).values(values))
+    conn.execute(sa.update(jobs).where(jobs.c.id.in_(list(job_ids)), jobs.c.status == JobStatus.RUNNING.value)
+                 .values(values))
 
 
 @dataclass(frozen=True, slots=True)
@@ -722,7 +723,8 @@ def set_observed_state(conn: Connection, job_id: str, observed: str, at: datetim
         values["started_at"] = sa.func.coalesce(jobs.c.started_at, at)
     result = conn.execute(
         sa.update(jobs)
-        .where(jobs.c.id == job_id, jobs.c.observed_state.is_distinct_from(observed))
+        .where(jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value,
+               jobs.c.observed_state.is_distinct_from(observed))
         .values(values)
     )
     return result.rowcount == 1
