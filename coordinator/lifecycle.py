@@ -49,6 +49,7 @@ class Lifecycle:
         template = JobSpec.from_dict(spec)
         template.output_dir = template.output_dir or "models"
         template.params_json = params_json or template.params_json
+        check_epoch_params(params_json)
         check_portable(template)
         check_job_size(template.to_dict(), constraints)
         with self.engine.begin() as conn:
@@ -300,8 +301,31 @@ def _check_gpus(gpus: int) -> None:
 def _int(value: Any) -> int:
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: JSON's 1e999 is inf
         return 0
+
+
+MAX_EPOCHS = 1_000_000
+
+
+def check_epoch_params(params_json: str) -> None:
+    """total_epoch / totalEpoch / val_interval in a model's params, when given, are whole numbers
+    in range: the probe and RunTest compute with them."""
+    try:
+        params = json.loads(params_json or "{}")
+    except (ValueError, RecursionError):
+        return  # the repository refuses invalid JSON with its own message
+    if not isinstance(params, dict):
+        return
+    for key in ("total_epoch", "totalEpoch", "val_interval", "valInterval"):
+        if key not in params:
+            continue
+        value = params[key]
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and value == value \
+            and abs(value) != float("inf") and float(value).is_integer() and 0 <= value <= MAX_EPOCHS
+        if not ok:
+            raise InvalidArgument(f"params_json.{key}", f"must be a whole number from 0 to {MAX_EPOCHS}, "
+                                  f"got {str(value)[:40]}")
 
 
 __all__ = ["Lifecycle", "NotFound"]

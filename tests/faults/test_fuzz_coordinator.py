@@ -769,12 +769,6 @@ def test_lists_stay_readable_after_big_accepted_items(coordinator_factory: Calla
 WRITES_OUTPUTS = [PY, "-c", "open('val.csv', 'w').write('epoch,loss\\n1,0.5\\n'); open('epoch_1.pth', 'w')"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: coordinator/lifecycle.py run_test reads the model's params total_epoch with _int(), which "
-    "catches TypeError/ValueError but not the OverflowError of int(float('inf')): CreateModel accepts "
-    "params_json {\"total_epoch\": 1e999} (json gives inf), the model trains to COMPLETED, and every "
-    "RunTest on it answers INTERNAL. Fix: catch OverflowError in _int (and validate params "
-    "total_epoch/totalEpoch as an integer in range at CreateModel/SubmitJob)"))
 @pytest.mark.parametrize("params", ['{"total_epoch": 1e999}', '{"totalEpoch": -1e999}'])
 def test_run_test_on_a_model_with_infinite_total_epoch_params(env: Env, params: str) -> None:
     wait_only_the_agent_ready(env)
