@@ -19,6 +19,7 @@ not restart an engine they did not start.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -101,7 +102,32 @@ class Engine:
             p.wait(timeout=10)
 
     def start(self, live_restore: bool | None = None) -> None:
-        """Start dockerd again (the fixture's argv, `--live-restore` added or dropped if asked)."""
+        """Start dockerd again; once more after clearing an orphaned containerd that a crashed engine
+        left wedged (on a loaded machine the new engine can time out dialing it and exit 1)."""
+        try:
+            self._start(live_restore)
+        except AssertionError as exc:
+            if "exited with" not in str(exc):
+                raise
+            self._kill_orphaned_containerd()
+            self._start(live_restore)
+
+    def _kill_orphaned_containerd(self) -> None:
+        marker = str(Path(self.d.root or "/nonexistent"))
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if "containerd" in cmd and marker in cmd and "shim" not in cmd:
+                try:
+                    os.kill(int(entry.name), signal.SIGKILL)
+                except OSError:
+                    pass
+
+    def _start(self, live_restore: bool | None = None) -> None:
         assert not self.running, "stop the engine first"
         argv = [a for a in self.argv if a != LIVE_RESTORE]
         if live_restore or (live_restore is None and LIVE_RESTORE in self.argv):
