@@ -1,6 +1,7 @@
 """Protobuf <-> agent domain objects. The only agent module besides service.py that imports *_pb2."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -57,18 +58,45 @@ def spec_to_pb(s: JobSpec) -> pb.JobSpec:
     )
 
 
+def _i32(value: Any) -> int:
+    """`value` as an int clamped into int32 (the wire type); anything but a finite number is 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    if isinstance(value, float) and not math.isfinite(value):
+        return 0
+    return min(max(int(value), -(2**31)), 2**31 - 1)
+
+
+def _str(value: Any) -> str:
+    """A string protobuf accepts: file names read with surrogateescape hold lone surrogates."""
+    if not isinstance(value, str):
+        return ""
+    return value.encode("utf-8", "replace").decode("utf-8")
+
+
+def _metric_row(m: Any) -> pb.MetricRow | None:
+    if not isinstance(m, dict) or not isinstance(m.get("values"), dict):
+        return None
+    values = {_str(k): float(v) for k, v in m["values"].items()
+              if isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)}
+    return pb.MetricRow(split=_str(m.get("split")), epoch=_i32(m.get("epoch")), values=values)
+
+
 def probe_to_pb(v: dict[str, Any] | None) -> pb.ProbeResult | None:
+    """Never raises: a stored verdict (possibly written by an older agent) that does not fit the wire types
+    is clamped, or its odd parts left out, so every RPC that carries the job still answers."""
     if not v:
         return None
+    rows = v.get("metrics")
+    metrics = [row for row in map(_metric_row, rows if isinstance(rows, list) else []) if row is not None]
     return pb.ProbeResult(
-        completed=v.get("completed", False), reason=v.get("reason", ""), val_lines=v.get("val_lines", 0),
-        expected_lines=v.get("expected_lines", 0), checkpoints=v.get("checkpoints", 0),
-        best_checkpoint=v.get("best_checkpoint", ""), has_result_zip=v.get("has_result_zip", False),
-        metrics=[pb.MetricRow(split=m["split"], epoch=m["epoch"], values=m["values"]) for m in v.get("metrics", [])],
-        best_epoch=v.get("best_epoch", 0), best_metric_key=v.get("best_metric_key", ""),
-        best_metric_mode=v.get("best_metric_mode", ""),
-        latest_checkpoint_epoch=v.get("latest_checkpoint_epoch", 0),
-        latest_checkpoint=v.get("latest_checkpoint", ""), total_epoch=v.get("total_epoch", 0),
+        completed=bool(v.get("completed")), reason=_str(v.get("reason")), val_lines=_i32(v.get("val_lines")),
+        expected_lines=_i32(v.get("expected_lines")), checkpoints=_i32(v.get("checkpoints")),
+        best_checkpoint=_str(v.get("best_checkpoint")), has_result_zip=bool(v.get("has_result_zip")),
+        metrics=metrics, best_epoch=_i32(v.get("best_epoch")), best_metric_key=_str(v.get("best_metric_key")),
+        best_metric_mode=_str(v.get("best_metric_mode")),
+        latest_checkpoint_epoch=_i32(v.get("latest_checkpoint_epoch")),
+        latest_checkpoint=_str(v.get("latest_checkpoint")), total_epoch=_i32(v.get("total_epoch")),
     )
 
 

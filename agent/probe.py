@@ -22,6 +22,8 @@ from typing import Any
 log = logging.getLogger("gpufleet.agent.probe")
 
 MAX_ROWS_PER_FILE = 100_000
+# Epoch counts travel as int32 (ProbeResult.total_epoch/expected_lines): a larger one cannot be answered.
+MAX_INT32 = 2**31 - 1
 METRIC_FILES = (("train", "train.csv"), ("val", "val.csv"), ("test", "test.csv"))
 
 # Resume points: epoch_12.pth, epoch-12.pth, epoch12.pth, checkpoint_12.pth.
@@ -118,7 +120,10 @@ def _load_params(params_json: str) -> dict[str, Any]:
 
 
 def _param_int(params: dict[str, Any], *keys: str) -> int:
-    """First key holding a positive whole number (int, integral float or numeric string), else 0."""
+    """First key holding a whole number in 1..MAX_INT32 (int, integral float or numeric string), else 0.
+
+    Larger or non-finite values count as missing: the verdict must fit its int32 fields.
+    """
     for key in keys:
         value = params.get(key)
         if isinstance(value, bool):  # bool is an int subclass; True is not "1 epoch"
@@ -128,7 +133,9 @@ def _param_int(params: dict[str, Any], *keys: str) -> int:
                 value = float(value.strip())
             except ValueError:
                 continue
-        if isinstance(value, int | float) and math.isfinite(value) and value == int(value) and value > 0:
+        if isinstance(value, float) and not math.isfinite(value):
+            continue
+        if isinstance(value, int | float) and value == int(value) and 0 < value <= MAX_INT32:
             return int(value)
     return 0
 

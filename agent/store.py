@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.states import LIVE, JobState, check
-from gpufleet.errors import FailedPrecondition, NotFound, ResourceExhausted
+from gpufleet.errors import Aborted, FailedPrecondition, NotFound, ResourceExhausted
 
 SCHEMA_VERSION = 1
 EVENTS_KEPT = 20_000
@@ -296,7 +296,7 @@ class Store:
             (job.job_id, job.attempt),
         ).fetchone()
         if live is not None:
-            raise FailedPrecondition(
+            raise Aborted(
                 f"job {job.job_id}: attempt {live['attempt']} is still {live['state']}; "
                 f"stop it before launching attempt {job.attempt}"
             )

@@ -26,17 +26,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 # Run as `python3 bench/agent.py`, this file's folder comes first on sys.path, and its name would
@@ -47,78 +45,29 @@ sys.path.insert(0, str(REPO))
 import grpc  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
+from bench import _harness  # noqa: E402
+from bench._harness import PY, READY_TIMEOUT, RPC_TIMEOUT, BenchError, cpu_seconds, poll, proc_stat_fields, summary  # noqa: E402
 from gpufleet.v1 import agent_pb2 as apb  # noqa: E402
 from gpufleet.v1 import agent_pb2_grpc  # noqa: E402
 from gpufleet.v1 import common_pb2 as pb  # noqa: E402
 from tests.harness import free_port, healthy  # noqa: E402
 
-PY = sys.executable
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 RUNNING = pb.AGENT_JOB_STATE_RUNNING
 LIVE_STATES = [pb.AGENT_JOB_STATE_PENDING, pb.AGENT_JOB_STATE_RUNNING]
-RPC_TIMEOUT = 30.0
-READY_TIMEOUT = 60.0
 SLEEP_JOB = [PY, "-I", "-c", "import time; time.sleep(3600)"]
 SHORT_JOB = [PY, "-I", "-c", "pass"]
 DOCKER_SHORT_JOB = ["true"]
 WARMUP_LAUNCHES = 2
 WARMUP_INSPECTS = 20
-T = TypeVar("T")
 
 TARGET_INSPECT_P99_MS = 5.0
 TARGET_RSS_MIB = 80.0
 TARGET_IDLE_CPU_PCT = 1.0
 
 
-class BenchError(Exception):
-    pass
-
-
-def poll(fn: Callable[[], T | None], timeout: float, what: str, interval: float = 0.002) -> T:
-    """Call `fn` until it returns something truthy; BenchError after `timeout` seconds."""
-    end = time.monotonic() + timeout
-    while True:
-        got = fn()
-        if got:
-            return got
-        if time.monotonic() > end:
-            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
-def percentile(samples: list[float], p: float) -> float:
-    """Nearest-rank percentile (p in 0..100) of a non-empty list."""
-    s = sorted(samples)
-    k = max(0, min(len(s) - 1, -(-len(s) * p // 100) - 1))
-    return s[int(k)]
-
-
-def summary(samples_ms: list[float]) -> dict[str, Any]:
-    return {"n": len(samples_ms), "p50_ms": round(percentile(samples_ms, 50), 3),
-            "p99_ms": round(percentile(samples_ms, 99), 3), "max_ms": round(max(samples_ms), 3),
-            "mean_ms": round(sum(samples_ms) / len(samples_ms), 3)}
-
-
-def proc_stat_fields(pid: int) -> list[bytes] | None:
-    """Fields of /proc/<pid>/stat after the command name (index 0 is the state), None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return data[data.rfind(b")") + 2 :].split()
-
-
 def process_ended(pid: int) -> bool:
     f = proc_stat_fields(pid)
     return f is None or f[0] in (b"Z", b"X")
-
-
-def cpu_seconds(pid: int) -> float:
-    f = proc_stat_fields(pid)
-    if f is None:
-        raise BenchError(f"process {pid} is gone")
-    return (int(f[11]) + int(f[12])) / CLK_TCK  # utime + stime, all threads
 
 
 def rss_mib(pid: int) -> tuple[float, float]:
@@ -135,35 +84,29 @@ def rss_mib(pid: int) -> tuple[float, float]:
 # ---- agents ----------------------------------------------------------------------------------------
 
 
-class Agent:
-    """One `gpufleet-agent` process on a free loopback port with its own state/output/data dirs."""
+class Agent(_harness.ServiceProcess):
+    """One `gpufleet-agent` process on a free loopback port with its own state/output/data dirs.
+    stop() is SIGTERM (the agent leaves jobs running), SIGKILL of its group if it lingers."""
+
+    log_name = "agent.log"
+    stop_timeout = 10.0
 
     def __init__(self, root: Path, name: str, runtime: str, gpus: str, docker_host: str = "") -> None:
-        self.root, self.name, self.runtime = root, name, runtime
+        self.name, self.runtime = name, runtime
         self.state_dir = root / "state"
         self.addr = f"127.0.0.1:{free_port()}"
-        self.argv = [PY, "-m", "agent.main", "--listen", self.addr, "--state-dir", str(self.state_dir),
-                     "--runtime", runtime, "--gpus", gpus, "--output-root", str(root / "out"),
-                     "--data-root", str(root / "data"), "--node-name", name,
-                     # /metrics on a free port: two bench agents (or a running one) must not collide.
-                     "--metrics-listen", "127.0.0.1:0"]
+        argv = [PY, "-m", "agent.main", "--listen", self.addr, "--state-dir", str(self.state_dir),
+                "--runtime", runtime, "--gpus", gpus, "--output-root", str(root / "out"),
+                "--data-root", str(root / "data"), "--node-name", name,
+                # /metrics on a free port: two bench agents (or a running one) must not collide.
+                "--metrics-listen", "127.0.0.1:0"]
         if docker_host:
-            self.argv += ["--docker-host", docker_host]
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.channel: grpc.Channel | None = None
+            argv += ["--docker-host", docker_host]
+        super().__init__(root, argv)
         self.stub: agent_pb2_grpc.AgentStub
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
     def start(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / "agent.log", "ab") as log:
-            # Own session: a Ctrl-C in the terminal reaches the bench, which then cleans up in order.
-            self.proc = subprocess.Popen(self.argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        self.spawn()
         self.channel = grpc.insecure_channel(self.addr)
         self.stub = agent_pb2_grpc.AgentStub(self.channel)
 
@@ -175,12 +118,6 @@ class Agent:
                 why = f"exited with {self.proc.returncode}" if self.proc.poll() is not None else "timed out"
                 raise BenchError(f"{self.name} agent did not become SERVING ({why}); log:\n{self.log_tail()}")
             time.sleep(0.02)
-
-    def log_tail(self, n: int = 20) -> str:
-        try:
-            return "\n".join((self.root / "agent.log").read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
 
     def launch(self, job_id: str, argv: list[str], image: str = "") -> pb.JobStatus:
         spec = pb.JobSpec(image=image, command=argv, output_dir=job_id)
@@ -195,20 +132,6 @@ class Agent:
             req = apb.AcknowledgeRequest(job_id=j.job_id, attempt=j.attempt)
             self.stub.Acknowledge(req, timeout=RPC_TIMEOUT)
         return len(jobs)
-
-    def stop(self) -> None:
-        """SIGTERM (the agent leaves jobs running), SIGKILL of its group if it lingers."""
-        if self.channel is not None:
-            self.channel.close()
-            self.channel = None
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
 
     def kill_process_jobs(self) -> int:
         """SIGKILL every process-runtime job of this agent that is still alive (wrapper + job group)."""
@@ -392,7 +315,7 @@ def bench_launch(a: Agent, n: int, argv: list[str], ended: Callable[[str], bool]
         (warmup if i < WARMUP_LAUNCHES else samples).append(ms)
         # Let the job finish before the next launch, so each one meets an idle host.
         rid = st.runtime_id
-        poll(lambda: not rid or ended(rid), 20, f"job {job_id} to exit")  # noqa: B023 - called here
+        poll(lambda: not rid or ended(rid), 20, f"job {job_id} to exit", interval=0.002)  # noqa: B023 - called here
     poll(lambda: not a.live_jobs(), 30, "the launched jobs to be recorded as ended", interval=0.05)
     if bad:
         raise BenchError("Launch did not return RUNNING: " + "; ".join(bad[:3]))
@@ -401,13 +324,13 @@ def bench_launch(a: Agent, n: int, argv: list[str], ended: Callable[[str], bool]
 
 def measure_idle(agents: list[Agent], seconds: float) -> dict[str, float]:
     """CPU % of one core each agent used over the same `seconds` window (no RPCs meanwhile)."""
-    before = {a.name: cpu_seconds(a.pid) for a in agents}
+    before = {a.name: cpu_seconds(a.pid, required=True) for a in agents}
     t0 = time.monotonic()
     end = t0 + seconds
     while (left := end - time.monotonic()) > 0:
         time.sleep(min(left, 1.0))  # the measurement window itself, not a synchronisation wait
     wall = time.monotonic() - t0
-    return {a.name: round(100 * (cpu_seconds(a.pid) - before[a.name]) / wall, 3) for a in agents}
+    return {a.name: round(100 * (cpu_seconds(a.pid, required=True) - before[a.name]) / wall, 3) for a in agents}
 
 
 # ---- report ----------------------------------------------------------------------------------------
@@ -461,13 +384,12 @@ def print_table(res: dict[str, Any]) -> None:
 # ---- main ------------------------------------------------------------------------------------------
 
 
-def run(args: argparse.Namespace, root: Path, cleanup: list[Callable[[], object]]) -> dict[str, Any]:
+def run(args: argparse.Namespace, root: Path, cleanup: _harness.Cleanup) -> dict[str, Any]:
     res: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release(),
-                    "loadavg_at_start": round(os.getloadavg()[0], 2)},
+        "machine": _harness.machine_info(),
         "gpus": args.gpus, "idle_seconds": args.idle_seconds, "launch": {}, "agents": {},
     }
-    progress = (lambda msg: print(msg, file=sys.stderr)) if not args.quiet else (lambda msg: None)
+    progress = _harness.progress_printer(args.quiet)
 
     engine: Engine | None = None
     skip = "--no-docker" if args.no_docker else None
@@ -544,42 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.idle_seconds <= 0 or args.inspect_calls < 1 or args.jobs < 1 or args.launches < 1:
         ap.error("--idle-seconds, --inspect-calls, --jobs and --launches must be positive")
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    root = Path(tempfile.mkdtemp(prefix="gfbench-"))
-    cleanup: list[Callable[[], object]] = []
-    code = 2
-    try:
-        res = run(args, root, cleanup)
-        if args.json:
-            print(json.dumps(res, indent=2))
-        else:
-            print_table(res)
-        code = 0 if res["pass"] else 1
-    except KeyboardInterrupt:
-        print("bench: interrupted, cleaning up", file=sys.stderr)
-        code = 130
-    except (BenchError, grpc.RpcError) as exc:
-        print(f"bench: failed: {exc}", file=sys.stderr)
-    except Exception:  # noqa: BLE001 - a bug in the bench: say where, still clean up
-        traceback.print_exc()
-    finally:
-        # A second Ctrl-C must not leave agents, jobs or a dockerd behind: finish the cleanup first.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for fn in reversed(cleanup):
-            try:
-                fn()
-            except Exception as exc:  # noqa: BLE001 - keep cleaning
-                print(f"bench: cleanup step failed: {exc}", file=sys.stderr)
-        if args.keep:
-            print(f"bench: kept {root}", file=sys.stderr)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-    return code
+    return _harness.run_main(args, run, print_table, lambda res: bool(res["pass"]), tmp_prefix="gfbench-")
 
 
 if __name__ == "__main__":

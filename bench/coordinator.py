@@ -45,23 +45,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import os
-import platform
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import traceback
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 # Run as `python3 bench/coordinator.py`, this file's folder comes first on sys.path, and its name
@@ -74,6 +70,8 @@ import sqlalchemy as sa  # noqa: E402
 from google.protobuf.timestamp_pb2 import Timestamp  # noqa: E402
 
 from agent.spec import JobSpec  # noqa: E402
+from bench import _harness  # noqa: E402
+from bench._harness import PY, READY_TIMEOUT, RPC_TIMEOUT, BenchError, cpu_seconds, percentile, poll  # noqa: E402
 from coordinator.db import engine as dbengine  # noqa: E402
 from coordinator.db import repo  # noqa: E402
 from coordinator.db.schema import jobs as jobs_table  # noqa: E402
@@ -84,48 +82,19 @@ from gpufleet.v1 import common_pb2 as pb  # noqa: E402
 from gpufleet.v1 import coordinator_pb2 as cpb  # noqa: E402
 from tests.harness import healthy  # noqa: E402
 
-PY = sys.executable
 RUNNING = pb.AGENT_JOB_STATE_RUNNING
 SUCCEEDED = pb.AGENT_JOB_STATE_SUCCEEDED
 STOPPED = pb.AGENT_JOB_STATE_STOPPED
 LIVE = (pb.AGENT_JOB_STATE_PENDING, RUNNING)
-RPC_TIMEOUT = 30.0
-READY_TIMEOUT = 60.0
 AGENT_VERSION = "bench-fake"
-T = TypeVar("T")
 
 TARGET_PLACEMENTS_PER_S = 1000.0
 TARGET_SUBMIT_P99_MS = 50.0
 TARGET_METRIC_ROWS_PER_S = 50000.0
 
 
-class BenchError(Exception):
-    pass
-
-
-def poll(fn: Callable[[], T | None], timeout: float, what: str, interval: float = 0.005) -> T:
-    """Call `fn` until it returns something truthy; BenchError after `timeout` seconds."""
-    end = time.monotonic() + timeout
-    while True:
-        got = fn()
-        if got:
-            return got
-        if time.monotonic() > end:
-            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
-def percentile(samples: list[float], p: float) -> float:
-    """Nearest-rank percentile (p in 0..100) of a non-empty list."""
-    s = sorted(samples)
-    k = max(0, min(len(s) - 1, -(-len(s) * p // 100) - 1))
-    return s[int(k)]
-
-
 def summary(samples_ms: list[float]) -> dict[str, Any]:
-    return {"n": len(samples_ms), "p50_ms": round(percentile(samples_ms, 50), 3),
-            "p90_ms": round(percentile(samples_ms, 90), 3), "p99_ms": round(percentile(samples_ms, 99), 3),
-            "max_ms": round(max(samples_ms), 3), "mean_ms": round(sum(samples_ms) / len(samples_ms), 3)}
+    return _harness.summary(samples_ms, (50, 90, 99))
 
 
 def now_ts() -> Timestamp:
@@ -462,30 +431,20 @@ def node_job_live(agent: FakeAgent, job_id: str) -> bool:
 # ---- the coordinator process -----------------------------------------------------------------------
 
 
-class Coordinator:
+class Coordinator(_harness.ServiceProcess):
     """`python -m coordinator.main` on 127.0.0.1:<any free port>, production defaults otherwise."""
 
-    def __init__(self, root: Path, url: str, extra: list[str]) -> None:
-        self.root = root
-        self.state_dir = root / "state"
-        self.argv = [PY, "-m", "coordinator.main", "--listen", "127.0.0.1:0", "--state-dir", str(self.state_dir),
-                     "--database-url", url, *own_port_flags(extra), *extra]
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.addr = ""
-        self.channel: grpc.Channel | None = None
+    log_name = "coordinator.log"
+    stop_timeout = 15.0
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+    def __init__(self, root: Path, url: str, extra: list[str]) -> None:
+        self.state_dir = root / "state"
+        super().__init__(root, [PY, "-m", "coordinator.main", "--listen", "127.0.0.1:0", "--state-dir",
+                                str(self.state_dir), "--database-url", url, *own_port_flags(extra), *extra])
+        self.addr = ""
 
     def start(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GPUFLEET_")}
-        with open(self.root / "coordinator.log", "ab") as log:
-            # Own session: a Ctrl-C in the terminal reaches the bench, which then cleans up in order.
-            self.proc = subprocess.Popen(self.argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+        self.spawn(env={k: v for k, v in os.environ.items() if not k.startswith("GPUFLEET_")})
         addr_file = self.state_dir / "coordinator.addr"
 
         def ready() -> str | None:
@@ -506,31 +465,12 @@ class Coordinator:
         except BenchError as exc:
             raise BenchError(f"{exc}; log:\n{self.log_tail()}") from None
 
-    def log_tail(self, n: int = 20) -> str:
-        try:
-            return "\n".join((self.root / "coordinator.log").read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
     def count_log(self, needle: str) -> int:
         try:
-            with open(self.root / "coordinator.log", errors="replace") as f:
+            with open(self.root / self.log_name, errors="replace") as f:
                 return sum(1 for line in f if needle in line)
         except OSError:
             return 0
-
-    def stop(self) -> None:
-        if self.channel is not None:
-            self.channel.close()
-            self.channel = None
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
 
 
 def own_port_flags(extra: list[str]) -> list[str]:
@@ -549,41 +489,6 @@ def _raise(exc: Exception) -> Any:
 
 # ---- where the CPU goes ----------------------------------------------------------------------------
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def _stat(pid: int) -> list[bytes] | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return data[data.rfind(b")") + 2:].split()
-
-
-def cpu_seconds(pid: int) -> float:
-    f = _stat(pid)
-    return 0.0 if f is None else (int(f[11]) + int(f[12])) / CLK_TCK  # utime + stime, all threads
-
-
-def children_of(ppid: int) -> list[int]:
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            f = _stat(int(d))
-            if f is not None and int(f[1]) == ppid:
-                out.append(int(d))
-    return out
-
-
-def machine_busy() -> tuple[float, float]:
-    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
-    with open("/proc/stat") as f:
-        vals = [int(x) for x in f.readline().split()[1:]]
-    idle = vals[3] + vals[4]  # idle + iowait
-    return sum(vals) - idle, sum(vals)
-
-
 class CpuMeter:
     """CPU used by the coordinator, this bench process (fake agents, client) and PostgreSQL (the
     postmaster and its backends, throwaway cluster only) over a phase, in % of one core; and how
@@ -593,11 +498,11 @@ class CpuMeter:
         self.parties: dict[str, Callable[[], list[int]]] = {
             "coordinator": lambda: [coordinator_pid], "bench": lambda: [os.getpid()]}
         if postmaster_pid:
-            self.parties["postgres"] = lambda: [postmaster_pid, *children_of(postmaster_pid)]
+            self.parties["postgres"] = lambda: [postmaster_pid, *_harness.children_of(postmaster_pid)]
 
     def sample(self) -> tuple[float, dict[str, dict[int, float]], tuple[float, float]]:
         return (time.perf_counter(), {name: {pid: cpu_seconds(pid) for pid in pids()}
-                                      for name, pids in self.parties.items()}, machine_busy())
+                                      for name, pids in self.parties.items()}, _harness.machine_busy())
 
     @staticmethod
     def delta(a: tuple[float, dict[str, dict[int, float]], tuple[float, float]],
@@ -961,11 +866,10 @@ def print_table(res: dict[str, Any]) -> None:
 # ---- main ------------------------------------------------------------------------------------------
 
 
-def run(args: argparse.Namespace, root: Path, cleanup: list[Callable[[], None]]) -> dict[str, Any]:
-    progress = (lambda msg: print(msg, file=sys.stderr)) if not args.quiet else (lambda msg: None)
+def run(args: argparse.Namespace, root: Path, cleanup: _harness.Cleanup) -> dict[str, Any]:
+    progress = _harness.progress_printer(args.quiet)
     res: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release(),
-                    "loadavg_at_start": round(os.getloadavg()[0], 2)},
+        "machine": _harness.machine_info(),
         "agents": args.agents, "targets": {"placements_per_s": TARGET_PLACEMENTS_PER_S,
                                            "submit_p99_ms": TARGET_SUBMIT_P99_MS,
                                            "metric_rows_per_s": TARGET_METRIC_ROWS_PER_S},
@@ -1080,45 +984,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if min(args.agents, args.jobs, args.submits, args.metric_rows, args.metric_batch) < 1 or args.submit_warmup < 0:
         ap.error("--agents, --jobs, --submits, --metric-rows and --metric-batch must be positive")
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    root = Path(tempfile.mkdtemp(prefix="gfcbench-"))
-    cleanup: list[Callable[[], None]] = []
-    code = 2
-    try:
-        res = run(args, root, cleanup)
-        if args.json:
-            print(json.dumps(res, indent=2))
-        else:
-            print_table(res)
-        code = 0 if res["pass"] else 1
-    except KeyboardInterrupt:
-        print("bench: interrupted, cleaning up", file=sys.stderr)
-        code = 130
-    except (BenchError, grpc.RpcError) as exc:
-        print(f"bench: failed: {exc}", file=sys.stderr)
-    except Exception:  # noqa: BLE001 - a bug in the bench: say where, still clean up
-        traceback.print_exc()
-    finally:
-        # A second Ctrl-C must not leave the coordinator or the cluster behind: finish the cleanup.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for fn in reversed(cleanup):
-            try:
-                fn()
-            except Exception as exc:  # noqa: BLE001 - keep cleaning
-                try:
-                    print(f"bench: cleanup step failed: {exc}", file=sys.stderr)
-                except OSError:
-                    pass  # stderr gone (a closed pipe): the cleanup goes on regardless
-        if args.keep:
-            print(f"bench: kept {root}", file=sys.stderr)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-    return code
+    return _harness.run_main(args, run, print_table, lambda res: bool(res["pass"]), tmp_prefix="gfcbench-")
 
 
 if __name__ == "__main__":

@@ -56,8 +56,9 @@ Figures (table, or --json):
 - duplicated: job roots that ran more than once. A root counts when (a) two of its attempts ran to
   completion on the fake agents "as the current attempt": the coordinator took that completion as
   the job's result (SUCCESS), or it had been told (a heartbeat sent after the completion was
-  answered before the coordinator ended that attempt otherwise). A completion the coordinator could
-  not hear of, because the node was cut off or killed before its next heartbeat, and that it then
+  answered before the coordinator ended that attempt otherwise, and the coordinator was not killed
+  within RECORD_GRACE_S of that answer, before it could record the end). A completion the coordinator
+  could not hear of, because the node was cut off or killed before its next heartbeat, and that it then
   ended as NODE_LOST and ran again, is the price of the fault: counted apart, as "re-runs after
   node loss". Or (b) two of its attempts ran at the same time, unless the older one's node was cut
   off when the coordinator declared it LOST and that attempt ended within --fence-bound seconds of
@@ -91,18 +92,13 @@ import argparse
 import asyncio
 import bisect
 import heapq
-import json
 import os
-import platform
 import random
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import traceback
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -119,6 +115,7 @@ sys.path.insert(0, str(REPO))
 import grpc  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
+from bench import _harness  # noqa: E402  (what every bench shares)
 from bench import coordinator as cb  # noqa: E402  (fake agents, coordinator process, database)
 from coordinator.db import engine as dbengine  # noqa: E402
 from gpufleet.server import CHANNEL_OPTIONS  # noqa: E402
@@ -127,16 +124,18 @@ from gpufleet.v1 import agent_pb2_grpc, coordinator_pb2_grpc  # noqa: E402
 from gpufleet.v1 import common_pb2 as pb  # noqa: E402
 from gpufleet.v1 import coordinator_pb2 as cpb  # noqa: E402
 from tests import invariants  # noqa: E402
+from tests.harness import free_port  # noqa: E402
 
 RUNNING, SUCCEEDED, STOPPED = cb.RUNNING, cb.SUCCEEDED, cb.STOPPED
 LIVE = cb.LIVE
 AGENT_RPC_TIMEOUT = 5.0  # what agent/registrar.py gives Register and Heartbeat
 NODE_LOSS = ("NODE_LOST", "SERVER_RESTART_CONTAINER_INSPECT_ERROR")  # verdicts reached without the agent
+RECORD_GRACE_S = 6.0  # heartbeat answer -> the end it reported is in the database (Inspect deadline 5 s + 1)
 TERMINAL = ("SUCCESS", "FAILED", "STOPPED", "CANCELED")
 JOB_NAME = "soak-{:07d}"
 
 
-class SoakError(cb.BenchError):
+class SoakError(_harness.BenchError):
     pass
 
 
@@ -147,8 +146,8 @@ def wall() -> float:
 def stats(xs: list[float]) -> dict[str, Any]:
     if not xs:
         return {"n": 0, "p50_s": None, "p99_s": None, "max_s": None}
-    return {"n": len(xs), "p50_s": round(cb.percentile(xs, 50), 3), "p99_s": round(cb.percentile(xs, 99), 3),
-            "max_s": round(max(xs), 3)}
+    return {"n": len(xs), "p50_s": round(_harness.percentile(xs, 50), 3),
+            "p99_s": round(_harness.percentile(xs, 99), 3), "max_s": round(max(xs), 3)}
 
 
 # ---- fake agents with a fake runtime ----------------------------------------------------------------
@@ -415,7 +414,7 @@ class SoakFarm(cb.AgentFarm):
         self.channel = grpc.aio.insecure_channel(coordinator, options=CHANNEL_OPTIONS)
         self.stub = coordinator_pb2_grpc.FleetStub(self.channel)
         t0 = time.perf_counter()
-        replies = await asyncio.gather(*(self.stub.Register(a.register_request(), timeout=cb.RPC_TIMEOUT)
+        replies = await asyncio.gather(*(self.stub.Register(a.register_request(), timeout=_harness.RPC_TIMEOUT)
                                          for a in self.agents))
         took = time.perf_counter() - t0
         for a in self.agents:
@@ -578,7 +577,7 @@ class CoordinatorProcess:
         if rss:
             self.rss_last[pid] = rss
             self.rss_max[pid] = max(rss, self.rss_max.get(pid, 0))
-        cpu = cb.cpu_seconds(pid)
+        cpu = _harness.cpu_seconds(pid)
         if cpu:
             self.cpu[pid] = cpu
 
@@ -592,14 +591,6 @@ def vm_kb(pid: int, key: str) -> int:
     except (OSError, ValueError, IndexError):
         pass
     return 0
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ---- the client ----------------------------------------------------------------------------------
@@ -883,7 +874,7 @@ class Watcher:
 
     def start(self) -> None:
         self.t0 = time.monotonic()
-        busy, total = cb.machine_busy()
+        busy, total = _harness.machine_busy()
         t = os.times()
         self.cpu0 = (t.user + t.system, busy, total)
         self.sample_pg()
@@ -891,15 +882,15 @@ class Watcher:
 
     def sample_pg(self) -> None:
         if self.postmaster:
-            for pid in (self.postmaster, *cb.children_of(self.postmaster)):
-                cpu = cb.cpu_seconds(pid)
+            for pid in (self.postmaster, *_harness.children_of(self.postmaster)):
+                cpu = _harness.cpu_seconds(pid)
                 if cpu:
                     self.pg_cpu[pid] = cpu
 
     def cpu(self, pg0: dict[int, float], coord0: float) -> dict[str, float]:
         """CPU seconds over the run: the coordinator (every process), this process (fake agents,
         client, checks), PostgreSQL; and how busy the machine was (other work counts too)."""
-        busy, total = cb.machine_busy()
+        busy, total = _harness.machine_busy()
         t = os.times()
         wall_s = time.monotonic() - self.t0
         return {"coordinator_s": round(sum(self.coord.cpu.values()) - coord0, 1),
@@ -1008,12 +999,20 @@ def analyse(engine: sa.Engine, args: argparse.Namespace, farm: SoakFarm, faults:
         return (f"{row['status']} {reason_code(row['error_message'])} at {rel(ts(row['finished_at']))}, "
                 f"assigned {rel(ts(row['assigned_at']))}")
 
+    coordinator_kills = sorted(w.start for w in faults.windows if w.kind == "restart")
+
     def told(node: str, after: float, before: float) -> bool:
-        """A heartbeat of `node` sent after `after` was answered by `before`: the coordinator heard."""
+        """A heartbeat of `node` sent after `after` was answered by `before`, and the coordinator lived
+        on for RECORD_GRACE_S after answering: the coordinator heard, and had time to record it (a
+        heartbeat's answer waits for the record at most 1 s; a slower Inspect finishes after it)."""
         agent = farm.by_name[node]
         assert isinstance(agent, SoakAgent)
         k = bisect.bisect_left(agent.hb_sent, after)
-        return k < len(agent.hb_sent) and agent.hb_answered[k] <= before
+        if k >= len(agent.hb_sent) or agent.hb_answered[k] > before:
+            return False
+        answered = agent.hb_answered[k]
+        i = bisect.bisect_left(coordinator_kills, answered)
+        return i >= len(coordinator_kills) or coordinator_kills[i] > answered + RECORD_GRACE_S
 
     def cut_at(node: str, t: float, extra: float = 0.0) -> Window | None:
         for w in cut.get(node, ()):
@@ -1377,14 +1376,13 @@ def print_table(res: dict[str, Any]) -> None:
 # ---- main ------------------------------------------------------------------------------------------
 
 
-def run(args: argparse.Namespace, root: Path, cleanup: list[Callable[[], None]]) -> dict[str, Any]:
-    progress = (lambda msg: print(msg, file=sys.stderr, flush=True)) if not args.quiet else (lambda msg: None)
+def run(args: argparse.Namespace, root: Path, cleanup: _harness.Cleanup) -> dict[str, Any]:
+    progress = _harness.progress_printer(args.quiet)
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
     rng = random.Random(seed)
     t_begin = time.monotonic()
     res: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release(),
-                    "loadavg_at_start": round(os.getloadavg()[0], 2)},
+        "machine": _harness.machine_info(),
         "args": {"seconds": args.seconds, "jobs": args.jobs, "agents": args.agents,
                  "gpus_per_agent": args.gpus_per_agent, "run_min": args.run_min, "run_max": args.run_max,
                  "long_share": args.long_share,
@@ -1417,7 +1415,8 @@ def run(args: argparse.Namespace, root: Path, cleanup: list[Callable[[], None]])
     coord.start()
     farm.register_all(coord.addr)
     interval = farm.interval
-    cb.poll(lambda: farm.heartbeats >= args.agents, cb.READY_TIMEOUT, "a heartbeat from every agent", interval=0.05)
+    _harness.poll(lambda: farm.heartbeats >= args.agents, _harness.READY_TIMEOUT, "a heartbeat from every agent",
+                  interval=0.05)
 
     faults = Faults(args, random.Random(seed + 1), farm, coord, progress)
     sub = Submitter(coord, engine, args.jobs, 0.85 * args.seconds, random.Random(seed + 2), args.max_retries)
@@ -1489,7 +1488,7 @@ def run(args: argparse.Namespace, root: Path, cleanup: list[Callable[[], None]])
     res["invariants"] = {"checks": watcher.checks, "check_s_max": round(max(watcher.check_s, default=0), 2),
                          "violations": watcher.violations[:50]}
     lat = sub.latency_ms or [0.0]
-    res["submit"] = {"p50_ms": round(cb.percentile(lat, 50), 2), "p99_ms": round(cb.percentile(lat, 99), 2),
+    res["submit"] = {"p50_ms": round(_harness.percentile(lat, 50), 2), "p99_ms": round(_harness.percentile(lat, 99), 2),
                      "max_ms": round(max(lat), 1), "errors": dict(sub.errors)}
     res["agents"] = {"launch_calls": farm.launch_calls, "duplicate_launches": farm.duplicate_launches,
                      "refused": dict(farm.refused), "stop_calls": farm.stop_calls, "fenced": farm.fenced,
@@ -1561,44 +1560,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--seconds, --jobs, --agents and --gpus-per-agent must be positive, --run-min <= --run-max")
     if args.max_faulty >= args.agents:
         ap.error("--max-faulty must leave some agents up")
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    root = Path(tempfile.mkdtemp(prefix="gfsoak-"))
-    cleanup: list[Callable[[], None]] = []
-    code = 2
-    try:
-        res = run(args, root, cleanup)
-        if args.json:
-            print(json.dumps(res, indent=2, default=str))
-        else:
-            print_table(res)
-        code = 0 if not res["problems"] else 1
-    except KeyboardInterrupt:
-        print("soak: interrupted, cleaning up", file=sys.stderr)
-        code = 130
-    except (cb.BenchError, grpc.RpcError, subprocess.SubprocessError) as exc:
-        print(f"soak: failed: {exc}", file=sys.stderr)
-    except Exception:  # noqa: BLE001 - a bug in the soak: say where, still clean up
-        traceback.print_exc()
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for fn in reversed(cleanup):
-            try:
-                fn()
-            except Exception as exc:  # noqa: BLE001 - keep cleaning
-                try:
-                    print(f"soak: cleanup step failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-                except OSError:
-                    pass
-        if args.keep:
-            print(f"soak: kept {root}", file=sys.stderr)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-    return code
+    return _harness.run_main(args, run, print_table, lambda res: not res["problems"], tmp_prefix="gfsoak-",
+                             name="soak", errors=(_harness.BenchError, grpc.RpcError, subprocess.SubprocessError),
+                             describe=lambda exc: f"{type(exc).__name__}: {exc}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from gpufleet.v1 import agent_pb2_grpc
 from gpufleet.v1 import common_pb2 as pb
 
 RPC_TIMEOUT = 5.0
+UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 LAUNCH_TIMEOUT = 30.0  # docker create+start of a big image can take a while
 
 
@@ -101,11 +102,14 @@ class AgentPool:
         return observation_from_pb(st)
 
     def list_live(self, address: str, timeout: float = RPC_TIMEOUT) -> dict[tuple[str, int], Observation] | None:
-        """Every PENDING/RUNNING attempt an agent holds, in one call (None when it cannot be asked)."""
+        """Every PENDING/RUNNING attempt an agent holds, in one call. None when the agent answered
+        with an error (ask per job instead); raises grpc.RpcError when it cannot be reached."""
         try:
             r = self.stub(address).ListJobs(
                 apb.ListJobsRequest(states=[pb.AGENT_JOB_STATE_PENDING, pb.AGENT_JOB_STATE_RUNNING]), timeout=timeout)
-        except grpc.RpcError:
+        except grpc.RpcError as exc:
+            if exc.code() in UNREACHABLE:
+                raise
             return None
         return {(st.job_id, st.attempt): observation_from_pb(st) for st in r.jobs}
 

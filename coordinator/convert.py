@@ -1,9 +1,11 @@
 """Protobuf <-> coordinator rows. With service.py, the only coordinator modules that import *_pb2."""
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from agent import convert as agent_convert
@@ -13,6 +15,12 @@ from coordinator.states import JobStatus, JobType, ModelStatus, NodeState, Step,
 from gpufleet.errors import InvalidArgument
 from gpufleet.v1 import common_pb2 as pb
 from gpufleet.v1 import coordinator_pb2 as cpb
+
+# gRPC clients refuse answers over 4 MiB, while one job or model may encode to ~0.5-1 MiB (its spec is bounded at
+# 512 KiB, a model repeats its params): a list page is kept to this many encoded bytes (see fit_page).
+LIST_PAGE_BYTES = 3 * 1024 * 1024
+
+M = TypeVar("M", bound=Message)
 
 
 def ts(value: datetime | None) -> Timestamp | None:
@@ -106,6 +114,47 @@ def job_to_pb(j: JobRow, progress: Progress | None = None) -> cpb.Job:
     if j.exit_code is not None:
         out.exit_code = j.exit_code
     return out
+
+
+def fit_page(items: Sequence[M], lighten: Callable[[M], None], budget: int = LIST_PAGE_BYTES) -> list[M]:
+    """`items` in order, the last ones lightened in place (user-sized fields left out) until the page encodes to
+    at most `budget` bytes; the first item always stays full. No item leaves its page: clients page by
+    (page, size) offsets, so a page cut short would hide the items between its end and the next page."""
+    out = list(items)
+    total = sum(item.ByteSize() for item in out)
+    i = len(out)
+    while total > budget and i > 1:
+        i -= 1
+        before = out[i].ByteSize()
+        lighten(out[i])
+        total -= before - out[i].ByteSize()
+    return out
+
+
+def _lighten_job(j: cpb.Job) -> None:
+    """The user-sized parts (spec up to 512 KiB, constraints up to 64 x 256 characters); GetJob carries them."""
+    j.ClearField("spec")
+    j.ClearField("constraints")
+
+
+def _lighten_model(m: cpb.Model) -> None:
+    """The user-sized parts (params and spec up to 512 KiB each, memo up to 4096 characters); GetModel carries
+    them."""
+    m.ClearField("params_json")
+    m.ClearField("spec")
+    m.ClearField("memo")
+
+
+def jobs_page_to_pb(rows: Sequence[JobRow]) -> list[cpb.Job]:
+    """One ListJobs page: full jobs while they fit LIST_PAGE_BYTES, then jobs without spec and constraints."""
+    return fit_page([job_to_pb(j) for j in rows], _lighten_job)
+
+
+def models_page_to_pb(rows: Sequence[ModelRow], now: datetime | None = None) -> list[cpb.Model]:
+    """One ListModels page: full models while they fit LIST_PAGE_BYTES, then models without params, spec and
+    memo."""
+    now = now or datetime.now(UTC)
+    return fit_page([model_to_pb(m, now=now) for m in rows], _lighten_model)
 
 
 def node_to_pb(n: NodeRow, running: int = 0) -> cpb.Node:

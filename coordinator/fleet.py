@@ -4,6 +4,11 @@ Node liveness uses this process's monotonic clock (never wall time, which can ju
 LOST when no heartbeat arrived for --node-timeout since the later of its last heartbeat and this
 coordinator's start. A returning node is told to stop every attempt that is no longer current
 (fencing by attempt), so a job never runs twice.
+
+A node is offered to the scheduler only while its own last report agrees with the database: after
+Register, and while a heartbeat answer still carries attempts to stop, it is *unsettled* (its GPUs
+may still be held by a fenced attempt, and a new attempt of the same job would be refused). A node
+whose Launch could not be delivered is unsettled too, until it is heard from again.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ from gpufleet.loop import Loop
 log = logging.getLogger("gpufleet.coordinator.fleet")
 
 LIVE_AGENT_STATES = ("PENDING", "RUNNING")
+SYNC_WAIT_S = 1.0  # a heartbeat's deadline is 5 s
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,7 @@ class Fleet:
         self._seen_wall: dict[str, datetime] = {}
         self._db_hb: dict[str, datetime | None] = {}  # last stored heartbeat each sweep saw
         self._heard: set[str] = set()  # nodes this process itself got a heartbeat from
+        self._unsettled: set[str] = set()  # not offered to the scheduler: see the module docstring
         self._lock = threading.Lock()
         self.loop = Loop("node-sweep", lambda: bool(self.sweep()) and False, min(1.0, node_timeout / 4), mono)
 
@@ -82,12 +89,32 @@ class Fleet:
                 if hb is None or before is None or hb == before or hb == self._seen_wall.get(n.name):
                     continue
                 self._seen[n.name] = self.mono()
+                # Another replica answered that heartbeat (and fenced what had to be fenced).
+                self._unsettled.discard(n.name)
 
     def fresh_nodes(self) -> set[str]:
-        """Nodes whose last heartbeat is within the timeout (by this process's monotonic clock)."""
+        """Nodes the scheduler may use: last heartbeat within the timeout (by this process's monotonic
+        clock), and settled."""
         now = self.mono()
         with self._lock:
-            return {n for n, t in self._seen.items() if now - t <= self.node_timeout}
+            return {n for n, t in self._seen.items() if now - t <= self.node_timeout and n not in self._unsettled}
+
+    def unreachable(self, name: str) -> None:
+        """A Launch to `name` could not be delivered: place nothing more there until it heartbeats,
+        so one partitioned node does not collect (and delay) every placement until it is LOST."""
+        with self._lock:
+            self._unsettled.add(name)
+        event(log, "node.unreachable", logging.WARNING, node=name)
+
+    def _settle(self, name: str, settled: bool) -> None:
+        with self._lock:
+            changed = (name in self._unsettled) == settled
+            if settled:
+                self._unsettled.discard(name)
+            else:
+                self._unsettled.add(name)
+        if changed and settled:
+            self.wake_scheduler()
 
     def silent_for(self, name: str) -> float:
         with self._lock:
@@ -105,6 +132,7 @@ class Fleet:
         with self.engine.begin() as conn:
             node = repo.upsert_node(conn, name, address=address, labels=labels, agent_version=agent_version,
                                     runtime=runtime, gpus=gpus)
+        self._settle(name, False)  # until its first heartbeat answer fenced whatever must not run
         self._touch(name)
         event(log, "node.registered", node=name, address=address, state=node.state.value, gpus=len(gpus))
         self.wake_scheduler()
@@ -141,13 +169,13 @@ class Fleet:
         if acked:
             with self.engine.begin() as conn:
                 repo.mark_acked(conn, acked)
-        for job_id in to_sync:
-            try:
-                self.reconciler.sync_job(job_id)
-            except Exception:  # noqa: BLE001 - the reconcile loop tries again
-                log.exception("sync after heartbeat failed", extra={"fields": {"job_id": job_id}})
+        if to_sync:
+            # Recorded before the answer when that is quick; never inline past SYNC_WAIT_S: Inspect and
+            # the probe can take a while, and the agent's heartbeat has a deadline.
+            self.reconciler.sync_soon(to_sync, wait=SYNC_WAIT_S)
         if answer.stop:
             event(log, "node.fence", node=name, attempts=[f"{d.job_id}/{d.attempt}" for d in answer.stop])
+        self._settle(name, not answer.stop)
         return answer
 
     # -- the sweep -----------------------------------------------------------------------------

@@ -49,7 +49,7 @@ class Lifecycle:
         template = JobSpec.from_dict(spec)
         template.output_dir = template.output_dir or "models"
         template.params_json = params_json or template.params_json
-        check_epoch_params(params_json)
+        check_epoch_params(template.params_json, "params_json" if params_json else "spec.params_json")
         check_portable(template)
         check_job_size(template.to_dict(), constraints)
         with self.engine.begin() as conn:
@@ -191,6 +191,7 @@ class Lifecycle:
         _check_gpus(gpus)
         check_portable(JobSpec.from_dict(spec))
         check_job_size(spec, constraints)
+        check_epoch_params(str(spec.get("params_json") or ""), "spec.params_json", lenient=True)
         with self.engine.begin() as conn:
             job = repo.create_job(conn, spec=spec, gpus=gpus, priority=priority, constraints=constraints,
                                   max_retries=max_retries, resume_on_retry=resume_on_retry, name=name,
@@ -308,9 +309,13 @@ def _int(value: Any) -> int:
 MAX_EPOCHS = 1_000_000
 
 
-def check_epoch_params(params_json: str) -> None:
+def check_epoch_params(params_json: str, field: str = "params_json", *, lenient: bool = False) -> None:
     """total_epoch / totalEpoch / val_interval in a model's params, when given, are whole numbers
-    in range: the probe and RunTest compute with them."""
+    in range: the probe and RunTest compute with them.
+
+    `lenient` (a plain job's params, which belong to its program): only values the probe reads as
+    numbers (numbers and numeric strings) are checked, so other shapes accepted before still are.
+    """
     try:
         params = json.loads(params_json or "{}")
     except (ValueError, RecursionError):
@@ -321,11 +326,19 @@ def check_epoch_params(params_json: str) -> None:
         if key not in params:
             continue
         value = params[key]
+        if lenient:
+            if isinstance(value, str):
+                try:
+                    value = float(value.strip())
+                except ValueError:
+                    continue  # the probe ignores it too
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
         ok = isinstance(value, int | float) and not isinstance(value, bool) and value == value \
             and abs(value) != float("inf") and float(value).is_integer() and 0 <= value <= MAX_EPOCHS
         if not ok:
-            raise InvalidArgument(f"params_json.{key}", f"must be a whole number from 0 to {MAX_EPOCHS}, "
-                                  f"got {str(value)[:40]}")
+            raise InvalidArgument(f"{field}.{key}", f"must be a whole number from 0 to {MAX_EPOCHS}, "
+                                  f"got {str(params[key])[:40]}")
 
 
 __all__ = ["Lifecycle", "NotFound"]

@@ -107,7 +107,8 @@ def run(argv: list[str] | None = None) -> int:
                             wake_scheduler=wake)
     fleet = Fleet(engine, reconciler, nodes_changed, node_timeout=opts.node_timeout,
                   heartbeat_interval=opts.heartbeat_interval)
-    scheduler = Scheduler(engine, agents, fleet.fresh_nodes, interval=opts.schedule_interval)
+    scheduler = Scheduler(engine, agents, fleet.fresh_nodes, interval=opts.schedule_interval,
+                          node_unreachable=fleet.unreachable)
     sched_ref.append(scheduler)
     life = Lifecycle(engine, agents, reconciler, wake, nodes_changed=nodes_changed)
 

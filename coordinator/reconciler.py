@@ -8,12 +8,15 @@ move, and (by the job's retry policy) a new attempt is queued.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
+from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import grpc
 from sqlalchemy.engine import Connection, Engine
 
 from coordinator import states
@@ -235,6 +238,8 @@ class Reconciler:
         self.actor = actor
         self.first_pass_done = False
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="reconcile")
+        self._syncing: set[str] = set()  # jobs with a sync_soon queued or running
+        self._sync_lock = threading.Lock()
         self.loop = Loop("reconciler", self.run_once, interval)
         self.actions: dict[str, int] = {}
         # What was last written for each running job, so an unchanged report writes nothing.
@@ -267,7 +272,14 @@ class Reconciler:
             # One ListJobs per node covers every attempt still running there; only the others
             # (ended, missing) need an Inspect of their own.
             address = addresses.get(node, "")
-            live = self.agents.list_live(address) if address else None
+            try:
+                live = self.agents.list_live(address) if address else None
+            except grpc.RpcError as exc:
+                # Unreachable: an Inspect per job would wait out its deadline each, and could only
+                # keep them all. The node's heartbeat timeout decides.
+                event(log, "node.unreachable", logging.WARNING, node=node, code=exc.code().name,
+                      jobs=len(by_node[node]))
+                return
             for job in by_node[node]:
                 try:
                     self.reconcile(job, address, startup, live)
@@ -277,6 +289,32 @@ class Reconciler:
         list(self._pool.map(one_node, list(by_node)))
         self.first_pass_done = True
         self._applied = {k: v for k, v in self._applied.items() if k in {j.id for j in running}}
+
+    def sync_soon(self, job_ids: list[str], wait: float = 0.0) -> None:
+        """Reconcile these jobs on the reconciler's threads (a heartbeat saw them end), waiting up to
+        `wait` seconds for them: usually the end is recorded before the caller answers, but a slow
+        agent or probe never holds the caller past that."""
+        with self._sync_lock:
+            new = [j for j in job_ids if j not in self._syncing]
+            self._syncing.update(new)
+        started = []
+        for job_id in new:
+            try:
+                started.append(self._pool.submit(self._sync_one, job_id))
+            except RuntimeError:  # shutting down: the next start's first pass reconciles it
+                with self._sync_lock:
+                    self._syncing.discard(job_id)
+        if started and wait > 0:
+            futures.wait(started, timeout=wait)
+
+    def _sync_one(self, job_id: str) -> None:
+        try:
+            self.sync_job(job_id)
+        except Exception:  # noqa: BLE001 - the reconcile loop tries again
+            log.exception("sync after heartbeat failed", extra={"fields": {"job_id": job_id}})
+        finally:
+            with self._sync_lock:
+                self._syncing.discard(job_id)
 
     def sync_job(self, job_id: str) -> None:
         """Reconcile one job now (SyncStatus, a heartbeat that disagrees with the database)."""

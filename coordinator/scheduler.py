@@ -33,6 +33,11 @@ log = logging.getLogger("gpufleet.coordinator.scheduler")
 CLAIM_BATCH = 200
 NODE_CACHE_S = 0.5
 LAUNCH_RETRIES = 3
+# How long a pass waits for its Launch answers before leaving the slow ones to callbacks: long
+# enough for a healthy agent (docker create+start), short enough that a partitioned node's
+# 30 s deadline never holds up the placements after it.
+LAUNCH_WAIT_S = 1.0
+UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 @dataclass
@@ -86,10 +91,12 @@ class Placement:
 
 class Scheduler:
     def __init__(self, engine: Engine, agents: AgentPool, fresh_nodes: Callable[[], set[str]],
-                 *, interval: float = 2.0, actor: str = "scheduler") -> None:
+                 *, interval: float = 2.0, actor: str = "scheduler",
+                 node_unreachable: Callable[[str], None] = lambda name: None) -> None:
         self.engine = engine
         self.agents = agents
         self.fresh_nodes = fresh_nodes
+        self.node_unreachable = node_unreachable
         self.interval = interval
         self.actor = actor
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="launch")
@@ -159,17 +166,21 @@ class Scheduler:
         return len(placed) >= CLAIM_BATCH
 
     def launch_all(self, placed: list[Placement]) -> None:
-        """Send every Launch at once (gRPC futures), store the answers in one statement, and give
-        the ones that failed their own retries."""
+        """Send every Launch at once (gRPC futures) and store the answers that come within
+        LAUNCH_WAIT_S in one statement; the rest finish on callbacks, so a node that does not answer
+        delays nobody else. The assignments are committed already: nothing here can double-book."""
         futures = [(p, self.agents.launch_future(p.address, p.job.root_id, p.job.attempt,
                                                  convert.spec_to_pb(p.job.spec), p.gpus)) for p in placed]
+        deadline = time.monotonic() + LAUNCH_WAIT_S
         ok: dict[str, list[str]] = {}
-        retry: list[Placement] = []
         for p, fut in futures:
             try:
-                st = fut.result()
-            except grpc.RpcError:
-                retry.append(p)
+                st = fut.result(timeout=max(0.0, deadline - time.monotonic()))
+            except grpc.FutureTimeoutError:
+                fut.add_done_callback(lambda f, p=p: self._submit(self._answered, p, f))
+                continue
+            except grpc.RpcError as exc:
+                self._submit(self._not_launched, p, exc)
                 continue
             ok.setdefault(convert.agent_state_name(st.state), []).append(p.job.id)
         failpoints.hit("coordinator.launch.after_ack")
@@ -180,8 +191,36 @@ class Scheduler:
                     repo.set_observed_many(conn, ids, state, at)
         for state, ids in ok.items():
             event(log, "jobs.launched", count=len(ids), state=state, first=ids[0])
-        if retry:
-            list(self._pool.map(self.launch, retry))
+
+    def _submit(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            self._pool.submit(fn, *args)
+        except RuntimeError:  # shutting down: the reconciler re-sends Launch after the restart
+            pass
+
+    def _answered(self, p: Placement, fut: grpc.Future) -> None:
+        """A Launch answer that came after the pass moved on."""
+        try:
+            st = fut.result()
+        except grpc.RpcError as exc:
+            self._not_launched(p, exc)
+            return
+        self._launched(p, st)
+
+    def _not_launched(self, p: Placement, exc: grpc.RpcError) -> None:
+        if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            # It waited out a 30 s deadline: retrying here only repeats that. The reconciler re-sends
+            # the idempotent Launch while the node lives; node loss ends the attempt otherwise.
+            self.node_unreachable(p.node)
+            self._launch_failed(p, exc)
+            return
+        self.launch(p)
+
+    def _launched(self, p: Placement, st: Any) -> None:
+        failpoints.hit("coordinator.launch.after_ack")
+        with self.engine.begin() as conn:
+            repo.set_observed_state(conn, p.job.id, convert.agent_state_name(st.state), datetime.now(UTC))
+        event(log, "job.launched", job_id=p.job.id, attempt=p.job.attempt, node=p.node, gpus=p.gpus)
 
     def launch(self, p: Placement) -> None:
         spec = convert.spec_to_pb(p.job.spec)
@@ -191,16 +230,15 @@ class Scheduler:
                 st = self.agents.launch(p.address, p.job.root_id, p.job.attempt, spec, p.gpus)
             except grpc.RpcError as exc:
                 last = exc
-                if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                if exc.code() in UNREACHABLE:
                     time.sleep(0.2 * (2**attempt_no))  # back off; Launch is idempotent
                     continue
                 break
-            failpoints.hit("coordinator.launch.after_ack")
-            with self.engine.begin() as conn:
-                repo.set_observed_state(conn, p.job.id, convert.agent_state_name(st.state), datetime.now(UTC))
-            event(log, "job.launched", job_id=p.job.id, attempt=p.job.attempt, node=p.node, gpus=p.gpus)
+            self._launched(p, st)
             return
         assert last is not None
+        if last.code() in UNREACHABLE:
+            self.node_unreachable(p.node)
         self._launch_failed(p, last)
 
     def _launch_failed(self, p: Placement, exc: grpc.RpcError) -> None:
@@ -208,13 +246,14 @@ class Scheduler:
         detail = f"{p.node}: {code.name}: {exc.details()}"
         event(log, "job.launch_failed", logging.WARNING, job_id=p.job.id, attempt=p.job.attempt, node=p.node,
               code=code.name, detail=exc.details())
-        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        if code in UNREACHABLE:
             # The agent may have recorded it and be restarting: the attempt stays RUNNING (never
             # confirmed), the reconciler re-sends the idempotent Launch, and only the node's
             # heartbeat timeout may end it.
             return
-        # The agent answered and refused: nothing runs there for this attempt.
-        transient = code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # The agent answered and refused: nothing runs there for this attempt. A GPU still held, or
+        # an older attempt of the same job still live there, is a fenced attempt not yet stopped.
+        transient = code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED)
         from coordinator.reconciler import end_job  # the one place that ends a job
 
         # Launch trouble does not use up the user's retries, but is bounded so that a node that

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -63,8 +62,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         status = convert.model_status_from_pb(request.status, "status")
         with self.engine.connect() as conn:
             p = repo.list_models(conn, status=status, model_no=request.model_no or None, page=page, size=size)
-        now = datetime.now(UTC)
-        return cpb.ListModelsResponse(items=[convert.model_to_pb(m, now=now) for m in p.items],
+        return cpb.ListModelsResponse(items=convert.models_page_to_pb(p.items),
                                       total_elements=p.total_elements, total_pages=p.total_pages, page=page,
                                       size=size)
 
@@ -121,7 +119,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         with self.engine.connect() as conn:
             p = repo.list_jobs(conn, status=status, model_uuid=request.model_uuid or None,
                                node=request.node or None, page=page, size=size)
-        return cpb.ListJobsPage(jobs=[convert.job_to_pb(j) for j in p.items], total_elements=p.total_elements,
+        return cpb.ListJobsPage(jobs=convert.jobs_page_to_pb(p.items), total_elements=p.total_elements,
                                 total_pages=p.total_pages)
 
     @rpc

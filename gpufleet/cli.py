@@ -173,34 +173,23 @@ def models_list(status: str = "", model_no: str = "", page: int = 0, size: int =
                            model_rows(list(r.items))))
 
 
-@models_app.command("show")
-def models_show(uuid: str) -> None:
-    """One model."""
-    show_model(call(coord().GetModel, cpb.ModelRef(uuid=uuid)))
+def _model_action(name: str, rpc: str, doc: str) -> None:
+    """Register `gpufleet models NAME UUID`: the Coordinator's `rpc` on that model, which is then shown.
+    Called in the order `gpufleet models --help` lists the commands."""
+
+    def action(uuid: str) -> None:
+        show_model(call(getattr(coord(), rpc), cpb.ModelRef(uuid=uuid)))
+
+    action.__name__ = action.__qualname__ = "models_" + name.replace("-", "_")
+    action.__doc__ = doc
+    models_app.command(name)(action)
 
 
-@models_app.command("run")
-def models_run(uuid: str) -> None:
-    """RunTrain: READY -> IN_PROGRESS."""
-    show_model(call(coord().RunTrain, cpb.ModelRef(uuid=uuid)))
-
-
-@models_app.command("restart")
-def models_restart(uuid: str) -> None:
-    """RestartTrain from scratch (STOPPED or ERROR)."""
-    show_model(call(coord().RestartTrain, cpb.ModelRef(uuid=uuid)))
-
-
-@models_app.command("resume")
-def models_resume(uuid: str) -> None:
-    """ResumeTrain from the latest checkpoint (STOPPED)."""
-    show_model(call(coord().ResumeTrain, cpb.ModelRef(uuid=uuid)))
-
-
-@models_app.command("cancel")
-def models_cancel(uuid: str) -> None:
-    """CancelTrain (status and step1 IN_PROGRESS)."""
-    show_model(call(coord().CancelTrain, cpb.ModelRef(uuid=uuid)))
+_model_action("show", "GetModel", "One model.")
+_model_action("run", "RunTrain", "RunTrain: READY -> IN_PROGRESS.")
+_model_action("restart", "RestartTrain", "RestartTrain from scratch (STOPPED or ERROR).")
+_model_action("resume", "ResumeTrain", "ResumeTrain from the latest checkpoint (STOPPED).")
+_model_action("cancel", "CancelTrain", "CancelTrain (status and step1 IN_PROGRESS).")
 
 
 @models_app.command("test")
@@ -209,16 +198,8 @@ def models_test(uuid: str, epoch: Annotated[int, typer.Option(help="epoch whose 
     show_model(call(coord().RunTest, cpb.RunTestRequest(uuid=uuid, epoch=epoch)))
 
 
-@models_app.command("cancel-test")
-def models_cancel_test(uuid: str) -> None:
-    """CancelTest (step2 IN_PROGRESS)."""
-    show_model(call(coord().CancelTest, cpb.ModelRef(uuid=uuid)))
-
-
-@models_app.command("sync")
-def models_sync(uuid: str) -> None:
-    """Reconcile the model's running job now."""
-    show_model(call(coord().SyncStatus, cpb.ModelRef(uuid=uuid)))
+_model_action("cancel-test", "CancelTest", "CancelTest (step2 IN_PROGRESS).")
+_model_action("sync", "SyncStatus", "Reconcile the model's running job now.")
 
 
 # -- jobs ------------------------------------------------------------------------------------------
@@ -230,6 +211,10 @@ def job_rows(jobs: list[cpb.Job]) -> list[list[Any]]:
              j.node or "-", ",".join(map(str, j.gpu_indices)) or "-",
              f"{j.progress.current_epoch}/{j.progress.total_epoch}" if j.HasField("progress") else "-",
              j.error_message[:50]] for j in jobs]
+
+
+def show_job(j: cpb.Job, title: str) -> None:
+    emit(j, lambda: _table(title, JOB_COLUMNS, job_rows([j])))
 
 
 @jobs_app.command("submit", context_settings={"allow_interspersed_args": False})
@@ -251,7 +236,7 @@ def jobs_submit(
     spec = pb.JobSpec(command=argv, image=image, env=envs, output_dir=output_dir or f"jobs/{uuidlib.uuid4().hex[:8]}")
     j = call(coord().SubmitJob, cpb.SubmitJobRequest(spec=spec, gpus=gpus, priority=priority, name=name,
                                                      max_retries=max_retries))
-    emit(j, lambda: _table("job submitted", JOB_COLUMNS, job_rows([j])))
+    show_job(j, "job submitted")
 
 
 @jobs_app.command("list")
@@ -265,15 +250,13 @@ def jobs_list(status: str = "", model: str = "", node: str = "", page: int = 0, 
 @jobs_app.command("show")
 def jobs_show(job_id: str) -> None:
     """One job attempt."""
-    j = call(coord().GetJob, cpb.JobRef(job_id=job_id))
-    emit(j, lambda: _table(f"job {job_id}", JOB_COLUMNS, job_rows([j])))
+    show_job(call(coord().GetJob, cpb.JobRef(job_id=job_id)), f"job {job_id}")
 
 
 @jobs_app.command("cancel")
 def jobs_cancel(job_id: str) -> None:
     """Cancel a queued job or stop a running one."""
-    j = call(coord().CancelJob, cpb.JobRef(job_id=job_id))
-    emit(j, lambda: _table(f"job {job_id}", JOB_COLUMNS, job_rows([j])))
+    show_job(call(coord().CancelJob, cpb.JobRef(job_id=job_id)), f"job {job_id}")
 
 
 @jobs_app.command("logs")
@@ -311,6 +294,10 @@ def node_rows(nodes: list[cpb.Node]) -> list[list[Any]]:
              else "-"] for n in nodes]
 
 
+def show_node(n: cpb.Node, name: str) -> None:
+    emit(n, lambda: _table(f"node {name}", NODE_COLUMNS, node_rows([n])))
+
+
 @nodes_app.command("list")
 def nodes_list() -> None:
     """Every node with its state and GPUs."""
@@ -345,15 +332,13 @@ def nodes_show(name: str) -> None:
 @nodes_app.command("drain")
 def nodes_drain(name: str) -> None:
     """No new placements; running jobs finish."""
-    n = call(coord().DrainNode, cpb.NodeRef(name=name))
-    emit(n, lambda: _table(f"node {name}", NODE_COLUMNS, node_rows([n])))
+    show_node(call(coord().DrainNode, cpb.NodeRef(name=name)), name)
 
 
 @nodes_app.command("undrain")
 def nodes_undrain(name: str) -> None:
     """Accept placements again."""
-    n = call(coord().UndrainNode, cpb.NodeRef(name=name))
-    emit(n, lambda: _table(f"node {name}", NODE_COLUMNS, node_rows([n])))
+    show_node(call(coord().UndrainNode, cpb.NodeRef(name=name)), name)
 
 
 # -- agent -----------------------------------------------------------------------------------------
@@ -461,13 +446,20 @@ def certs_issue(
               f"use: --tls-cert {crt} --tls-key {key} --tls-ca {crt.parent / 'ca.crt'}")
 
 
-def _engine(database_url: str, state_dir: str) -> Any:
+@contextmanager
+def _coordinator_db(database_url: str, state_dir: str) -> Iterator[Any]:
+    """The coordinator's database engine, migrated, disposed of at the end; a domain error inside
+    prints its message and exits 1 (fleet_errors)."""
     from coordinator.db import engine as dbengine
 
-    url = database_url or dbengine.default_sqlite_url(Path(state_dir).expanduser().resolve())
-    eng = dbengine.make_engine(url)
-    dbengine.migrate(eng)  # idempotent; the tokens table arrives with migration 0002
-    return eng
+    with fleet_errors():
+        url = database_url or dbengine.default_sqlite_url(Path(state_dir).expanduser().resolve())
+        eng = dbengine.make_engine(url)
+        try:
+            dbengine.migrate(eng)  # idempotent; the tokens table arrives with migration 0002
+            yield eng
+        finally:
+            eng.dispose()
 
 
 DbUrl = Annotated[str, typer.Option("--database-url", envvar="GPUFLEET_DATABASE_URL",
@@ -497,14 +489,10 @@ def tokens_create(
     """Make a token; it is printed once, on stdout, and stored only as a salted hash."""
     from datetime import timedelta
 
-    with fleet_errors():
-        eng = _engine(database_url, state_dir)
-        try:
-            token = auth.create_token(eng, name, role,
-                                      expires_in=timedelta(days=expires_days) if expires_days > 0 else None)
-            info = next(t for t in auth.list_tokens(eng) if t.id == token[4:16])
-        finally:
-            eng.dispose()
+    with _coordinator_db(database_url, state_dir) as eng:
+        token = auth.create_token(eng, name, role,
+                                  expires_in=timedelta(days=expires_days) if expires_days > 0 else None)
+        info = next(t for t in auth.list_tokens(eng) if t.id == token[4:16])
     if CTX.output == "json":
         print(json.dumps({"token": token, **info.as_dict()}, indent=2))
         return
@@ -520,12 +508,8 @@ def tokens_list(
     state_dir: StateDir = DEFAULT_COORDINATOR_STATE,
 ) -> None:
     """Tokens by id (their first characters), name and role; never the secret."""
-    with fleet_errors():
-        eng = _engine(database_url, state_dir)
-        try:
-            items = auth.list_tokens(eng, include_revoked=all_)
-        finally:
-            eng.dispose()
+    with _coordinator_db(database_url, state_dir) as eng:
+        items = auth.list_tokens(eng, include_revoked=all_)
     if CTX.output == "json":
         print(json.dumps([t.as_dict() for t in items], indent=2))
         return
@@ -540,12 +524,8 @@ def tokens_revoke(
     state_dir: StateDir = DEFAULT_COORDINATOR_STATE,
 ) -> None:
     """Revoke a token (or every token of a name); the coordinator refuses it within seconds."""
-    with fleet_errors():
-        eng = _engine(database_url, state_dir)
-        try:
-            ids = auth.revoke_token(eng, ident)
-        finally:
-            eng.dispose()
+    with _coordinator_db(database_url, state_dir) as eng:
+        ids = auth.revoke_token(eng, ident)
     if CTX.output == "json":
         print(json.dumps({"revoked": ids}))
         return

@@ -38,6 +38,13 @@ class FailedPrecondition(FleetError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class Aborted(FleetError):
+    """A conflict with another operation that resolves itself (retry later), e.g. a launch while a
+    fenced attempt of the same job is still stopping."""
+
+    code = grpc.StatusCode.ABORTED
+
+
 class ResourceExhausted(FleetError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 

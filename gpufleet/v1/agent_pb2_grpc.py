@@ -97,6 +97,9 @@ class AgentServicer:
 
     def Launch(self, request, context):
         """Start a job. Idempotent on (job_id, attempt): a repeat returns the existing job.
+        Refusals: INVALID_ARGUMENT (the spec), FAILED_PRECONDITION (an attempt older than one seen, an
+        acknowledged attempt again, an unhealthy GPU), RESOURCE_EXHAUSTED (a GPU held, the state dir
+        full) and ABORTED (another attempt of the job is still live: retry once it has stopped).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -158,7 +158,9 @@ class CoordinatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListModels(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A page is kept under 3 MiB: when its items would not fit, the last ones come without their
+        params_json, spec and memo (GetModel has them).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -225,7 +227,9 @@ class CoordinatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListJobs(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A page is kept under 3 MiB: when its jobs would not fit, the last ones come without their spec
+        and constraints (GetJob has them).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

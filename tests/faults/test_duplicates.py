@@ -109,7 +109,7 @@ def test_replayed_and_reordered_launch_stop_ack(rt_agent: tuple[AgentProc, Any])
     runtime = "docker" if client is not None else "process"
     agents = {a.node_name: a.state_dir}
     j = "replay"
-    FP = grpc.StatusCode.FAILED_PRECONDITION
+    FP, AB = grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ABORTED
 
     first = _launch(a, j, 1, "r1", [0], runtime)
     one = a.wait_state(j, "RUNNING")
@@ -120,7 +120,7 @@ def test_replayed_and_reordered_launch_stop_ack(rt_agent: tuple[AgentProc, Any])
         assert (again.attempt, again.runtime_id, list(again.gpu_indices)) == (1, one.runtime_id, [0])
     assert first.attempt == 1
     assert _code(lambda: _ack(a, j, 1)) == FP  # a running attempt is never acknowledged
-    assert _code(lambda: _launch(a, j, 2, "r2", [1], runtime)) == FP  # attempt 1 still runs
+    assert _code(lambda: _launch(a, j, 2, "r2", [1], runtime)) == AB  # attempt 1 still runs: retry later
     assert runs(a, "r2") == 0
 
     # Stop attempt 1, then the same Stop again (and one with another grace): no-ops.
@@ -145,7 +145,7 @@ def test_replayed_and_reordered_launch_stop_ack(rt_agent: tuple[AgentProc, Any])
     assert _code(lambda: _launch(a, j, 1, "r1", [0], runtime)) == FP  # older than attempt 2
     assert _code(lambda: _stop(a, j, 1)) == grpc.StatusCode.NOT_FOUND  # forgotten, nothing to stop
     assert _code(lambda: _ack(a, j, 2)) == FP  # attempt 2 still runs
-    assert _code(lambda: _launch(a, j, 3, "r3", [1], runtime)) == FP
+    assert _code(lambda: _launch(a, j, 3, "r3", [1], runtime)) == AB
 
     # The fence outlives a restart of the agent.
     a.restart()

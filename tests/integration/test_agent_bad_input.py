@@ -26,8 +26,8 @@ from gpufleet.v1 import common_pb2 as pb
 from tests.harness import AgentProc, healthy, state_name, wait_for
 
 PY = sys.executable
-IA, NF, FP, RE = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
-                  grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED)
+IA, NF, FP, RE, AB = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+                      grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED)
 STREAMING = {"WatchEvents", "StreamLogs"}
 
 
@@ -185,7 +185,7 @@ CASES = [
     bug("mount source name too long", "Launch", launch(mounts=mount("n" * 300)), IA, "spec.mounts[0].source",
         "Path.exists() raises OSError(ENAMETOOLONG) for a component over 255 bytes; Launch answers INTERNAL"),
     # -- Launch: refused because of state
-    case("another attempt still running", "Launch", launch(job_id="holder", attempt=2, gpus=(1,)), FP,
+    case("another attempt still running", "Launch", launch(job_id="holder", attempt=2, gpus=(1,)), AB,
          "attempt 1 is still RUNNING"),
     case("older attempt", "Launch", launch(job_id="done3", attempt=2), FP,
          "attempt 2 is older than attempt 3"),

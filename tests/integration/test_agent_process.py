@@ -100,7 +100,7 @@ def test_launch_is_idempotent_and_attempts_are_fenced(agent: AgentProc) -> None:
     assert [j.job_id for j in jobs].count("idem") == 1
     with pytest.raises(grpc.RpcError) as e:
         agent.launch("idem", argv, attempt=2, gpus=[2])
-    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "attempt 1" in (e.value.details() or "")
+    assert e.value.code() == grpc.StatusCode.ABORTED and "attempt 1" in (e.value.details() or "")
     with pytest.raises(grpc.RpcError) as e:
         agent.launch("other", argv, gpus=[1])
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "GPU 1" in (e.value.details() or "")

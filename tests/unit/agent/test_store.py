@@ -15,7 +15,7 @@ import pytest
 import agent.store as store_mod
 from agent.states import InvalidTransition, JobState
 from agent.store import JobRecord, Store, StoreFull
-from gpufleet.errors import FailedPrecondition, NotFound, ResourceExhausted
+from gpufleet.errors import Aborted, FailedPrecondition, NotFound, ResourceExhausted
 
 P, R, S, F, T, L = (JobState.PENDING, JobState.RUNNING, JobState.SUCCEEDED, JobState.FAILED,
                     JobState.STOPPED, JobState.LOST)
@@ -133,7 +133,7 @@ def test_older_attempt_is_fenced_also_after_the_newer_one_was_dropped(store: Sto
 def test_a_new_attempt_is_refused_while_another_is_live(store: Store) -> None:
     store.insert(rec("j", 1, gpus=(0,)))
     last = store.last_seq()
-    with pytest.raises(FailedPrecondition) as e:
+    with pytest.raises(Aborted) as e:
         store.insert(rec("j", 2, gpus=(1,)))
     assert str(e.value) == "job j: attempt 1 is still PENDING; stop it before launching attempt 2"
     assert store.find("j", 2) is None and store.last_seq() == last and store.max_attempt("j") == 1
