@@ -5,8 +5,10 @@ states), writes in one transaction, and only then talks to agents (stop) or wake
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -187,17 +189,45 @@ class Lifecycle:
 
     # -- plain jobs ----------------------------------------------------------------------------
     def submit_job(self, *, spec: dict[str, Any], gpus: int, priority: int, constraints: dict[str, str],
-                   max_retries: int, resume_on_retry: bool, name: str) -> JobRow:
+                   max_retries: int, resume_on_retry: bool, name: str, request_id: str = "") -> JobRow:
         _check_gpus(gpus)
         check_portable(JobSpec.from_dict(spec))
         check_job_size(spec, constraints)
         check_epoch_params(str(spec.get("params_json") or ""), "spec.params_json", lenient=True)
-        with self.engine.begin() as conn:
-            job = repo.create_job(conn, spec=spec, gpus=gpus, priority=priority, constraints=constraints,
-                                  max_retries=max_retries, resume_on_retry=resume_on_retry, name=name,
-                                  actor=self.actor)
+        fingerprint = ""
+        if request_id:
+            check_request_id(request_id)
+            fingerprint = _fingerprint(spec, gpus, priority, constraints, max_retries, resume_on_retry, name)
+            earlier = self._submitted(request_id, fingerprint)
+            if earlier is not None:
+                return earlier
+        try:
+            with self.engine.begin() as conn:
+                job = repo.create_job(conn, spec=spec, gpus=gpus, priority=priority, constraints=constraints,
+                                      max_retries=max_retries, resume_on_retry=resume_on_retry, name=name,
+                                      actor=self.actor)
+                if request_id and not repo.claim_submit_key(conn, request_id, job.id, fingerprint):
+                    raise _KeyTaken  # rolls the new job back
+        except _KeyTaken:  # a concurrent retry of the same request won: answer with its job
+            earlier = self._submitted(request_id, fingerprint)
+            assert earlier is not None, "a submit key that was taken is there"
+            return earlier
         event(log, "job.submitted", job_id=job.id, gpus=gpus, priority=priority)
         self.wake_scheduler()
+        return job
+
+    def _submitted(self, request_id: str, fingerprint: str) -> JobRow | None:
+        """The job an earlier SubmitJob with this request_id created (a client's retry), or None."""
+        with self.engine.connect() as conn:
+            found = repo.find_submit_key(conn, request_id)
+            if found is None:
+                return None
+            job_id, earlier = found
+            if earlier != fingerprint:
+                raise InvalidArgument("request_id", f"was already used for another request (job {job_id}); "
+                                      "a retry must repeat the request exactly, a new request needs a new id")
+            job = repo.get_job(conn, job_id)
+        event(log, "job.submit_repeated", job_id=job_id, request_id=request_id)
         return job
 
     def get_job(self, job_id: str) -> JobRow:
@@ -307,6 +337,24 @@ def _int(value: Any) -> int:
 
 
 MAX_EPOCHS = 1_000_000
+
+
+class _KeyTaken(Exception):
+    pass
+
+
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def check_request_id(request_id: str) -> None:
+    if not REQUEST_ID.fullmatch(request_id):
+        raise InvalidArgument("request_id", f"must match [A-Za-z0-9._:-]{{1,128}}, got {request_id[:140]!r}")
+
+
+def _fingerprint(*parts: Any) -> str:
+    """The request a request_id stands for, so a reused id with other content is refused."""
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def check_epoch_params(params_json: str, field: str = "params_json", *, lenient: bool = False) -> None:

@@ -101,7 +101,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         job = self.life.submit_job(
             spec=convert.spec_from_pb(request.spec), gpus=request.gpus, priority=request.priority,
             constraints=dict(request.constraints), max_retries=request.max_retries,
-            resume_on_retry=request.resume_on_retry, name=request.name,
+            resume_on_retry=request.resume_on_retry, name=request.name, request_id=request.request_id,
         )
         return convert.job_to_pb(job)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -111,6 +112,23 @@ def coord() -> coordinator_pb2_grpc.CoordinatorStub:
 def call(fn: Callable[..., T], req: Message) -> T:
     with rpc_errors():
         return fn(req, timeout=CTX.timeout)
+
+
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def call_idempotent(fn: Callable[..., T], req: Message, tries: int = 3) -> T:
+    """`call` with retries for a request that carries an idempotency key: an answer lost on the way
+    (a coordinator restarting, a reset connection) is asked for again, never acted on twice."""
+    with rpc_errors():
+        for n in range(tries):
+            try:
+                return fn(req, timeout=CTX.timeout)
+            except grpc.RpcError as exc:
+                if exc.code() not in RETRYABLE or n == tries - 1:
+                    raise
+                time.sleep(0.5 * 2**n)
+    raise AssertionError("unreachable")
 
 
 def as_dict(msg: Message) -> dict[str, Any]:
@@ -223,6 +241,9 @@ def jobs_submit(
     output_dir: Annotated[str, typer.Option(help="folder under the agents' output root")] = "",
     image: str = "", gpus: int = 1, priority: int = 0, name: str = "", max_retries: int = 0,
     env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE (repeat)")] = None,
+    request_id: Annotated[str, typer.Option(help="idempotency key: a submit repeating it returns the job the "
+                                                 "first one made (default: a new one, kept across this "
+                                                 "command's own retries)")] = "",
 ) -> None:
     """Submit a plain job: gpufleet jobs submit --gpus 1 -- python train.py"""
     envs = {}
@@ -231,11 +252,15 @@ def jobs_submit(
         if not sep:
             raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--env")
         envs[k] = v
+    import hashlib
     import uuid as uuidlib
 
-    spec = pb.JobSpec(command=argv, image=image, env=envs, output_dir=output_dir or f"jobs/{uuidlib.uuid4().hex[:8]}")
-    j = call(coord().SubmitJob, cpb.SubmitJobRequest(spec=spec, gpus=gpus, priority=priority, name=name,
-                                                     max_retries=max_retries))
+    rid = request_id or uuidlib.uuid4().hex
+    # The default folder follows from the key, so repeating a command with --request-id repeats the request.
+    default_dir = f"jobs/{hashlib.sha256(rid.encode()).hexdigest()[:8]}"
+    spec = pb.JobSpec(command=argv, image=image, env=envs, output_dir=output_dir or default_dir)
+    j = call_idempotent(coord().SubmitJob, cpb.SubmitJobRequest(
+        spec=spec, gpus=gpus, priority=priority, name=name, max_retries=max_retries, request_id=rid))
     show_job(j, "job submitted")
 
 

@@ -38,6 +38,7 @@ from coordinator.db.schema import (
     jobs,
     models,
     nodes,
+    submit_keys,
 )
 from coordinator.states import DesiredState, JobStatus, JobType, ModelStates, ModelStatus, NodeState, Step
 from gpufleet.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -1079,3 +1080,27 @@ def save_log_tail(conn: Connection, job_id: str, data: bytes, now: datetime | No
 def get_log_tail(conn: Connection, job_id: str) -> bytes | None:
     row = conn.execute(sa.select(job_logs.c.data).where(job_logs.c.job_id == job_id)).first()
     return None if row is None else bytes(row[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# SubmitJob idempotency keys
+
+
+def claim_submit_key(conn: Connection, request_id: str, job_id: str, fingerprint: str,
+                     now: datetime | None = None) -> bool:
+    """Bind `request_id` to `job_id` (created in this transaction). False when the key is taken:
+    the caller must roll back. On PostgreSQL a concurrent claim of the same key waits for the first
+    to commit (the primary key), then finds it taken."""
+    result = conn.execute(
+        _insert(conn, submit_keys).values(request_id=request_id, job_id=job_id, fingerprint=fingerprint,
+                                          created_at=_now(now))
+        .on_conflict_do_nothing(index_elements=["request_id"]).returning(submit_keys.c.request_id)
+    )
+    return result.first() is not None
+
+
+def find_submit_key(conn: Connection, request_id: str) -> tuple[str, str] | None:
+    """(job_id, fingerprint) of the job a request_id created, or None."""
+    row = conn.execute(sa.select(submit_keys.c.job_id, submit_keys.c.fingerprint)
+                       .where(submit_keys.c.request_id == request_id)).first()
+    return None if row is None else (row[0], row[1])

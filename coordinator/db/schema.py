@@ -265,3 +265,15 @@ job_logs = sa.Table(
     sa.Column("data", sa.LargeBinary(), nullable=False),
     sa.Column("stored_at", UtcDateTime(), nullable=False),
 )
+
+
+# A client's SubmitJob request_id -> the job it created (migration 0004): a retried SubmitJob whose
+# first answer was lost returns that job instead of queueing a second one.
+submit_keys = sa.Table(
+    "submit_keys",
+    metadata,
+    sa.Column("request_id", sa.String(128), primary_key=True),
+    sa.Column("job_id", sa.String(ID_LEN), sa.ForeignKey("jobs.id"), nullable=False),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+)

@@ -205,7 +205,7 @@ class RunTestRequest(_message.Message):
     def __init__(self, uuid: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
-    __slots__ = ("spec", "gpus", "priority", "constraints", "max_retries", "resume_on_retry", "name")
+    __slots__ = ("spec", "gpus", "priority", "constraints", "max_retries", "resume_on_retry", "name", "request_id")
     class ConstraintsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -220,6 +220,7 @@ class SubmitJobRequest(_message.Message):
     MAX_RETRIES_FIELD_NUMBER: _ClassVar[int]
     RESUME_ON_RETRY_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     spec: _common_pb2.JobSpec
     gpus: int
     priority: int
@@ -227,7 +228,8 @@ class SubmitJobRequest(_message.Message):
     max_retries: int
     resume_on_retry: bool
     name: str
-    def __init__(self, spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., gpus: _Optional[int] = ..., priority: _Optional[int] = ..., constraints: _Optional[_Mapping[str, str]] = ..., max_retries: _Optional[int] = ..., resume_on_retry: _Optional[bool] = ..., name: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., gpus: _Optional[int] = ..., priority: _Optional[int] = ..., constraints: _Optional[_Mapping[str, str]] = ..., max_retries: _Optional[int] = ..., resume_on_retry: _Optional[bool] = ..., name: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("job_id", "model_uuid", "job_type", "attempt", "status", "exit_code", "error_message", "node", "gpu_indices", "gpus", "priority", "spec", "max_retries", "retries_used", "created_at", "started_at", "finished_at", "progress", "name", "status_name", "constraints", "resume_on_retry", "superseded_by")
