@@ -84,7 +84,6 @@ def stage_dataset(data_root: Path, stage_id: str, links: list[StageLinkSpec],
     _check_zip_space(items)
 
     made = skipped = extracted = already = 0
-    counts: dict[str, int] = {}
     warnings = [f"{f}: source {rel!r} does not exist; skipped" for f, rel in missing]
     skipped += len(missing)
     placed: dict[Path, str] = {}  # destination -> field that put it there in this request
@@ -93,7 +92,7 @@ def stage_dataset(data_root: Path, stage_id: str, links: list[StageLinkSpec],
         _make_dir(item.part_dir, expected_tmp / stage_id / item.key)
         dest = item.part_dir / item.dest_name
         if item.is_zip:
-            counts[item.key] = counts.get(item.key, 0) + _extract(item, dest)
+            _extract(item, dest)
             extracted += 1
             continue
         earlier = placed.get(dest)
@@ -106,7 +105,6 @@ def stage_dataset(data_root: Path, stage_id: str, links: list[StageLinkSpec],
             skipped += 1
         else:
             made += 1
-            counts[item.key] = counts.get(item.key, 0) + 1
             if earlier is not None:
                 warnings.append(f"{item.where}: replaced the file {earlier} staged at "
                                 f"{item.key}/{item.dest_name}")
@@ -120,7 +118,25 @@ def stage_dataset(data_root: Path, stage_id: str, links: list[StageLinkSpec],
         warnings.append(f"{already} file(s) were already staged (same file); left as they were")
     if len(warnings) > _MAX_WARNINGS:
         warnings = warnings[:_MAX_WARNINGS] + [f"... and {len(warnings) - _MAX_WARNINGS} more"]
-    return StageResult(stage_dir, made, skipped, extracted, counts, warnings)
+    # What the stage folder holds now, not what this call added: a restage with extra files, or a
+    # repeat, must not make the coordinator's record smaller than the dataset on disk.
+    return StageResult(stage_dir, made, skipped, extracted, staged_counts(stage_dir), warnings)
+
+
+def staged_counts(stage_dir: Path) -> dict[str, int]:
+    """Files per "split/part" under the stage folder (zip contents included; temp files not)."""
+    counts: dict[str, int] = {}
+    for split in SPLITS:
+        for part in PARTS:
+            folder = stage_dir / split / part
+            if folder.is_symlink() or not folder.is_dir():
+                continue
+            n = 0
+            for _dirpath, _dirs, files in os.walk(folder):  # never follows links
+                n += sum(1 for f in files if not (f.startswith(".gpufleet-") and f.endswith(".tmp")))
+            if n:
+                counts[f"{split}/{part}"] = n
+    return counts
 
 
 def _plan(root: Path, tmp: Path, stage_dir: Path,

@@ -118,7 +118,8 @@ def test_repeated_request_skips_identical_links_and_succeeds(root: Path, dataset
     links = [StageLinkSpec("train", dataset_id=dataset_id, input1="ds/a/1.png", label="ds/a/1_label.png")]
     stage_dataset(root, "s", links)
     result = stage_dataset(root, "s", links)
-    assert (result.made, result.skipped, result.counts) == (0, 2, {})
+    assert (result.made, result.skipped) == (0, 2)
+    assert result.counts == {"train/input1": 1, "train/label": 1}  # what the folder holds
     assert result.warnings == ["2 file(s) were already staged (same file); left as they were"]
     assert len(tree(root / "tmp/s/train/input1")) == 1
 
@@ -340,3 +341,16 @@ def test_zip_on_another_file_system_is_extracted(split_fs: tuple[Path, str]) -> 
     result = stage_dataset(root, "s", [StageLinkSpec("train", input1="ds/tiles.zip")])
     assert result.extracted == 1
     assert (root / "tmp/s/train/input1/tiles/a.png").read_text() == "A"
+
+
+def test_a_restage_with_more_files_counts_everything_the_folder_holds(root: Path) -> None:
+    """Was: counts were the files made by this call only, so the coordinator's DatasetCounts (which
+    stores the latest answer per split/part) dropped to 1 after a restage that added one file."""
+    first = stage_dataset(root, "s", [StageLinkSpec("train", input1="ds/a/1.png")])
+    assert first.counts == {"train/input1": 1}
+    more = stage_dataset(root, "s", [StageLinkSpec("train", input1="ds/a/1.png"),
+                                     StageLinkSpec("train", input1="ds/a/2.png"),
+                                     StageLinkSpec("val", label="ds/a/1_label.png")])
+    assert more.made == 2  # what this call added...
+    assert more.counts == {"train/input1": 2, "val/label": 1}  # ...and what the stage now holds
+    assert len(tree(root / "tmp/s/train/input1")) == 2
