@@ -82,7 +82,9 @@ def decide(job: JobRow, obs: Observation, *, startup: bool) -> Decision:
         return Decision("finish", JobStatus.FAILED, obs.exit_code, reason.message(detail), obs.probe)
     if obs.state == "STOPPED":
         if job.desired_state is DesiredState.STOP:
-            message = TerminationReason.STOPPED_BY_USER.message()
+            # Who asked: a stop under --on-restart=stop leaves its reason on the row (set_desired_state).
+            on_restart = job.error_message.startswith(TerminationReason.STOPPED_ON_RESTART.value)
+            message = (job.error_message if on_restart else TerminationReason.STOPPED_BY_USER.message())
         else:  # fenced, or stopped on the host by someone else
             message = f"STOPPED_ON_AGENT: {obs.message or 'no reason given'}"
         return Decision("finish", JobStatus.STOPPED, -1, message, obs.probe)
@@ -334,7 +336,8 @@ class Reconciler:
             # The old system's behaviour, for operators who ask for it.
             with self.engine.begin() as conn:
                 repo.set_desired_state(conn, job.id, DesiredState.STOP, reason="--on-restart=stop",
-                                       actor=self.actor)
+                                       actor=self.actor,
+                                       message=TerminationReason.STOPPED_ON_RESTART.message("--on-restart=stop"))
             job = _refetch(self.engine, job.id)
         if obs.kind == "not_found":
             # Ended and acknowledged meanwhile, or requeued? Decide on the row as it is now.

@@ -148,6 +148,8 @@ class TerminationReason(enum.StrEnum):
     """The job's node missed heartbeats for --node-timeout."""
     STOPPED_BY_USER = "STOPPED_BY_USER"
     """CancelTrain / CancelTest / CancelJob on a running job."""
+    STOPPED_ON_RESTART = "STOPPED_ON_RESTART"
+    """Found running after a coordinator restart under --on-restart=stop (the old system's rule)."""
     CANCELED_BY_USER = "CANCELED_BY_USER"
     """CancelJob (or a model cancel) while the job was still queued."""
     LAUNCH_FAILED = "LAUNCH_FAILED"
@@ -168,6 +170,7 @@ _REASON_STATUS: dict[TerminationReason, JobStatus] = {
     TerminationReason.SERVER_RESTART_CONTAINER_INSPECT_ERROR: JobStatus.STOPPED,
     TerminationReason.NODE_LOST: JobStatus.STOPPED,
     TerminationReason.STOPPED_BY_USER: JobStatus.STOPPED,
+    TerminationReason.STOPPED_ON_RESTART: JobStatus.STOPPED,
     TerminationReason.CANCELED_BY_USER: JobStatus.CANCELED,
     TerminationReason.LAUNCH_FAILED: JobStatus.FAILED,
 }

@@ -695,17 +695,22 @@ def set_desired_state(
     reason: str,
     actor: str,
     now: datetime | None = None,
+    message: str | None = None,
 ) -> bool:
-    """Record what the coordinator wants for a job (RUN/STOP); the reconciler acts on it."""
+    """Record what the coordinator wants for a job (RUN/STOP); the reconciler acts on it.
+    `message`: the error_message the job will end with when the stop is not the user's."""
     desired = DesiredState(desired)
     cur = get_job(conn, job_id)
     if cur.desired_state is desired:
         return False
     at = _now(now)
+    values: dict[str, Any] = {"desired_state": desired.value, "row_version": jobs.c.row_version + 1}
+    if message is not None:
+        values["error_message"] = message
     result = conn.execute(
         sa.update(jobs)
         .where(jobs.c.id == job_id, jobs.c.desired_state == cur.desired_state.value)
-        .values(desired_state=desired.value, row_version=jobs.c.row_version + 1)
+        .values(values)
     )
     if result.rowcount != 1:
         return False

@@ -223,6 +223,7 @@ def test_on_restart_stop_stops_running_jobs(coordinator_factory, agent_factory) 
     c.start()
     done = wait_job(c, job.job_id, "STOPPED", "SUCCESS", "FAILED", timeout=30)
     assert done.status_name == "STOPPED" and done.exit_code == -1, done
+    assert done.error_message == "STOPPED_ON_RESTART: --on-restart=stop", done.error_message  # not the user
     wait_for(lambda: not pid_alive(wrapper), 15, "the job's process to be stopped")
     # jobs placed after the start are not touched
     later = submit(c, ONCE, "after-restart")

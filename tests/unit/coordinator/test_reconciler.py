@@ -141,6 +141,10 @@ TABLE: list[tuple[str, JobRow, Observation, tuple[bool, ...], Want]] = [
      finish(S.STOPPED, -1, "STOPPED_BY_USER", exact=True)),
     ("stopped-by-user-exit-0", job(desired=STOP), found("STOPPED", 0, "stopped on request"), BOTH,
      finish(S.STOPPED, -1, "STOPPED_BY_USER", exact=True)),
+    # stopped because the coordinator restarted under --on-restart=stop: that reason, not the user
+    ("stopped-on-restart", job(desired=STOP, error_message="STOPPED_ON_RESTART: --on-restart=stop"),
+     found("STOPPED", 143, "stopped on request"), BOTH,
+     finish(S.STOPPED, -1, "STOPPED_ON_RESTART: --on-restart=stop", exact=True)),
     # fenced, or stopped on the host by someone else
     ("stopped-on-agent", job(), found("STOPPED", 143, "fenced"), BOTH,
      finish(S.STOPPED, -1, "STOPPED_ON_AGENT: fenced", exact=True)),
