@@ -33,8 +33,9 @@ to 10x longer, so that some outlast a partition, but not past the fault period),
 Inspect/ListJobs and the heartbeat digest say SUCCEEDED, exit 0. A job keeps "running" while its
 agent is down or cut off, like a container does. A client submits --jobs 1-GPU/2-GPU jobs (max_retries --max-retries)
 through Coordinator.SubmitJob, paced over 85 % of the fault period; a submission whose call failed
-in a way that may have committed (the coordinator was killed under it) is looked up by its unique
-name in the database once the coordinator answers again, and only submitted again when absent.
+in a way that may have committed (the coordinator was killed under it) is sent again with the same
+request_id (SubmitJob's idempotency key) once the coordinator answers again; every job also has a
+unique name, by which jobs created twice are counted (must be 0).
 
 Faults, random (Poisson arrivals, --kill-every/--partition-every/--restart-every seconds apart on
 average; at least one of each kind when it fits) during --seconds, at most --max-faulty agents at a
@@ -79,8 +80,8 @@ Figures (table, or --json):
   the end, per process) and the error lines and tracebacks in its log.
 - warnings, which do not fail the run: Launch calls for attempts that had already ended (refused by
   the agent's own rules, so nothing ran twice), Launches refused because an older attempt was still
-  live there, ProbeOutputs calls for attempts the agent no longer held, jobs created twice by a
-  retried SubmitJob.
+  live there (ABORTED: the job is queued again), ProbeOutputs calls for attempts the agent no longer
+  held. Jobs created twice by a retried SubmitJob count as a problem.
 Exit status: 0 all of the must-be-0 figures clean, 1 something is wrong (lost, duplicated, untrue,
 ...), 2 the soak itself failed, 130 interrupted. The coordinator, the agents and the PostgreSQL
 cluster are removed at the end, also on Ctrl-C/SIGTERM (--keep keeps the temp dir with the
@@ -99,6 +100,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -247,7 +249,7 @@ class SoakAgent(cb.FakeAgent):
                                "to this agent (stale attempts are never started)")
         live = [r for (j, a), r in self.jobs.items() if j == job_id and r.st.state in LIVE]
         if live:
-            await self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION, "another attempt live",
+            await self._refuse(context, grpc.StatusCode.ABORTED, "another attempt live",
                                f"job {job_id}: attempt {live[0].st.attempt} is still "
                                f"{pb.AgentJobState.Name(live[0].st.state)}; stop it before launching "
                                f"attempt {attempt}")
@@ -598,8 +600,8 @@ def vm_kb(pid: int, key: str) -> int:
 
 class Submitter:
     """Submits N jobs through Coordinator.SubmitJob, paced over `window` seconds, from a few threads.
-    A call that failed after it may have committed (UNAVAILABLE, DEADLINE_EXCEEDED, ...) is looked
-    up in the database by the job's unique name once the coordinator answers again."""
+    A call that failed after it may have committed (UNAVAILABLE, DEADLINE_EXCEEDED, ...) is sent again,
+    with the same request_id, once the coordinator answers again."""
 
     AMBIGUOUS = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
                  grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.RESOURCE_EXHAUSTED)
@@ -622,7 +624,8 @@ class Submitter:
         self.sent_at: dict[str, float] = {}  # root id -> wall time of the call that created it
         self.latency_ms: list[float] = []
         self.errors: Counter[str] = Counter()
-        self.adopted = 0  # failed calls that had committed after all (found by name)
+        self.retried = 0  # submissions answered only by a retry after an ambiguous error
+        self.run_id = uuid.uuid4().hex[:12]
         self.refused: list[str] = []
         self.done = threading.Event()
 
@@ -648,10 +651,15 @@ class Submitter:
         self.done.set()
 
     def _one(self, i: int) -> None:
+        # The request_id makes a retry safe: a call that failed after it committed (the coordinator
+        # was killed under it) is answered by the retry with the job the first try made.
         req = cpb.SubmitJobRequest(spec=pb.JobSpec(command=["true"], output_dir="soak"), gpus=self.gpus[i],
-                                   max_retries=self.max_retries, name=JOB_NAME.format(i))
+                                   max_retries=self.max_retries, name=JOB_NAME.format(i),
+                                   request_id=f"{self.run_id}-{i}")
+        first_wall: float | None = None
         while not self.stop.is_set():
             t_wall, t0 = wall(), time.perf_counter()
+            first_wall = t_wall if first_wall is None else first_wall
             try:
                 job = self.stub.SubmitJob(req, timeout=30, wait_for_ready=True)
             except grpc.RpcError as exc:
@@ -661,34 +669,18 @@ class Submitter:
                     with self.lock:
                         self.refused.append(f"{req.name}: {code.name}: {exc.details()}")
                     return
-                # Did it commit before the coordinator died? Ask the database once it answers again.
-                while not self.coord.up.wait(0.5):
+                while not self.coord.up.wait(0.5):  # retry once the coordinator answers again
                     if self.stop.is_set():
                         return
-                found = self._lookup(req.name)
-                if found:
-                    with self.lock:
-                        self.acked[i] = found
-                        self.sent_at[found] = t_wall
-                        self.adopted += 1
-                    return
-                time.sleep(0.1)
                 continue
             with self.lock:
-                self.latency_ms.append((time.perf_counter() - t0) * 1e3)
+                if t_wall != first_wall:
+                    self.retried += 1
+                else:
+                    self.latency_ms.append((time.perf_counter() - t0) * 1e3)
                 self.acked[i] = job.job_id
-                self.sent_at[job.job_id] = t_wall
+                self.sent_at.setdefault(job.job_id, first_wall)
             return
-
-    def _lookup(self, name: str) -> str | None:
-        for _ in range(3):
-            try:
-                with self.engine.connect() as conn:
-                    return conn.execute(sa.text("SELECT root_id FROM jobs WHERE name = :n AND attempt = 1 "
-                                                "ORDER BY created_at LIMIT 1"), {"n": name}).scalar()
-            except sa.exc.DBAPIError:
-                time.sleep(0.5)
-        return None
 
     def close(self) -> None:
         self.stop.set()
@@ -1229,7 +1221,7 @@ def analyse(engine: sa.Engine, args: argparse.Namespace, farm: SoakFarm, faults:
                  "node_loss_verdicts_on_completed_runs": loss_verdicts_completed,
                  "attempts_per_job": {str(k): v for k, v in sorted(per_job.items())},
                  "requeued_by_reason": dict(requeues), "double_submissions": len(double_submits),
-                 "double_submission_examples": double_submits[:5], "submit_adopted_after_error": sub.adopted,
+                 "double_submission_examples": double_submits[:5], "submits_retried": sub.retried,
                  "submit_refused": sub.refused[:5], "submit_errors": dict(sub.errors),
                  "untrue_final_states": len(untrue), "untrue_examples": untrue[:10]},
         "nodes": {"lost_events": len(lost_events), "false_losses": len(false_losses),
@@ -1262,7 +1254,8 @@ def verdict(res: dict[str, Any]) -> list[str]:
                       ("missed node losses", n["missed_losses"]),
                       ("invariant violations", len(res["invariants"]["violations"])),
                       ("leftovers on agents", res["agents"]["left_live"]),
-                      ("jobs never acknowledged to the client", j["never_acknowledged"])):
+                      ("jobs never acknowledged to the client", j["never_acknowledged"]),
+                      ("jobs created twice by a retried SubmitJob", j["double_submissions"])):
         if val:
             bad.append(f"{val} {what}")
     return bad
@@ -1278,12 +1271,10 @@ def warnings(res: dict[str, Any]) -> list[str]:
                    "that had lost its state would have run the job again)")
     if ag["refused"].get("another attempt live", 0):
         out.append(f"{ag['refused']['another attempt live']} Launch calls refused because an older attempt of the "
-                   "job was still live on that agent (the job ends FAILED LAUNCH_FAILED)")
+                   "job was still live on that agent (ABORTED: the job is queued again)")
     if ag["probe_calls"]:
         out.append(f"{ag['probe_calls']} ProbeOutputs calls: the coordinator judged an attempt the agent no longer "
                    "held, most likely one it had itself ended and acknowledged moments before")
-    if res["jobs"]["double_submissions"]:
-        out.append(f"{res['jobs']['double_submissions']} jobs created twice by a retried SubmitJob")
     return out
 
 
@@ -1318,7 +1309,7 @@ def print_table(res: dict[str, Any]) -> None:
           f"held unacknowledged {res['agents']['left_held']}")
     print(f"  attempts per job {j['attempts_per_job']}; requeued by {j['requeued_by_reason'] or '-'}; "
           f"re-runs after node loss {j['reruns_after_node_loss']}; double submissions {j['double_submissions']}; "
-          f"submits found committed after an error {j['submit_adopted_after_error']}; "
+          f"submits answered by a retry {j['submits_retried']}; "
           f"fences without a fault before them {n['fences_without_fault']}")
     print("fault -> true state:")
     for key, label in (("cut_off_to_node_lost", "cut off -> node LOST"),
