@@ -290,7 +290,8 @@ class Reconciler:
 
         list(self._pool.map(one_node, list(by_node)))
         self.first_pass_done = True
-        self._applied = {k: v for k, v in self._applied.items() if k in {j.id for j in running}}
+        ids = {j.id for j in running}
+        self._applied = {k: v for k, v in self._applied.items() if k in ids}
 
     def sync_soon(self, job_ids: list[str], wait: float = 0.0) -> None:
         """Reconcile these jobs on the reconciler's threads (a heartbeat saw them end), waiting up to
@@ -360,7 +361,9 @@ class Reconciler:
         now = datetime.now(UTC)
         if d.action == "keep":
             seen = (obs.state, repr(sorted((obs.progress or {}).items())))
-            if obs.kind == "found" and self._applied.get(job.id) != seen:
+            if obs.kind == "found" and job.observed_state == obs.state and not obs.progress and not job.model_uuid:
+                self._applied[job.id] = seen  # already stored (e.g. by the scheduler, from Launch's answer)
+            elif obs.kind == "found" and self._applied.get(job.id) != seen:
                 with self.engine.begin() as conn:
                     repo.set_observed_state(conn, job.id, obs.state, now)
                     if obs.progress:

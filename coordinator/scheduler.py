@@ -55,29 +55,42 @@ class NodeView:
 
 def choose(gpus: int, constraints: Mapping[str, str], nodes: Sequence[NodeView]) -> tuple[NodeView, list[int]] | None:
     """Best fit: the eligible node left with the fewest free GPUs; ties by name for determinism."""
-    best: tuple[int, str, NodeView] | None = None
-    for n in nodes:
-        if any(n.labels.get(k) != v for k, v in constraints.items()):
-            continue
-        free = n.free
-        if len(free) < gpus:
-            continue
-        key = (len(free) - gpus, n.name, n)
-        if best is None or key[:2] < best[:2]:
-            best = key
-    if best is None:
+    i = _best_fit(gpus, constraints, nodes, [len(n.healthy_gpus - n.used) for n in nodes])
+    if i is None:
         return None
-    node = best[2]
+    node = nodes[i]
     return node, node.free[:gpus]
 
 
+def _best_fit(gpus: int, constraints: Mapping[str, str], nodes: Sequence[NodeView],
+              free_counts: Sequence[int]) -> int | None:
+    """`choose` over precomputed free-GPU counts (index into `nodes`): a pass places hundreds of
+    jobs on a hundred nodes, and recomputing every node's free list for every job dominated it."""
+    best: int | None = None
+    best_key: tuple[int, str] | None = None
+    for i, n in enumerate(nodes):
+        left = free_counts[i] - gpus
+        if left < 0:
+            continue
+        if constraints and any(n.labels.get(k) != v for k, v in constraints.items()):
+            continue
+        key = (left, n.name)
+        if best_key is None or key < best_key:
+            best, best_key = i, key
+    return best
+
+
 def node_views(nodes: Sequence[Any], in_use: Mapping[str, set[int]], fresh_names: set[str]) -> list[NodeView]:
+    """Placeable views of node rows: READY, fresh, healthy GPUs. A row is a NodeRow (its snapshot in
+    `gpus`) or a repo.PlaceableNode (healthy indices already in `healthy`)."""
     views = []
     for n in nodes:
         if n.state is not NodeState.READY or n.name not in fresh_names:
             continue
-        healthy = {int(g["index"]) for g in n.gpus if g.get("healthy", True)}
-        views.append(NodeView(n.name, n.address, n.labels, healthy, set(in_use.get(n.name, set()))))
+        healthy = getattr(n, "healthy", None)
+        if healthy is None:
+            healthy = {int(g["index"]) for g in n.gpus if g.get("healthy", True)}
+        views.append(NodeView(n.name, n.address, n.labels, set(healthy), set(in_use.get(n.name, set()))))
     return views
 
 
@@ -119,12 +132,13 @@ class Scheduler:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _nodes(self, conn: Any) -> list[Any]:
-        """Nodes with their GPU snapshots, read at most every NODE_CACHE_S: heartbeats refresh them
-        only every few seconds, and decoding every snapshot on every submit would cost more than
-        the placement. GPU *use* is always read fresh (it decides double booking)."""
+        """READY nodes with their healthy GPUs, read at most every NODE_CACHE_S: heartbeats refresh
+        them only every few seconds, and reading them on every submit would cost more than the
+        placement. GPU *use* is always read fresh, under the placement lock (it decides double
+        booking)."""
         now = time.monotonic()
         if self._node_cache is None or now - self._node_cache[0] > NODE_CACHE_S:
-            self._node_cache = (now, repo.list_nodes(conn))
+            self._node_cache = (now, repo.placeable_nodes(conn))
         return self._node_cache[1]
 
     def invalidate_nodes(self) -> None:
@@ -138,14 +152,24 @@ class Scheduler:
             queued = repo.claim_queued(conn, CLAIM_BATCH)
             if not queued:
                 return []
-            views = node_views(self._nodes(conn), repo.gpus_in_use(conn), fresh)
+            views = node_views(self._nodes(conn), {}, fresh)
+            if not views:
+                return []
+            # Another replica may be assigning GPUs right now: wait for it, then read the use.
+            repo.lock_placement(conn)
+            in_use = repo.gpus_in_use(conn)
+            for v in views:
+                v.used = set(in_use.get(v.name, ()))
+            free_counts = [len(v.healthy_gpus - v.used) for v in views]
             now = datetime.now(UTC)
             for job in queued:
-                pick = choose(job.gpus, job.constraints, views)
-                if pick is None:
+                i = _best_fit(job.gpus, job.constraints, views, free_counts)
+                if i is None:
                     continue
-                node, gpus = pick
+                node = views[i]
+                gpus = node.free[:job.gpus]
                 node.used.update(gpus)
+                free_counts[i] -= job.gpus
                 placed.append(Placement(job, node.name, node.address, gpus))
             repo.assign_jobs(conn, [(p.job.id, p.node, p.gpus) for p in placed], actor=self.actor, now=now)
         failpoints.hit("coordinator.assign.after_commit")

@@ -521,6 +521,15 @@ def assign_jobs(
         return
     states.check_job(JobStatus.QUEUED, JobStatus.RUNNING)
     at = _now(now)
+    if conn.dialect.name == "postgresql":
+        # Two statements over arrays, not 2 x N rows: each row of an executemany costs its own
+        # parameter processing, JSON encoding and protocol message, which dominated a pass.
+        ids = [j for j, _, _ in assignments]
+        gpus = [json.dumps([int(i) for i in g]) for _, _, g in assignments]
+        details = [json.dumps({"node": n, "gpu_indices": [int(i) for i in g]}) for _, n, g in assignments]
+        conn.execute(_PG_ASSIGN, {"ids": ids, "nodes": [n for _, n, _ in assignments], "gpus": gpus, "at": at})
+        conn.execute(_PG_ASSIGN_EVENTS, {"ids": ids, "details": details, "at": at, "actor": actor})
+        return
     stmt = (
         sa.update(jobs)
         .where(jobs.c.id == sa.bindparam("b_id"), jobs.c.status == JobStatus.QUEUED.value)
@@ -535,6 +544,19 @@ def assign_jobs(
          "detail": {"node": n, "gpu_indices": [int(i) for i in g]}}
         for j, n, g in assignments
     ])
+
+
+_PG_ASSIGN = sa.text(
+    "UPDATE jobs SET status = :running, node = v.node, gpu_indices = v.gpus, assigned_at = :at,"
+    " row_version = jobs.row_version + 1"
+    " FROM unnest(CAST(:ids AS text[]), CAST(:nodes AS text[]), CAST(:gpus AS jsonb[])) AS v(id, node, gpus)"
+    " WHERE jobs.id = v.id AND jobs.status = :queued"
+).bindparams(running=JobStatus.RUNNING.value, queued=JobStatus.QUEUED.value)
+_PG_ASSIGN_EVENTS = sa.text(
+    "INSERT INTO events (at, entity, entity_id, from_state, to_state, reason, actor, detail)"
+    " SELECT :at, 'job', v.id, :queued, :running, 'assigned', :actor, v.detail"
+    " FROM unnest(CAST(:ids AS text[]), CAST(:details AS jsonb[])) AS v(id, detail)"
+).bindparams(running=JobStatus.RUNNING.value, queued=JobStatus.QUEUED.value)
 
 
 def set_observed_many(conn: Connection, job_ids: Sequence[str], observed: str, at: datetime) -> None:
@@ -567,9 +589,12 @@ def job_briefs(conn: Connection, job_ids: Sequence[str]) -> dict[str, JobBrief]:
     """id -> brief for the given ids that exist, in one query."""
     if not job_ids:
         return {}
-    q = sa.select(jobs.c.id, jobs.c.status, jobs.c.node, jobs.c.attempt, jobs.c.acked).where(
-        jobs.c.id.in_(list(job_ids)))
-    return {r.id: JobBrief(r.id, JobStatus(r.status), r.node, r.attempt, bool(r.acked)) for r in conn.execute(q)}
+    rows = conn.execute(_JOB_BRIEFS, {"b_ids": list(job_ids)})
+    return {r.id: JobBrief(r.id, JobStatus(r.status), r.node, r.attempt, bool(r.acked)) for r in rows}
+
+
+_JOB_BRIEFS = sa.select(jobs.c.id, jobs.c.status, jobs.c.node, jobs.c.attempt, jobs.c.acked).where(
+    jobs.c.id.in_(sa.bindparam("b_ids", expanding=True)))
 
 
 def set_job_status(
@@ -721,18 +746,29 @@ def set_desired_state(
     return True
 
 
-def set_observed_state(conn: Connection, job_id: str, observed: str, at: datetime) -> bool:
-    """Store the agent's last report of a job (an AgentJobState name), and the first time it was
-    seen RUNNING as started_at. Not a transition of ours, so no event; writes only on change."""
+def _set_observed(running: bool) -> Any:
+    # Built once: the reconciler runs this per job, and building plus cache-keying a statement each
+    # time costs more than the round trip on a busy coordinator.
+    observed = sa.bindparam("b_observed", type_=jobs.c.observed_state.type)
+    at = sa.bindparam("b_at", type_=jobs.c.observed_at.type)
     values: dict[str, Any] = {"observed_state": observed, "observed_at": at}
-    if observed == "RUNNING":
+    if running:
         values["started_at"] = sa.func.coalesce(jobs.c.started_at, at)
-    result = conn.execute(
+    return (
         sa.update(jobs)
-        .where(jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value,
+        .where(jobs.c.id == sa.bindparam("b_id"), jobs.c.status == JobStatus.RUNNING.value,
                jobs.c.observed_state.is_distinct_from(observed))
         .values(values)
     )
+
+
+_SET_OBSERVED = {True: _set_observed(True), False: _set_observed(False)}
+
+
+def set_observed_state(conn: Connection, job_id: str, observed: str, at: datetime) -> bool:
+    """Store the agent's last report of a job (an AgentJobState name), and the first time it was
+    seen RUNNING as started_at. Not a transition of ours, so no event; writes only on change."""
+    result = conn.execute(_SET_OBSERVED[observed == "RUNNING"], {"b_id": job_id, "b_observed": observed, "b_at": at})
     return result.rowcount == 1
 
 
@@ -776,15 +812,80 @@ def running_jobs(conn: Connection) -> list[JobRow]:
     return [JobRow.from_row(r) for r in conn.execute(query).mappings()]
 
 
+_RUNNING_PLACED = (jobs.c.status == JobStatus.RUNNING.value, jobs.c.node.is_not(None))
+_GPUS_IN_USE = sa.select(jobs.c.node, jobs.c.gpu_indices).where(*_RUNNING_PLACED)
+# PostgreSQL folds the rows into one JSON array per node: a scheduling pass reads ~100 rows, not one
+# per running job (thousands), and decodes each node's lists in one C-level json.loads.
+_PG_GPUS_IN_USE = (
+    sa.select(jobs.c.node, sa.func.jsonb_agg(jobs.c.gpu_indices).label("held"))
+    .where(*_RUNNING_PLACED)
+    .group_by(jobs.c.node)
+)
+
+
 def gpus_in_use(conn: Connection) -> dict[str, set[int]]:
     """GPU indices held by RUNNING jobs (assigned included), per node."""
-    query = sa.select(jobs.c.node, jobs.c.gpu_indices).where(
-        jobs.c.status == JobStatus.RUNNING.value, jobs.c.node.is_not(None)
-    )
     used: dict[str, set[int]] = {}
-    for node, indices in conn.execute(query):
+    if conn.dialect.name == "postgresql":
+        for node, held in conn.execute(_PG_GPUS_IN_USE):
+            used[node] = {int(i) for indices in held for i in indices or ()}
+        return used
+    for node, indices in conn.execute(_GPUS_IN_USE):
         used.setdefault(node, set()).update(int(i) for i in indices or ())
     return used
+
+
+# Arbitrary constant: the key of the advisory lock that serialises GPU assignment across replicas.
+PLACEMENT_LOCK_KEY = 0x6770_7566_7363  # "gpufsc"
+
+
+def lock_placement(conn: Connection) -> None:
+    """Serialise GPU assignment across coordinator replicas until this transaction ends.
+
+    SKIP LOCKED keeps two replicas from claiming the same *job*, but each would read GPU use
+    without the other's uncommitted assignments and could pick the same GPU. Taken after the claim
+    and before `gpus_in_use`: READ COMMITTED gives every statement a fresh snapshot, so the use read
+    under the lock includes every assignment a previous holder committed. SQLite needs nothing: the
+    transaction already holds the one writer lock (BEGIN IMMEDIATE)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": PLACEMENT_LOCK_KEY})
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceableNode:
+    """What the scheduler needs of a READY node: its healthy GPU indices, not the whole snapshot."""
+
+    name: str
+    address: str
+    labels: dict[str, str]
+    state: NodeState
+    healthy: frozenset[int]
+
+
+def _healthy(gpus: Sequence[Mapping[str, Any]] | None) -> frozenset[int]:
+    return frozenset(int(g["index"]) for g in gpus or () if g.get("healthy", True))
+
+
+_READY_NODES = sa.select(nodes.c.name, nodes.c.address, nodes.c.labels, nodes.c.gpus).where(
+    nodes.c.state == NodeState.READY.value).order_by(nodes.c.name)
+# The same on PostgreSQL, with the snapshot reduced to its healthy indices in the server (the
+# Python test above, `healthy` missing counts as healthy): decoding 100 snapshots of dozens of GPUs
+# a pass costs more than the placement itself.
+_PG_READY_NODES = sa.text(
+    "SELECT name, address, labels, (SELECT coalesce(jsonb_agg(g->'index'), '[]'::jsonb)"
+    " FROM jsonb_array_elements(nodes.gpus) AS g"
+    " WHERE coalesce((g->'healthy') NOT IN ('false'::jsonb, 'null'::jsonb, '0'::jsonb), true)) AS healthy"
+    " FROM nodes WHERE state = :ready ORDER BY name"
+).bindparams(ready=NodeState.READY.value)
+
+
+def placeable_nodes(conn: Connection) -> list[PlaceableNode]:
+    """READY nodes with their healthy GPU indices (freshness is the caller's: fleet.fresh_nodes)."""
+    if conn.dialect.name == "postgresql":
+        return [PlaceableNode(r.name, r.address, r.labels, NodeState.READY, frozenset(int(i) for i in r.healthy))
+                for r in conn.execute(_PG_READY_NODES)]
+    return [PlaceableNode(r.name, r.address, r.labels, NodeState.READY, _healthy(r.gpus))
+            for r in conn.execute(_READY_NODES)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -856,6 +957,24 @@ def upsert_node(
         record_event(conn, "node", name, cur.state, back, reason="registered again", actor=actor, now=at)
     conn.execute(sa.update(nodes).where(nodes.c.name == name).values(values))
     return get_node(conn, name)
+
+
+_HEARTBEAT = (
+    sa.update(nodes)
+    .where(nodes.c.name == sa.bindparam("b_name"))
+    .values(gpus=sa.bindparam("b_gpus", type_=nodes.c.gpus.type),
+            last_heartbeat=sa.bindparam("b_at", type_=nodes.c.last_heartbeat.type))
+    .returning(nodes.c.state)
+)
+
+
+def heartbeat_node_state(
+    conn: Connection, name: str, gpus: Sequence[Mapping[str, Any]], now: datetime | None = None
+) -> NodeState | None:
+    """`heartbeat_node` for the hot path: one prepared statement that returns only the node's state
+    (not the snapshot it just wrote, decoded again)."""
+    state = conn.execute(_HEARTBEAT, {"b_name": name, "b_gpus": list(gpus), "b_at": _now(now)}).scalar()
+    return None if state is None else NodeState(state)
 
 
 def heartbeat_node(
