@@ -996,7 +996,7 @@ def analyse(engine: sa.Engine, args: argparse.Namespace, farm: SoakFarm, faults:
     def told(node: str, after: float, before: float) -> bool:
         """A heartbeat of `node` sent after `after` was answered by `before`, and the coordinator lived
         on for RECORD_GRACE_S after answering: the coordinator heard, and had time to record it (a
-        heartbeat's answer waits for the record at most 1 s; a slower Inspect finishes after it)."""
+        heartbeat's answer waits for the record at most 3 s; a slower Inspect finishes after it)."""
         agent = farm.by_name[node]
         assert isinstance(agent, SoakAgent)
         k = bisect.bisect_left(agent.hb_sent, after)

@@ -34,7 +34,11 @@ from gpufleet.loop import Loop
 log = logging.getLogger("gpufleet.coordinator.fleet")
 
 LIVE_AGENT_STATES = ("PENDING", "RUNNING")
-SYNC_WAIT_S = 1.0  # a heartbeat's deadline is 5 s
+# How long a heartbeat that reports ended jobs waits for their end to be recorded (Inspect, probe,
+# metrics) before it answers: nearly always long enough, so an answered heartbeat means "recorded"
+# (a node cut off right after it must not have the job run again), and still well inside the
+# agent's 5 s deadline.
+SYNC_WAIT_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -172,8 +176,8 @@ class Fleet:
             with self.engine.begin() as conn:
                 repo.mark_acked(conn, acked)
         if to_sync:
-            # Recorded before the answer when that is quick; never inline past SYNC_WAIT_S: Inspect and
-            # the probe can take a while, and the agent's heartbeat has a deadline.
+            # Recorded before the answer, unless that takes longer than SYNC_WAIT_S: Inspect and the
+            # probe can take a while, and the agent's heartbeat has a deadline.
             self.reconciler.sync_soon(to_sync, wait=SYNC_WAIT_S)
         if answer.stop:
             event(log, "node.fence", node=name, attempts=[f"{d.job_id}/{d.attempt}" for d in answer.stop])
