@@ -10,8 +10,9 @@ caller: the call neither fails nor returns). Held calls are released at the end 
 - E: a node that (re-)registers is offered to the scheduler only once a heartbeat answer shows
   nothing left to fence: a fenced attempt may still hold GPUs, and the agent refuses a new attempt
   of a job while an older one is live (ABORTED, a transient refusal: the job is queued again).
-- F: a heartbeat that reports ended jobs answers at once; the Inspect and probe that record the
-  end run on the reconciler's threads.
+- F: a heartbeat that reports ended jobs waits for their end to be recorded only so long (the
+  Inspect and probe run on threads of their own), and those threads are never queued behind a
+  reconcile pass that is waiting on slow nodes.
 - G: a node that cannot be reached costs the reconcile pass one call, not one Inspect per job.
 """
 from __future__ import annotations
@@ -48,8 +49,9 @@ class HeldAgent(agent_pb2_grpc.AgentServicer):
     """An Agent whose Launch and Inspect wait until `release()`; ListJobs answers `list_code`."""
 
     def __init__(self, launch_code: grpc.StatusCode | None = None,
-                 list_code: grpc.StatusCode = grpc.StatusCode.OK) -> None:
+                 list_code: grpc.StatusCode = grpc.StatusCode.OK, hold_list: bool = False) -> None:
         self.released = threading.Event()
+        self.hold_list = hold_list
         self.launch_code = launch_code
         self.list_code = list_code
         self.calls: dict[str, int] = {}
@@ -92,6 +94,8 @@ class HeldAgent(agent_pb2_grpc.AgentServicer):
 
     def ListJobs(self, request: apb.ListJobsRequest, context: grpc.ServicerContext) -> apb.ListJobsResponse:  # noqa: N802
         self._count("ListJobs")
+        if self.hold_list:
+            self._hold(context)
         if self.list_code != grpc.StatusCode.OK:
             context.abort(self.list_code, "agent is restarting")
         return apb.ListJobsResponse()
@@ -282,6 +286,35 @@ def test_a_heartbeat_reporting_an_ended_job_answers_before_the_job_is_inspected(
         wait_for(lambda: _job(engine, job_id).status is JobStatus.SUCCESS, 20, "the end recorded")
     finally:
         f.reconciler.close()
+
+
+def test_an_ended_job_is_recorded_before_the_heartbeat_answers_even_during_a_stuck_pass(
+        engine: sa.Engine, pool: AgentPool, held: Callable[..., HeldAgent]) -> None:
+    """Was (the soak): the sync shared the reconcile pass's threads. With the pass waiting on slow
+    nodes, the Inspect started only after the heartbeat had answered, the node was cut off meanwhile,
+    it was declared LOST, and jobs that had completed ran again."""
+    f = _fleet(engine, pool)
+    rec = f.reconciler
+    stuck = [held(hold_list=True) for _ in range(20)]  # more nodes than the pass has threads
+    for i, h in enumerate(stuck):
+        _join(f, f"stuck{i}", h.addr)
+        _running(engine, f"stuck{i}")
+    fast = held()
+    fast.release()  # answers at once: SUCCEEDED, exit 0
+    _join(f, "fast", fast.addr)
+    job_id = _running(engine, "fast")
+    passing = threading.Thread(target=rec.run_once, daemon=True)
+    try:
+        passing.start()
+        wait_for(lambda: sum(h.callers_still_waiting() for h in stuck) >= 16, 20, "the pass stuck on slow nodes")
+        answer = f.heartbeat("fast", GPUS, [Digest(job_id, 1, "SUCCEEDED")])
+        assert not answer.stop
+        assert _job(engine, job_id).status is JobStatus.SUCCESS  # recorded before the answer
+    finally:
+        for h in stuck:
+            h.release()
+        passing.join(30)
+        rec.close()
 
 
 # -- G ----------------------------------------------------------------------------------------------
