@@ -13,13 +13,14 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import sqlalchemy as sa
-from prometheus_client import Histogram
+from prometheus_client import Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -47,6 +48,22 @@ QUEUE_WAIT_SECONDS = Histogram(
              float("inf")),
 )
 
+# Every attempt that ended, by status and reason code (what an operator asks first after a bad night:
+# how many jobs were lost with their node, how many failed on their own).
+JOBS_ENDED = Counter(
+    "gpufleet_jobs_ended",
+    "Job attempts ended, by status and reason code (the code that opens error_message; ok when none).",
+    ["status", "reason"],
+    registry=None,
+)
+_REASON_CODE = re.compile(r"[A-Z][A-Z_]{1,63}")
+
+
+def job_ended(status: str, message: str) -> None:
+    code = (message or "").split(":", 1)[0].strip()
+    reason = "ok" if not code else code if _REASON_CODE.fullmatch(code) else "OTHER"
+    JOBS_ENDED.labels(status, reason).inc()
+
 
 def _copy(d: dict[str, int]) -> dict[str, int]:
     # The reconciler's worker threads add keys while we read; dict.copy() is atomic in CPython, but
@@ -64,7 +81,8 @@ class CoordinatorCollector(Collector):
 
     `scheduler` needs `.placements` (int) and `.last_ok`; `reconciler` `.actions` (dict action -> n) and
     `.last_ok`; `fleet` `.fresh_nodes()` and `.last_ok` (all monotonic seconds). Any may be None.
-    The module histograms PLACEMENT_SECONDS and QUEUE_WAIT_SECONDS are served through this collector.
+    The module histograms PLACEMENT_SECONDS and QUEUE_WAIT_SECONDS and the counter JOBS_ENDED are
+    served through this collector.
     """
 
     def __init__(self, engine: Any, scheduler: Any = None, reconciler: Any = None, fleet: Any = None, *,
@@ -85,6 +103,7 @@ class CoordinatorCollector(Collector):
         yield from self._memory_families()
         yield from PLACEMENT_SECONDS.describe()
         yield from QUEUE_WAIT_SECONDS.describe()
+        yield from JOBS_ENDED.describe()
 
     @staticmethod
     def _db_families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
@@ -166,3 +185,4 @@ class CoordinatorCollector(Collector):
         yield loops
         yield from PLACEMENT_SECONDS.collect()
         yield from QUEUE_WAIT_SECONDS.collect()
+        yield from JOBS_ENDED.collect()

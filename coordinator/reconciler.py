@@ -23,6 +23,7 @@ from coordinator import states
 from coordinator.agents import AgentPool, Observation
 from coordinator.db import repo
 from coordinator.db.rows import JobRow
+from coordinator.metrics import job_ended
 from coordinator.states import DesiredState, JobStatus, JobType, ModelStatus, Step, TerminationReason
 from gpufleet import failpoints
 from gpufleet.errors import FailedPrecondition
@@ -159,6 +160,7 @@ def end_job(engine: Engine, job_id: str, status: JobStatus, message: str, *, act
                 event(log, "job.requeue_refused", job_id=job_id, why=str(exc))
         if job.model_uuid:
             _move_model(conn, job, status, message, probe, has_metrics, new_job, actor)
+    job_ended(status.value, message)
     event(log, "job.ended", job_id=job_id, attempt=job.attempt, node=job.node, status=status.value,
           exit_code=exit_code, message=message, requeued=new_job.id if new_job else None)
     return new_job

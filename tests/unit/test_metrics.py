@@ -335,6 +335,35 @@ def test_coordinator_queue_jobs_nodes_and_counters(engine: Any) -> None:
     assert one(m2["gpufleet_placements"]) == 8 and one(m2["gpufleet_reconcile_actions"], action="stop") == 2
 
 
+def test_ended_jobs_are_counted_by_status_and_reason(engine: Any) -> None:
+    from coordinator.reconciler import end_job
+    from coordinator.states import TerminationReason
+
+    reg = CollectorRegistry()
+    reg.register(CoordinatorCollector(engine, FakeScheduler(), FakeReconciler(), None))
+
+    def ended(status: str, reason: str) -> float:
+        fam = scrape(reg).get("gpufleet_jobs_ended", [])
+        return sum(v for s, lab, v in fam if s == "gpufleet_jobs_ended_total" and lab == {"status": status,
+                                                                                          "reason": reason})
+
+    before = {k: ended(*k) for k in (("STOPPED", "NODE_LOST"), ("FAILED", "EXIT_NONZERO"), ("SUCCESS", "ok"),
+                                     ("STOPPED", "OTHER"))}
+    outcomes = [(JobStatus.STOPPED, TerminationReason.NODE_LOST.message("node n1")),
+                (JobStatus.STOPPED, TerminationReason.NODE_LOST.message("node n2")),
+                (JobStatus.FAILED, TerminationReason.EXIT_NONZERO.message("exit code 3")),
+                (JobStatus.SUCCESS, ""), (JobStatus.STOPPED, "something odd: no code")]
+    for status, message in outcomes:
+        with engine.begin() as conn:
+            job = repo.create_job(conn, spec={"image": "busybox"})
+            repo.assign_job(conn, job.id, "n1", [0], actor="test")
+        end_job(engine, job.id, status, message, actor="test", exit_code=3 if status is JobStatus.FAILED else None)
+    end_job(engine, job.id, JobStatus.FAILED, "EXIT_NONZERO", actor="test")  # already ended: not counted again
+    delta = {k: ended(*k) - v for k, v in before.items()}
+    assert delta == {("STOPPED", "NODE_LOST"): 2, ("FAILED", "EXIT_NONZERO"): 1, ("SUCCESS", "ok"): 1,
+                     ("STOPPED", "OTHER"): 1}
+
+
 def test_placement_histograms_are_served_by_the_collector(engine: Any) -> None:
     reg = CollectorRegistry()
     reg.register(CoordinatorCollector(engine, FakeScheduler(), FakeReconciler(), None))
