@@ -135,6 +135,7 @@ def _lighten_job(j: cpb.Job) -> None:
     """The user-sized parts (spec up to 512 KiB, constraints up to 64 x 256 characters); GetJob carries them."""
     j.ClearField("spec")
     j.ClearField("constraints")
+    j.trimmed = True
 
 
 def _lighten_model(m: cpb.Model) -> None:
@@ -143,6 +144,7 @@ def _lighten_model(m: cpb.Model) -> None:
     m.ClearField("params_json")
     m.ClearField("spec")
     m.ClearField("memo")
+    m.trimmed = True
 
 
 def jobs_page_to_pb(rows: Sequence[JobRow]) -> list[cpb.Job]:

@@ -107,7 +107,7 @@ class CreateModelRequest(_message.Message):
     def __init__(self, model_no: _Optional[str] = ..., version: _Optional[str] = ..., train_type: _Optional[str] = ..., memo: _Optional[str] = ..., params_json: _Optional[str] = ..., spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., gpus: _Optional[int] = ..., priority: _Optional[int] = ..., constraints: _Optional[_Mapping[str, str]] = ..., max_retries: _Optional[int] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("uuid", "model_no", "version", "train_type", "memo", "params_json", "status", "step1_state", "step2_state", "step1_started_at", "step1_finished_at", "step2_started_at", "step2_finished_at", "step1_duration", "step1_seconds", "step2_duration", "step2_seconds", "step1_metric_saved", "step2_metric_saved", "current_attempt_id", "best_epoch", "last_error", "created_at", "test_epoch", "spec", "gpus", "status_name", "step1_state_name", "step2_state_name", "progress")
+    __slots__ = ("uuid", "model_no", "version", "train_type", "memo", "params_json", "status", "step1_state", "step2_state", "step1_started_at", "step1_finished_at", "step2_started_at", "step2_finished_at", "step1_duration", "step1_seconds", "step2_duration", "step2_seconds", "step1_metric_saved", "step2_metric_saved", "current_attempt_id", "best_epoch", "last_error", "created_at", "test_epoch", "spec", "gpus", "status_name", "step1_state_name", "step2_state_name", "progress", "trimmed")
     UUID_FIELD_NUMBER: _ClassVar[int]
     MODEL_NO_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -138,6 +138,7 @@ class Model(_message.Message):
     STEP1_STATE_NAME_FIELD_NUMBER: _ClassVar[int]
     STEP2_STATE_NAME_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    TRIMMED_FIELD_NUMBER: _ClassVar[int]
     uuid: str
     model_no: str
     version: str
@@ -168,7 +169,8 @@ class Model(_message.Message):
     step1_state_name: str
     step2_state_name: str
     progress: _common_pb2.Progress
-    def __init__(self, uuid: _Optional[str] = ..., model_no: _Optional[str] = ..., version: _Optional[str] = ..., train_type: _Optional[str] = ..., memo: _Optional[str] = ..., params_json: _Optional[str] = ..., status: _Optional[_Union[ModelStatus, str]] = ..., step1_state: _Optional[_Union[ModelStatus, str]] = ..., step2_state: _Optional[_Union[ModelStatus, str]] = ..., step1_started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step1_finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step2_started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step2_finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step1_duration: _Optional[str] = ..., step1_seconds: _Optional[float] = ..., step2_duration: _Optional[str] = ..., step2_seconds: _Optional[float] = ..., step1_metric_saved: _Optional[bool] = ..., step2_metric_saved: _Optional[bool] = ..., current_attempt_id: _Optional[str] = ..., best_epoch: _Optional[int] = ..., last_error: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., test_epoch: _Optional[int] = ..., spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., gpus: _Optional[int] = ..., status_name: _Optional[str] = ..., step1_state_name: _Optional[str] = ..., step2_state_name: _Optional[str] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ...) -> None: ...
+    trimmed: bool
+    def __init__(self, uuid: _Optional[str] = ..., model_no: _Optional[str] = ..., version: _Optional[str] = ..., train_type: _Optional[str] = ..., memo: _Optional[str] = ..., params_json: _Optional[str] = ..., status: _Optional[_Union[ModelStatus, str]] = ..., step1_state: _Optional[_Union[ModelStatus, str]] = ..., step2_state: _Optional[_Union[ModelStatus, str]] = ..., step1_started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step1_finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step2_started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step2_finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step1_duration: _Optional[str] = ..., step1_seconds: _Optional[float] = ..., step2_duration: _Optional[str] = ..., step2_seconds: _Optional[float] = ..., step1_metric_saved: _Optional[bool] = ..., step2_metric_saved: _Optional[bool] = ..., current_attempt_id: _Optional[str] = ..., best_epoch: _Optional[int] = ..., last_error: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., test_epoch: _Optional[int] = ..., spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., gpus: _Optional[int] = ..., status_name: _Optional[str] = ..., step1_state_name: _Optional[str] = ..., step2_state_name: _Optional[str] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., trimmed: _Optional[bool] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ("status", "model_no", "page", "size")
@@ -232,7 +234,7 @@ class SubmitJobRequest(_message.Message):
     def __init__(self, spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., gpus: _Optional[int] = ..., priority: _Optional[int] = ..., constraints: _Optional[_Mapping[str, str]] = ..., max_retries: _Optional[int] = ..., resume_on_retry: _Optional[bool] = ..., name: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "model_uuid", "job_type", "attempt", "status", "exit_code", "error_message", "node", "gpu_indices", "gpus", "priority", "spec", "max_retries", "retries_used", "created_at", "started_at", "finished_at", "progress", "name", "status_name", "constraints", "resume_on_retry", "superseded_by")
+    __slots__ = ("job_id", "model_uuid", "job_type", "attempt", "status", "exit_code", "error_message", "node", "gpu_indices", "gpus", "priority", "spec", "max_retries", "retries_used", "created_at", "started_at", "finished_at", "progress", "name", "status_name", "constraints", "resume_on_retry", "superseded_by", "trimmed")
     class ConstraintsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -263,6 +265,7 @@ class Job(_message.Message):
     CONSTRAINTS_FIELD_NUMBER: _ClassVar[int]
     RESUME_ON_RETRY_FIELD_NUMBER: _ClassVar[int]
     SUPERSEDED_BY_FIELD_NUMBER: _ClassVar[int]
+    TRIMMED_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     model_uuid: str
     job_type: _common_pb2.JobType
@@ -286,7 +289,8 @@ class Job(_message.Message):
     constraints: _containers.ScalarMap[str, str]
     resume_on_retry: bool
     superseded_by: str
-    def __init__(self, job_id: _Optional[str] = ..., model_uuid: _Optional[str] = ..., job_type: _Optional[_Union[_common_pb2.JobType, str]] = ..., attempt: _Optional[int] = ..., status: _Optional[_Union[JobStatusCode, str]] = ..., exit_code: _Optional[int] = ..., error_message: _Optional[str] = ..., node: _Optional[str] = ..., gpu_indices: _Optional[_Iterable[int]] = ..., gpus: _Optional[int] = ..., priority: _Optional[int] = ..., spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., max_retries: _Optional[int] = ..., retries_used: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., name: _Optional[str] = ..., status_name: _Optional[str] = ..., constraints: _Optional[_Mapping[str, str]] = ..., resume_on_retry: _Optional[bool] = ..., superseded_by: _Optional[str] = ...) -> None: ...
+    trimmed: bool
+    def __init__(self, job_id: _Optional[str] = ..., model_uuid: _Optional[str] = ..., job_type: _Optional[_Union[_common_pb2.JobType, str]] = ..., attempt: _Optional[int] = ..., status: _Optional[_Union[JobStatusCode, str]] = ..., exit_code: _Optional[int] = ..., error_message: _Optional[str] = ..., node: _Optional[str] = ..., gpu_indices: _Optional[_Iterable[int]] = ..., gpus: _Optional[int] = ..., priority: _Optional[int] = ..., spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., max_retries: _Optional[int] = ..., retries_used: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., name: _Optional[str] = ..., status_name: _Optional[str] = ..., constraints: _Optional[_Mapping[str, str]] = ..., resume_on_retry: _Optional[bool] = ..., superseded_by: _Optional[str] = ..., trimmed: _Optional[bool] = ...) -> None: ...
 
 class ListJobsQuery(_message.Message):
     __slots__ = ("status", "model_uuid", "node", "page", "size")

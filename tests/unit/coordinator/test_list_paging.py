@@ -91,14 +91,17 @@ def test_a_full_page_lightens_only_its_last_items(engine: Engine) -> None:
     assert whole == sorted(whole, reverse=True) and 1 <= whole.count(True) < len(jobs)  # a whole prefix
     light = jobs[-1]
     assert not light.constraints and light.job_id and light.status_name == "QUEUED"
+    assert [j.trimmed for j in jobs] == [not w for w in whole]  # a client can tell which to GetJob
 
 
 def test_small_pages_are_unchanged(engine: Engine) -> None:
     add_jobs(engine, big=0, small=3)
     add_models(engine, big=0, small=3)
     svc = service(engine)
-    assert all(j.HasField("spec") and j.constraints == {"k": "v"} for j in svc.ListJobs(cpb.ListJobsQuery(), None).jobs)
-    assert all(m.HasField("spec") and m.memo == "m" for m in svc.ListModels(cpb.ListModelsRequest(), None).items)
+    assert all(j.HasField("spec") and j.constraints == {"k": "v"} and not j.trimmed
+               for j in svc.ListJobs(cpb.ListJobsQuery(), None).jobs)
+    assert all(m.HasField("spec") and m.memo == "m" and not m.trimmed
+               for m in svc.ListModels(cpb.ListModelsRequest(), None).items)
 
 
 def test_fit_page_keeps_the_first_item_whole_even_over_budget() -> None:
