@@ -150,7 +150,7 @@ class Fleet:
         # rows: 50 heartbeats a second of a 100-node fleet compete with placements for the database
         # and the GIL.
         with self.engine.begin() as conn:
-            state = repo.heartbeat_node_state(conn, name, gpus, now)
+            state = repo.heartbeat_node(conn, name, gpus, now)
             if state is None or state is NodeState.LOST:
                 return HeartbeatAnswer(reregister=True)  # Register revives it and carries the fencing
             rows = repo.job_briefs(conn, [row_id(d.job_id, d.attempt) for d in jobs])

@@ -968,27 +968,14 @@ _HEARTBEAT = (
 )
 
 
-def heartbeat_node_state(
-    conn: Connection, name: str, gpus: Sequence[Mapping[str, Any]], now: datetime | None = None
-) -> NodeState | None:
-    """`heartbeat_node` for the hot path: one prepared statement that returns only the node's state
-    (not the snapshot it just wrote, decoded again)."""
-    state = conn.execute(_HEARTBEAT, {"b_name": name, "b_gpus": list(gpus), "b_at": _now(now)}).scalar()
-    return None if state is None else NodeState(state)
-
-
 def heartbeat_node(
     conn: Connection, name: str, gpus: Sequence[Mapping[str, Any]], now: datetime | None = None
-) -> NodeRow | None:
-    """Store a heartbeat's GPU snapshot and time; None when the node is unknown (re-register).
-    Does not revive a LOST node: that is Register's job (it carries the fencing)."""
-    row = conn.execute(
-        sa.update(nodes)
-        .where(nodes.c.name == name)
-        .values(gpus=[dict(g) for g in gpus], last_heartbeat=_now(now))
-        .returning(*nodes.c)
-    ).mappings().first()
-    return None if row is None else NodeRow.from_row(row)
+) -> NodeState | None:
+    """Store a heartbeat's GPU snapshot and time; the node's state, or None when the node is unknown
+    (re-register). Does not revive a LOST node: that is Register's job (it carries the fencing).
+    One prepared statement that returns only the state: this runs 50 times a second in a big fleet."""
+    state = conn.execute(_HEARTBEAT, {"b_name": name, "b_gpus": list(gpus), "b_at": _now(now)}).scalar()
+    return None if state is None else NodeState(state)
 
 
 def set_node_state(

@@ -528,7 +528,8 @@ def test_node_register_is_idempotent_and_revives_lost_nodes(engine: Engine) -> N
         assert count(conn, nodes) == 1
         assert [(e.from_state, e.to_state) for e in repo.list_events(conn, "node", "n1")] == [(None, "READY")]
 
-        assert repo.heartbeat_node(conn, "n1", gpus, now=at(7)).last_heartbeat == at(7)  # type: ignore[union-attr]
+        assert repo.heartbeat_node(conn, "n1", gpus, now=at(7)) is NodeState.READY
+        assert repo.get_node(conn, "n1").last_heartbeat == at(7)
         assert repo.heartbeat_node(conn, "ghost", gpus) is None
         assert [n.name for n in repo.stale_nodes(conn, at(8))] == ["n1"]
         assert repo.stale_nodes(conn, at(7)) == []

@@ -91,12 +91,12 @@ def test_assign_jobs_and_gpus_in_use(engine: Engine) -> None:
         assert repo.get_job(conn, ids[0]).node == "a"
 
 
-def test_heartbeat_node_state_and_set_observed_state(engine: Engine) -> None:
+def test_heartbeat_node_and_set_observed_state(engine: Engine) -> None:
     with engine.begin() as conn:
         node(conn, "a", [gpu(0)])
-        assert repo.heartbeat_node_state(conn, "a", [gpu(0), gpu(1)], now=T0 + timedelta(seconds=5)) \
+        assert repo.heartbeat_node(conn, "a", [gpu(0), gpu(1)], now=T0 + timedelta(seconds=5)) \
             is NodeState.READY
-        assert repo.heartbeat_node_state(conn, "ghost", []) is None
+        assert repo.heartbeat_node(conn, "ghost", []) is None
         n = repo.get_node(conn, "a")
         assert n.last_heartbeat == T0 + timedelta(seconds=5) and [g["index"] for g in n.gpus] == [0, 1]
         job_id = queued(conn, 0)
