@@ -302,11 +302,11 @@ def test_an_ended_job_is_recorded_before_the_heartbeat_answers_even_during_a_stu
     fast = held()
     fast.release()  # answers at once: SUCCEEDED, exit 0
     _join(f, "fast", fast.addr)
-    job_id = _running(engine, "fast")
     passing = threading.Thread(target=rec.run_once, daemon=True)
     try:
         passing.start()
         wait_for(lambda: sum(h.callers_still_waiting() for h in stuck) >= 16, 20, "the pass stuck on slow nodes")
+        job_id = _running(engine, "fast")  # after the pass read its jobs: only the heartbeat can record it
         answer = f.heartbeat("fast", GPUS, [Digest(job_id, 1, "SUCCEEDED")])
         assert not answer.stop
         assert _job(engine, job_id).status is JobStatus.SUCCESS  # recorded before the answer
