@@ -38,6 +38,9 @@ LAUNCH_RETRIES = 3
 # 30 s deadline never holds up the placements after it.
 LAUNCH_WAIT_S = 1.0
 UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# A submit wakes the scheduler; gathering the wakes of 10 ms into one pass costs a job at most 10 ms
+# and spares a pass (claim, GPU use, assignment, Launch) per submit when submits come in bursts.
+WAKE_BATCH_S = 0.01
 
 
 @dataclass
@@ -113,7 +116,7 @@ class Scheduler:
         self.interval = interval
         self.actor = actor
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="launch")
-        self.loop = Loop("scheduler", self.run_once, interval)
+        self.loop = Loop("scheduler", self.run_once, interval, batch=WAKE_BATCH_S)
         self.placements = 0
         self._node_cache: tuple[float, list[Any]] | None = None
 

@@ -12,11 +12,13 @@ log = logging.getLogger("gpufleet.loop")
 
 class Loop:
     def __init__(self, name: str, step: Callable[[], bool | None], interval: float,
-                 mono: Callable[[], float] = time.monotonic) -> None:
-        """`step` returns True to be called again at once (it has more work queued)."""
+                 mono: Callable[[], float] = time.monotonic, batch: float = 0.0) -> None:
+        """`step` returns True to be called again at once (it has more work queued). `batch`: after a
+        wake, wait this long for more (a burst of submits becomes one pass, not one pass each)."""
         self.name = name
         self.step = step
         self.interval = interval
+        self.batch = batch
         self.mono = mono
         self.last_ok = mono()
         self._stop = threading.Event()
@@ -44,5 +46,7 @@ class Loop:
                 self.last_ok = self.mono()
             except Exception:  # noqa: BLE001 - the loop must survive anything (e.g. a database restart)
                 log.exception("loop step failed", extra={"fields": {"loop": self.name}})
-            self._wake.wait(self.interval)
+            woken = self._wake.wait(self.interval)
+            if woken and self.batch > 0 and not self._stop.is_set():
+                self._stop.wait(self.batch)
             self._wake.clear()
