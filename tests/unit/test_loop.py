@@ -29,7 +29,7 @@ def burst(loop: Loop, wakes: int = 20, over: float = 0.1) -> None:
 
 def test_a_burst_of_wakes_within_the_batch_window_is_one_pass() -> None:
     c = Counter()
-    loop = Loop("t", c.step, interval=60.0, batch=1.0)
+    loop = Loop("t", c.step, interval=60.0, batch=2.0)  # wide: a stalled test thread must not split it
     loop.start()
     try:
         wait_for(lambda: c.calls == 1, 10, "the first pass at start")
