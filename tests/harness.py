@@ -217,3 +217,27 @@ class CoordinatorProc:
     def restart(self) -> CoordinatorProc:
         self.kill()
         return self.start()
+
+
+def release(a: AgentProc, output_dir: str, code: int = 0) -> None:
+    """Let a gated job (it waits for a `release` file in its output folder) exit with `code`."""
+    folder = a.output_root / output_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "release.tmp"
+    tmp.write_text(str(code))
+    os.replace(tmp, folder / "release")
+
+
+def runs(a: AgentProc, output_dir: str) -> int:
+    """How many times a gated job started (one line each in `runs`)."""
+    path = a.output_root / output_dir / "runs"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def pid_alive(pid: int) -> bool:
+    """Running (not a zombie) by /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False

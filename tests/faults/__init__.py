@@ -7,13 +7,12 @@ wait for a `release` file there and exit with the code written in it.
 """
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from tests.harness import AgentProc, CoordinatorProc, wait_for
+from tests.harness import AgentProc, CoordinatorProc, release, runs, wait_for  # noqa: F401 - release/runs re-exported
 from tests.invariants import check_invariants
 
 PY = sys.executable
@@ -35,19 +34,6 @@ GATED_SH = ["/bin/sh", "-c",
 def gated(runtime: str) -> dict[str, Any]:
     """JobSpec fields of a gated job for the process or docker runtime."""
     return {"command": GATED_SH, "image": IMAGE} if runtime == "docker" else {"command": GATED}
-
-
-def release(a: AgentProc, output_dir: str, code: int = 0) -> None:
-    folder = a.output_root / output_dir
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "release.tmp"
-    tmp.write_text(str(code))
-    os.replace(tmp, folder / "release")
-
-
-def runs(a: AgentProc, output_dir: str) -> int:
-    path = a.output_root / output_dir / "runs"
-    return len(path.read_text().splitlines()) if path.exists() else 0
 
 
 def dead(daemon_owner: AgentProc | CoordinatorProc) -> bool:

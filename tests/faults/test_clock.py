@@ -37,8 +37,8 @@ from coordinator.db import repo
 from coordinator.fleet import Digest, Fleet
 from coordinator.reconciler import Reconciler
 from coordinator.states import JobStatus, NodeState
-from tests.harness import wait_for
-from tests.integration.test_coordinator_reconcile import holds, pid_alive
+from tests.harness import pid_alive, wait_for
+from tests.integration.test_coordinator_reconcile import holds
 from tests.invariants import check_invariants
 
 HOUR = 3600.0

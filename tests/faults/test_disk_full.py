@@ -27,7 +27,7 @@ import grpc
 import pytest
 
 from gpufleet.v1 import agent_pb2 as apb
-from tests.harness import AgentProc, healthy, state_name, wait_for
+from tests.harness import AgentProc, healthy, pid_alive, state_name, wait_for
 from tests.integration.test_coordinator_reconcile import holds
 from tests.invariants import assert_invariants
 
@@ -136,14 +136,6 @@ def running_with_pid_files(a: AgentProc, job_id: str) -> tuple[int, int]:
     child = int(wait_for(lambda: pid_file.read_text() if pid_file.exists() else "", 10, f"{job_id} child.pid"))
     wait_for(lambda: b"job: waiting" in a.logs(job_id), 10, f"{job_id} to start its work")
     return int(st.runtime_id), child
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
 
 
 def touch(a: AgentProc, output_dir: str, name: str, text: str = "") -> None:

@@ -30,7 +30,7 @@ import pytest
 
 from gpufleet.v1 import common_pb2 as pb
 from tests.faults import GATED_SH, IMAGE, release, runs
-from tests.harness import AgentProc, healthy, state_name, wait_for
+from tests.harness import AgentProc, healthy, pid_alive, state_name, wait_for
 from tests.integration.test_coordinator_reconcile import holds
 from tests.invariants import assert_invariants
 
@@ -40,14 +40,6 @@ LIVE_RESTORE = "--live-restore"
 ENGINE_START_S = 60.0
 ENGINE_STOP_S = 60.0
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED", "LOST")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
 
 
 def _containerd_pid(argv: list[str]) -> int | None:
@@ -73,7 +65,7 @@ def _stop_engine(proc: subprocess.Popen[bytes] | None, argv: list[str]) -> None:
         proc.kill()
         proc.wait(timeout=10)
     if containerd is not None:
-        wait_for(lambda: not _pid_alive(containerd), ENGINE_STOP_S, f"containerd (pid {containerd}) to exit")
+        wait_for(lambda: not pid_alive(containerd), ENGINE_STOP_S, f"containerd (pid {containerd}) to exit")
 
 
 class Engine:
@@ -286,14 +278,14 @@ def test_engine_crash_without_live_restore_reports_the_real_exit_code(
 
     # dockerd dies at once: the container runs on under its shim, the agent can ask no one.
     engine.crash()
-    assert _pid_alive(pid)
+    assert pid_alive(pid)
     engine_down(a, "dr-crash", "RUNNING")
 
     # An engine without live-restore kills what its crashed predecessor left running.
     engine.start()
     back_up(a)
     assert_true_end(a, "dr-crash", engine.d.client, cid)
-    assert not _pid_alive(pid)
+    assert not pid_alive(pid)
     assert_invariants(None, {a.node_name: a.state_dir}, engine.d.client, settled=True)
 
 
@@ -304,10 +296,10 @@ def test_engine_restart_with_live_restore_keeps_the_job_running(
     wait_for(lambda: healthy(a.channel), 30, "agent health SERVING on the live-restore engine")  # type: ignore[arg-type]
     info = launch_gated(a, "dr-live", engine.d.client)
     cid, pid = info["Id"], int(info["State"]["Pid"])
-    assert pid > 0 and _pid_alive(pid)
+    assert pid > 0 and pid_alive(pid)
 
     engine.stop()
-    assert _pid_alive(pid), "live-restore: the container's process must outlive dockerd"
+    assert pid_alive(pid), "live-restore: the container's process must outlive dockerd"
     engine_down(a, "dr-live", "RUNNING")
 
     engine.start()  # with --live-restore again

@@ -41,7 +41,7 @@ import pytest
 from gpufleet.v1 import common_pb2 as pb
 from gpufleet.v1 import coordinator_pb2 as cpb
 from tests.faults import GATED, release, runs, settle, sqlite_url
-from tests.harness import AgentProc, CoordinatorProc, wait_for
+from tests.harness import AgentProc, CoordinatorProc, pid_alive, wait_for
 from tests.integration.test_coordinator_reconcile import agent_attempts, get_job, node, register, submit, wait_job
 
 pytestmark = pytest.mark.slow
@@ -54,14 +54,6 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     if check and r.returncode != 0:
         raise RuntimeError(f"ip {' '.join(args)}: exit {r.returncode}: {(r.stderr or r.stdout).strip()}")
     return r
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
 
 
 @dataclass

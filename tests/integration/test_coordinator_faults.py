@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from gpufleet.v1 import agent_pb2 as apb
 from gpufleet.v1 import common_pb2 as pb
 from gpufleet.v1 import coordinator_pb2 as cpb
-from tests.harness import wait_for
+from tests.harness import pid_alive, release, runs, wait_for
 from tests.integration.test_coordinator_reconcile import (
     GATED,
     agent_attempts,
@@ -27,10 +27,7 @@ from tests.integration.test_coordinator_reconcile import (
     holds,
     metric_row_counts,
     node,
-    pid_alive,
     register,
-    release,
-    runs,
     sqlite_engine,
     states_of,
     submit,

@@ -24,7 +24,7 @@ from coordinator.db.rows import JobRow
 from gpufleet.v1 import agent_pb2 as apb
 from gpufleet.v1 import common_pb2 as pb
 from gpufleet.v1 import coordinator_pb2 as cpb
-from tests.harness import AgentProc, CoordinatorProc, wait_for
+from tests.harness import AgentProc, CoordinatorProc, release, runs, wait_for
 
 PY = sys.executable
 TRAINER = [PY, "-m", "gpufleet.trainer"]
@@ -81,18 +81,6 @@ def agent_running(a: AgentProc, job_id: str, timeout: float = 30) -> pb.JobStatu
     return a.wait_state(job_id, "RUNNING", timeout=timeout)
 
 
-def release(a: AgentProc, output_dir: str, code: int = 0) -> None:
-    folder = a.output_root / output_dir
-    tmp = folder / "release.tmp"
-    tmp.write_text(str(code))
-    os.replace(tmp, folder / "release")
-
-
-def runs(a: AgentProc, output_dir: str) -> int:
-    path = a.output_root / output_dir / "runs"
-    return len(path.read_text().splitlines()) if path.exists() else 0
-
-
 def kill_behind_agents_back(a: AgentProc, job_id: str, attempt: int = 1) -> None:
     """SIGKILL the job's wrapper first (so nobody records an exit code), then the job itself."""
     st = a.inspect(job_id)
@@ -103,12 +91,7 @@ def kill_behind_agents_back(a: AgentProc, job_id: str, attempt: int = 1) -> None
     os.killpg(child_pid, signal.SIGKILL)
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
+
 
 
 def holds(fn: Callable[[], bool], seconds: float, what: str, interval: float = 0.1) -> None:
