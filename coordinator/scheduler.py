@@ -19,7 +19,7 @@ import grpc
 from sqlalchemy.engine import Engine
 
 from coordinator import convert
-from coordinator.agents import AgentPool
+from coordinator.agents import UNREACHABLE, AgentPool
 from coordinator.db import repo
 from coordinator.db.rows import JobRow
 from coordinator.metrics import PLACEMENT_SECONDS, QUEUE_WAIT_SECONDS
@@ -37,7 +37,6 @@ LAUNCH_RETRIES = 3
 # enough for a healthy agent (docker create+start), short enough that a partitioned node's
 # 30 s deadline never holds up the placements after it.
 LAUNCH_WAIT_S = 1.0
-UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 # A submit wakes the scheduler; gathering the wakes of 10 ms into one pass costs a job at most 10 ms
 # and spares a pass (claim, GPU use, assignment, Launch) per submit when submits come in bursts.
 WAKE_BATCH_S = 0.01
@@ -56,45 +55,32 @@ class NodeView:
         return sorted(self.healthy_gpus - self.used)
 
 
-def choose(gpus: int, constraints: Mapping[str, str], nodes: Sequence[NodeView]) -> tuple[NodeView, list[int]] | None:
-    """Best fit: the eligible node left with the fewest free GPUs; ties by name for determinism."""
-    i = _best_fit(gpus, constraints, nodes, [len(n.healthy_gpus - n.used) for n in nodes])
-    if i is None:
-        return None
-    node = nodes[i]
-    return node, node.free[:gpus]
+def choose(gpus: int, constraints: Mapping[str, str], nodes: Sequence[NodeView],
+           free_counts: Mapping[str, int] | None = None) -> tuple[NodeView, list[int]] | None:
+    """Best fit: the eligible node left with the fewest free GPUs; ties by name for determinism.
 
-
-def _best_fit(gpus: int, constraints: Mapping[str, str], nodes: Sequence[NodeView],
-              free_counts: Sequence[int]) -> int | None:
-    """`choose` over precomputed free-GPU counts (index into `nodes`): a pass places hundreds of
-    jobs on a hundred nodes, and recomputing every node's free list for every job dominated it."""
-    best: int | None = None
+    `free_counts` (node name -> free GPUs), kept by a caller placing many jobs in one pass, spares
+    recomputing every node's free set for every job (that dominated a pass of hundreds of jobs)."""
+    best: NodeView | None = None
     best_key: tuple[int, str] | None = None
-    for i, n in enumerate(nodes):
-        left = free_counts[i] - gpus
+    for n in nodes:
+        left = (free_counts[n.name] if free_counts is not None else len(n.healthy_gpus - n.used)) - gpus
         if left < 0:
             continue
         if constraints and any(n.labels.get(k) != v for k, v in constraints.items()):
             continue
         key = (left, n.name)
         if best_key is None or key < best_key:
-            best, best_key = i, key
-    return best
+            best, best_key = n, key
+    if best is None:
+        return None
+    return best, best.free[:gpus]
 
 
 def node_views(nodes: Sequence[Any], in_use: Mapping[str, set[int]], fresh_names: set[str]) -> list[NodeView]:
-    """Placeable views of node rows: READY, fresh, healthy GPUs. A row is a NodeRow (its snapshot in
-    `gpus`) or a repo.PlaceableNode (healthy indices already in `healthy`)."""
-    views = []
-    for n in nodes:
-        if n.state is not NodeState.READY or n.name not in fresh_names:
-            continue
-        healthy = getattr(n, "healthy", None)
-        if healthy is None:
-            healthy = {int(g["index"]) for g in n.gpus if g.get("healthy", True)}
-        views.append(NodeView(n.name, n.address, n.labels, set(healthy), set(in_use.get(n.name, set()))))
-    return views
+    """Placeable views of nodes (repo.PlaceableNode: healthy GPU indices in `healthy`): READY and fresh."""
+    return [NodeView(n.name, n.address, n.labels, set(n.healthy), set(in_use.get(n.name, set())))
+            for n in nodes if n.state is NodeState.READY and n.name in fresh_names]
 
 
 @dataclass
@@ -163,16 +149,15 @@ class Scheduler:
             in_use = repo.gpus_in_use(conn)
             for v in views:
                 v.used = set(in_use.get(v.name, ()))
-            free_counts = [len(v.healthy_gpus - v.used) for v in views]
+            free = {v.name: len(v.healthy_gpus - v.used) for v in views}
             now = datetime.now(UTC)
             for job in queued:
-                i = _best_fit(job.gpus, job.constraints, views, free_counts)
-                if i is None:
+                pick = choose(job.gpus, job.constraints, views, free)
+                if pick is None:
                     continue
-                node = views[i]
-                gpus = node.free[:job.gpus]
+                node, gpus = pick
                 node.used.update(gpus)
-                free_counts[i] -= job.gpus
+                free[node.name] -= job.gpus
                 placed.append(Placement(job, node.name, node.address, gpus))
             repo.assign_jobs(conn, [(p.job.id, p.node, p.gpus) for p in placed], actor=self.actor, now=now)
         failpoints.hit("coordinator.assign.after_commit")

@@ -862,7 +862,8 @@ class PlaceableNode:
     healthy: frozenset[int]
 
 
-def _healthy(gpus: Sequence[Mapping[str, Any]] | None) -> frozenset[int]:
+def healthy_indices(gpus: Sequence[Mapping[str, Any]] | None) -> frozenset[int]:
+    """The GPUs of a snapshot that may be assigned (no health field counts as healthy)."""
     return frozenset(int(g["index"]) for g in gpus or () if g.get("healthy", True))
 
 
@@ -884,7 +885,7 @@ def placeable_nodes(conn: Connection) -> list[PlaceableNode]:
     if conn.dialect.name == "postgresql":
         return [PlaceableNode(r.name, r.address, r.labels, NodeState.READY, frozenset(int(i) for i in r.healthy))
                 for r in conn.execute(_PG_READY_NODES)]
-    return [PlaceableNode(r.name, r.address, r.labels, NodeState.READY, _healthy(r.gpus))
+    return [PlaceableNode(r.name, r.address, r.labels, NodeState.READY, healthy_indices(r.gpus))
             for r in conn.execute(_READY_NODES)]
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from coordinator.db import repo
 from coordinator.scheduler import NodeView, choose, node_views
 from coordinator.states import NodeState
 
@@ -87,7 +88,8 @@ def test_choose_then_mark_used_fills_nodes_best_fit_first() -> None:
 
 @dataclass
 class FakeNode:
-    """The NodeRow fields node_views reads."""
+    """A node row with its GPU snapshot; node_views reads its healthy indices as repo.placeable_nodes
+    gives them."""
 
     name: str
     state: NodeState = NodeState.READY
@@ -97,6 +99,10 @@ class FakeNode:
 
     def __post_init__(self) -> None:
         self.address = self.address or f"{self.name}:1"
+
+    @property
+    def healthy(self) -> frozenset[int]:
+        return repo.healthy_indices(self.gpus)
 
 
 def gpus(n: int, unhealthy: tuple[int, ...] = (), missing_flag: tuple[int, ...] = ()) -> list[dict[str, Any]]:
