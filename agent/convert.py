@@ -5,11 +5,11 @@ import math
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from gpufleet.agent.gpus import GpuSample
+from gpufleet.agent.spec import JobSpec, MountSpec
+from gpufleet.agent.states import JobState
+from gpufleet.agent.store import JobRecord
 
-from agent.gpus import GpuSample
-from agent.spec import JobSpec, MountSpec
-from agent.states import JobState
-from agent.store import JobRecord
 from gpufleet.v1 import common_pb2 as pb
 
 _JOB_TYPES = {pb.JOB_TYPE_UNSPECIFIED: "", pb.JOB_TYPE_TRAIN: "TRAIN", pb.JOB_TYPE_EVAL: "EVAL"}

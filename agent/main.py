@@ -11,13 +11,14 @@ import socket
 import time
 from pathlib import Path
 
-from agent.gpus import GpuMonitor, open_gpu_source
-from agent.metrics import AgentCollector
-from agent.runtime.base import Runtime
-from agent.service import AgentService, add_to_server
-from agent.spec import Roots
-from agent.store import Store
-from agent.supervisor import Supervisor
+from gpufleet.agent.gpus import GpuMonitor, open_gpu_source
+from gpufleet.agent.metrics import AgentCollector
+from gpufleet.agent.runtime.base import Runtime
+from gpufleet.agent.service import AgentService, add_to_server
+from gpufleet.agent.spec import Roots
+from gpufleet.agent.store import Store
+from gpufleet.agent.supervisor import Supervisor
+
 from gpufleet import auth, config
 from gpufleet import log as flog
 from gpufleet import tls as fleet_tls
@@ -63,14 +64,14 @@ OPTIONS = [
 
 
 def choose_runtime(name: str, state_dir: Path, node_name: str, docker_host: str, container_user: str = "") -> Runtime:
-    from agent.runtime.process import ProcessRuntime
+    from gpufleet.agent.runtime.process import ProcessRuntime
 
     if name not in ("auto", "docker", "process"):
         raise InvalidArgument("--runtime", f"must be docker, process or auto, got {name!r}")
     jobs_root = state_dir / "jobs"
     if name == "process":
         return ProcessRuntime(jobs_root)
-    from agent.runtime.docker import DockerRuntime
+    from gpufleet.agent.runtime.docker import DockerRuntime
 
     url = docker_host or None
     if DockerRuntime.available(url):
@@ -139,7 +140,7 @@ def run(argv: list[str] | None = None) -> int:
 
     registrar = None
     if opts.coordinator:
-        from agent.registrar import Registrar
+        from gpufleet.agent.registrar import Registrar
 
         dial_creds = fleet_tls.channel_credentials(opts.tls_ca, opts.tls_cert, opts.tls_key) if tls else None
         registrar = Registrar(opts.coordinator, service, advertise=opts.advertise or f"{host}:{port}",

@@ -25,10 +25,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from gpufleet.agent.states import JobState
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from agent.states import JobState
 from gpufleet.log import event
 
 log = logging.getLogger("gpufleet.agent.metrics")

@@ -12,9 +12,9 @@ import threading
 import time
 
 import grpc
+from gpufleet.agent import convert
+from gpufleet.agent.service import AgentService
 
-from agent import convert
-from agent.service import AgentService
 from gpufleet.log import event
 from gpufleet.server import channel
 from gpufleet.v1 import coordinator_pb2 as cpb

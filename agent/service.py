@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
+from gpufleet.agent import convert, staging
+from gpufleet.agent.gpus import GpuMonitor
+from gpufleet.agent.supervisor import Supervisor
 
-from agent import convert, staging
-from agent.gpus import GpuMonitor
-from agent.supervisor import Supervisor
 from gpufleet import __version__
 from gpufleet.errors import InvalidArgument, rpc, rpc_stream
 from gpufleet.v1 import agent_pb2 as apb

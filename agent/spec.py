@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.runtime.base import LaunchPlan
+from gpufleet.agent.runtime.base import LaunchPlan
+
 from gpufleet.errors import InvalidArgument
 from gpufleet.paths import relative_under
 

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from agent.states import LIVE, JobState, check
+from gpufleet.agent.states import LIVE, JobState, check
+
 from gpufleet.errors import Aborted, FailedPrecondition, NotFound, ResourceExhausted
 
 SCHEMA_VERSION = 1

@@ -19,13 +19,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from agent import probe as probe_mod
-from agent.gpus import GpuMonitor
-from agent.progress import ProgressState, ProgressTracker
-from agent.runtime.base import Handle, Observation, Runtime, RuntimeError_, Seen
-from agent.spec import JobSpec, Roots, check_job_id, validate
-from agent.states import LIVE, JobState, ended_state
-from agent.store import Event, JobRecord, Store, StoreFull
+from gpufleet.agent import probe as probe_mod
+from gpufleet.agent.gpus import GpuMonitor
+from gpufleet.agent.progress import ProgressState, ProgressTracker
+from gpufleet.agent.runtime.base import Handle, Observation, Runtime, RuntimeError_, Seen
+from gpufleet.agent.spec import JobSpec, Roots, check_job_id, validate
+from gpufleet.agent.states import LIVE, JobState, ended_state
+from gpufleet.agent.store import Event, JobRecord, Store, StoreFull
+
 from gpufleet import failpoints
 from gpufleet.errors import FailedPrecondition, InvalidArgument
 from gpufleet.log import event

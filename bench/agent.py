@@ -1,6 +1,6 @@
 """Benchmark of the gpufleet agent, on real agent processes over loopback gRPC.
 
-One run starts two agents as separate processes (`python -m agent.main`, the agent's own defaults
+One run starts two agents as separate processes (`python -P -m gpufleet.agent.main`, the agent's own defaults
 for poll and GPU sample intervals): one on the process runtime, one on the docker runtime against
 an engine that already answers or a private `dockerd` started here (tests/dockerd.py's helpers,
 tiny busybox image made with the engine's import API). It measures:
@@ -95,7 +95,7 @@ class Agent(_harness.ServiceProcess):
         self.name, self.runtime = name, runtime
         self.state_dir = root / "state"
         self.addr = f"127.0.0.1:{free_port()}"
-        argv = [PY, "-m", "agent.main", "--listen", self.addr, "--state-dir", str(self.state_dir),
+        argv = [PY, "-P", "-m", "gpufleet.agent.main", "--listen", self.addr, "--state-dir", str(self.state_dir),
                 "--runtime", runtime, "--gpus", gpus, "--output-root", str(root / "out"),
                 "--data-root", str(root / "data"), "--node-name", name,
                 # /metrics on a free port: two bench agents (or a running one) must not collide.

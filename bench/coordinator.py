@@ -1,6 +1,6 @@
 """Benchmark of the gpufleet coordinator: placements/s, SubmitJob latency, metric ingestion.
 
-One run, against a real `gpufleet-coordinator` process (`python -m coordinator.main` with
+One run, against a real `gpufleet-coordinator` process (`python -P -m gpufleet.coordinator.main` with
 `sys.executable`, its production defaults for heartbeat/reconcile/schedule intervals and node
 timeout; any other port it listens on by default, such as --metrics-listen, moved to a free one)
 on PostgreSQL: a throwaway cluster started here as tests/postgres.py starts one (initdb in a temp
@@ -68,14 +68,14 @@ sys.path.insert(0, str(REPO))
 import grpc  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 from google.protobuf.timestamp_pb2 import Timestamp  # noqa: E402
+from gpufleet.agent.spec import JobSpec  # noqa: E402
+from gpufleet.coordinator.db import engine as dbengine  # noqa: E402
+from gpufleet.coordinator.db import repo  # noqa: E402
+from gpufleet.coordinator.db.schema import jobs as jobs_table  # noqa: E402
+from gpufleet.coordinator.states import JobStatus  # noqa: E402
 
-from agent.spec import JobSpec  # noqa: E402
 from bench import _harness  # noqa: E402
 from bench._harness import PY, READY_TIMEOUT, RPC_TIMEOUT, BenchError, cpu_seconds, percentile, poll  # noqa: E402
-from coordinator.db import engine as dbengine  # noqa: E402
-from coordinator.db import repo  # noqa: E402
-from coordinator.db.schema import jobs as jobs_table  # noqa: E402
-from coordinator.states import JobStatus  # noqa: E402
 from gpufleet.v1 import agent_pb2 as apb  # noqa: E402
 from gpufleet.v1 import agent_pb2_grpc, coordinator_pb2_grpc  # noqa: E402
 from gpufleet.v1 import common_pb2 as pb  # noqa: E402
@@ -432,14 +432,14 @@ def node_job_live(agent: FakeAgent, job_id: str) -> bool:
 
 
 class Coordinator(_harness.ServiceProcess):
-    """`python -m coordinator.main` on 127.0.0.1:<any free port>, production defaults otherwise."""
+    """`python -P -m gpufleet.coordinator.main` on 127.0.0.1:<any free port>, production defaults otherwise."""
 
     log_name = "coordinator.log"
     stop_timeout = 15.0
 
     def __init__(self, root: Path, url: str, extra: list[str]) -> None:
         self.state_dir = root / "state"
-        super().__init__(root, [PY, "-m", "coordinator.main", "--listen", "127.0.0.1:0", "--state-dir",
+        super().__init__(root, [PY, "-P", "-m", "gpufleet.coordinator.main", "--listen", "127.0.0.1:0", "--state-dir",
                                 str(self.state_dir), "--database-url", url, *own_port_flags(extra), *extra])
         self.addr = ""
 
@@ -476,7 +476,7 @@ class Coordinator(_harness.ServiceProcess):
 def own_port_flags(extra: list[str]) -> list[str]:
     """Any other port the coordinator listens on by default (e.g. --metrics-listen) is moved to a
     free one, so that the bench never collides with a coordinator already running here."""
-    from coordinator import main as cmain
+    from gpufleet.coordinator import main as cmain
 
     names = {o.name for o in cmain.OPTIONS}
     return [f"--{name}=127.0.0.1:0" for name in ("metrics-listen",)

@@ -19,7 +19,7 @@ keeps one process for the whole run when memory is the point.
 
 What runs. A throwaway PostgreSQL cluster (bench/coordinator.py's Database: initdb as the `postgres`
 user the way tests/postgres.py does; fsync off unless --fsync, since the soak kills the coordinator,
-never PostgreSQL) and a real `python -m coordinator.main` (bench/coordinator.py's Coordinator) on a
+never PostgreSQL) and a real `python -P -m gpufleet.coordinator.main` (bench/coordinator.py's Coordinator) on a
 fixed loopback port, with --node-timeout/--reconcile-interval as given here and production defaults
 otherwise. In this process: 100 fake agents, each a grpc.aio server implementing gpufleet.v1.Agent
 (bench/coordinator.py's FakeAgent and AgentFarm, extended here) that registers through
@@ -116,10 +116,10 @@ sys.path.insert(0, str(REPO))
 
 import grpc  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
+from gpufleet.coordinator.db import engine as dbengine  # noqa: E402
 
 from bench import _harness  # noqa: E402  (what every bench shares)
 from bench import coordinator as cb  # noqa: E402  (fake agents, coordinator process, database)
-from coordinator.db import engine as dbengine  # noqa: E402
 from gpufleet.server import CHANNEL_OPTIONS  # noqa: E402
 from gpufleet.v1 import agent_pb2 as apb  # noqa: E402
 from gpufleet.v1 import agent_pb2_grpc, coordinator_pb2_grpc  # noqa: E402

@@ -7,11 +7,11 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
+from gpufleet.agent import convert as agent_convert
+from gpufleet.agent.spec import JobSpec
+from gpufleet.coordinator.db.rows import JobRow, MetricPoint, ModelRow, NodeRow, Progress
+from gpufleet.coordinator.states import JobStatus, JobType, ModelStatus, NodeState, Step, format_duration
 
-from agent import convert as agent_convert
-from agent.spec import JobSpec
-from coordinator.db.rows import JobRow, MetricPoint, ModelRow, NodeRow, Progress
-from coordinator.states import JobStatus, JobType, ModelStatus, NodeState, Step, format_duration
 from gpufleet.errors import InvalidArgument
 from gpufleet.v1 import common_pb2 as pb
 from gpufleet.v1 import coordinator_pb2 as cpb

@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from gpufleet.coordinator.agents import row_id
+from gpufleet.coordinator.db import repo
+from gpufleet.coordinator.reconciler import Reconciler, end_job
+from gpufleet.coordinator.states import DesiredState, JobStatus, NodeState, TerminationReason
 from sqlalchemy.engine import Engine
 
-from coordinator.agents import row_id
-from coordinator.db import repo
-from coordinator.reconciler import Reconciler, end_job
-from coordinator.states import DesiredState, JobStatus, NodeState, TerminationReason
 from gpufleet.config import split_hostport
 from gpufleet.errors import InvalidArgument
 from gpufleet.log import event

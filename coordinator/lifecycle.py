@@ -14,15 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gpufleet.agent.spec import JobSpec, check_portable
+from gpufleet.coordinator import states
+from gpufleet.coordinator.agents import AgentPool
+from gpufleet.coordinator.db import repo
+from gpufleet.coordinator.db.rows import JobRow, ModelRow
+from gpufleet.coordinator.reconciler import Reconciler, end_job
+from gpufleet.coordinator.states import DesiredState, JobStatus, JobType, ModelStates, NodeState, TerminationReason
 from sqlalchemy.engine import Connection, Engine
 
-from agent.spec import JobSpec, check_portable
-from coordinator import states
-from coordinator.agents import AgentPool
-from coordinator.db import repo
-from coordinator.db.rows import JobRow, ModelRow
-from coordinator.reconciler import Reconciler, end_job
-from coordinator.states import DesiredState, JobStatus, JobType, ModelStates, NodeState, TerminationReason
 from gpufleet.errors import FailedPrecondition, InvalidArgument, NotFound
 from gpufleet.log import event
 

@@ -8,14 +8,15 @@ import logging
 import sys
 import time
 
-from coordinator.agents import AgentPool
-from coordinator.db import engine as dbengine
-from coordinator.fleet import Fleet
-from coordinator.lifecycle import Lifecycle
-from coordinator.metrics import CoordinatorCollector
-from coordinator.reconciler import Reconciler
-from coordinator.scheduler import Scheduler
-from coordinator.service import CoordinatorService, FleetService, add_to_server
+from gpufleet.coordinator.agents import AgentPool
+from gpufleet.coordinator.db import engine as dbengine
+from gpufleet.coordinator.fleet import Fleet
+from gpufleet.coordinator.lifecycle import Lifecycle
+from gpufleet.coordinator.metrics import CoordinatorCollector
+from gpufleet.coordinator.reconciler import Reconciler
+from gpufleet.coordinator.scheduler import Scheduler
+from gpufleet.coordinator.service import CoordinatorService, FleetService, add_to_server
+
 from gpufleet import auth, config
 from gpufleet import log as flog
 from gpufleet import tls as fleet_tls

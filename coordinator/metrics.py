@@ -20,13 +20,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import sqlalchemy as sa
+from gpufleet.coordinator.db import schema
+from gpufleet.coordinator.db.engine import SQLITE_BEGIN_OPTION
+from gpufleet.coordinator.states import JobStatus, NodeState
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from coordinator.db import schema
-from coordinator.db.engine import SQLITE_BEGIN_OPTION
-from coordinator.states import JobStatus, NodeState
 from gpufleet.log import event
 
 log = logging.getLogger("gpufleet.coordinator.metrics")

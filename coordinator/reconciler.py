@@ -17,14 +17,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+from gpufleet.coordinator import states
+from gpufleet.coordinator.agents import AgentPool, Observation
+from gpufleet.coordinator.db import repo
+from gpufleet.coordinator.db.rows import JobRow
+from gpufleet.coordinator.metrics import job_ended
+from gpufleet.coordinator.states import DesiredState, JobStatus, JobType, ModelStatus, Step, TerminationReason
 from sqlalchemy.engine import Connection, Engine
 
-from coordinator import states
-from coordinator.agents import AgentPool, Observation
-from coordinator.db import repo
-from coordinator.db.rows import JobRow
-from coordinator.metrics import job_ended
-from coordinator.states import DesiredState, JobStatus, JobType, ModelStatus, Step, TerminationReason
 from gpufleet import failpoints
 from gpufleet.errors import FailedPrecondition
 from gpufleet.log import event
@@ -381,7 +381,7 @@ class Reconciler:
                 self._applied[job.id] = seen
             return
         if d.action == "relaunch":
-            from coordinator import convert
+            from gpufleet.coordinator import convert
 
             event(log, "job.relaunch", job_id=job.id, attempt=job.attempt, node=job.node)
             try:

@@ -16,14 +16,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+from gpufleet.coordinator import convert
+from gpufleet.coordinator.agents import UNREACHABLE, AgentPool
+from gpufleet.coordinator.db import repo
+from gpufleet.coordinator.db.rows import JobRow
+from gpufleet.coordinator.metrics import PLACEMENT_SECONDS, QUEUE_WAIT_SECONDS
+from gpufleet.coordinator.states import JobStatus, NodeState, TerminationReason
 from sqlalchemy.engine import Engine
 
-from coordinator import convert
-from coordinator.agents import UNREACHABLE, AgentPool
-from coordinator.db import repo
-from coordinator.db.rows import JobRow
-from coordinator.metrics import PLACEMENT_SECONDS, QUEUE_WAIT_SECONDS
-from coordinator.states import JobStatus, NodeState, TerminationReason
 from gpufleet import failpoints
 from gpufleet.log import event
 from gpufleet.loop import Loop
@@ -266,7 +266,7 @@ class Scheduler:
         # The agent answered and refused: nothing runs there for this attempt. A GPU still held, or
         # an older attempt of the same job still live there, is a fenced attempt not yet stopped.
         transient = code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED)
-        from coordinator.reconciler import end_job  # the one place that ends a job
+        from gpufleet.coordinator.reconciler import end_job  # the one place that ends a job
 
         # Launch trouble does not use up the user's retries, but is bounded so that a node that
         # always refuses cannot make a job bounce forever.

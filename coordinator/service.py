@@ -5,14 +5,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
+from gpufleet.coordinator import convert
+from gpufleet.coordinator.agents import AgentPool
+from gpufleet.coordinator.db import repo
+from gpufleet.coordinator.fleet import Digest, Fleet
+from gpufleet.coordinator.lifecycle import Lifecycle, check_job_id
+from gpufleet.coordinator.states import JobStatus
 from sqlalchemy.engine import Engine
 
-from coordinator import convert
-from coordinator.agents import AgentPool
-from coordinator.db import repo
-from coordinator.fleet import Digest, Fleet
-from coordinator.lifecycle import Lifecycle, check_job_id
-from coordinator.states import JobStatus
 from gpufleet.errors import InvalidArgument, Unavailable, Upstream, rpc, rpc_stream
 from gpufleet.v1 import agent_pb2 as apb
 from gpufleet.v1 import common_pb2 as pb

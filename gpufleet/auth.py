@@ -135,7 +135,7 @@ def create_token(engine: Engine, name: str, role: str, expires_in: timedelta | N
                  now: datetime | None = None) -> str:
     """Store a new token for `name` with `role`; returns the plaintext, which is never stored:
     show it once. Several live tokens may share a name (rotation): they act as the same owner."""
-    from coordinator.db import tokens as db
+    from gpufleet.coordinator.db import tokens as db
 
     check_token_name(name)
     if role not in TOKEN_ROLES:
@@ -162,7 +162,7 @@ def create_token(engine: Engine, name: str, role: str, expires_in: timedelta | N
 
 
 def list_tokens(engine: Engine, include_revoked: bool = False) -> list[TokenInfo]:
-    from coordinator.db import tokens as db
+    from gpufleet.coordinator.db import tokens as db
 
     with engine.connect() as conn:
         return [_info(r) for r in db.list_tokens(conn, include_revoked)]
@@ -171,7 +171,7 @@ def list_tokens(engine: Engine, include_revoked: bool = False) -> list[TokenInfo
 def revoke_token(engine: Engine, ident: str, now: datetime | None = None) -> list[str]:
     """Revoke the token with key id `ident` (also accepted: the full token, or `gft_<id>…`), or every
     live token named `ident`. Returns the key ids revoked; NotFound when nothing matched."""
-    from coordinator.db import tokens as db
+    from gpufleet.coordinator.db import tokens as db
 
     ident = ident.strip().rstrip("…").removesuffix("...")
     if ident.startswith(TOKEN_PREFIX):
@@ -191,7 +191,7 @@ class TokenRejected(Exception):
 
 def verify_token(engine: Engine, token: str, now: datetime | None = None) -> TokenInfo:
     """The live token `token` is, or TokenRejected. Constant-time comparison of the hash."""
-    from coordinator.db import tokens as db
+    from gpufleet.coordinator.db import tokens as db
 
     key_id = _key_id(token)
     if key_id is None:
@@ -495,7 +495,7 @@ class CoordinatorAuth(grpc.ServerInterceptor):
 
     def _check_owner(self, context: grpc.ServicerContext, method: str, request: Any, who: Principal,
                      fields: Mapping[str, Any]) -> None:
-        from coordinator.db import tokens as db
+        from gpufleet.coordinator.db import tokens as db
 
         own: db.Ownership | None = None
         try:
@@ -524,7 +524,7 @@ class CoordinatorAuth(grpc.ServerInterceptor):
             return None
 
         def record(response: Any) -> None:
-            from coordinator.db import tokens as db
+            from gpufleet.coordinator.db import tokens as db
 
             entity_id = response.uuid if entity == "model" else response.job_id
             try:

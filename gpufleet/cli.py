@@ -475,7 +475,7 @@ def certs_issue(
 def _coordinator_db(database_url: str, state_dir: str) -> Iterator[Any]:
     """The coordinator's database engine, migrated, disposed of at the end; a domain error inside
     prints its message and exits 1 (fleet_errors)."""
-    from coordinator.db import engine as dbengine
+    from gpufleet.coordinator.db import engine as dbengine
 
     with fleet_errors():
         url = database_url or dbengine.default_sqlite_url(Path(state_dir).expanduser().resolve())

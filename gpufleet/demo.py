@@ -59,12 +59,12 @@ def run_demo(out: Console, *, keep: bool, epochs: int, epoch_seconds: float, sta
     procs: list[subprocess.Popen[bytes]] = []
 
     def spawn(args: list[str], log: Path) -> None:
-        procs.append(subprocess.Popen([sys.executable, "-m", *args], stdout=open(log, "ab"),
+        procs.append(subprocess.Popen([sys.executable, "-P", "-m", *args], stdout=open(log, "ab"),
                                       stderr=subprocess.STDOUT, env=env, start_new_session=True))
 
     out.print(f"[bold]gpufleet demo[/] — state in {root}")
     try:
-        spawn(["coordinator.main", "--listen", caddr, "--state-dir", str(root / "coordinator"),
+        spawn(["gpufleet.coordinator.main", "--listen", caddr, "--state-dir", str(root / "coordinator"),
                "--heartbeat-interval", "0.5", "--reconcile-interval", "0.5", "--schedule-interval", "0.5",
                "--metrics-listen", "127.0.0.1:0"], clog)
         ch = grpc.insecure_channel(caddr)
@@ -72,7 +72,7 @@ def run_demo(out: Console, *, keep: bool, epochs: int, epoch_seconds: float, sta
         _wait("the coordinator", lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
               == health_pb2.HealthCheckResponse.SERVING, 60, [clog])
         out.print(f"  coordinator  {caddr}  (SQLite {root / 'coordinator'})")
-        spawn(["agent.main", "--listen", aaddr, "--state-dir", str(root / "agent"), "--runtime", "process",
+        spawn(["gpufleet.agent.main", "--listen", aaddr, "--state-dir", str(root / "agent"), "--runtime", "process",
                "--gpus", "fake:4", "--output-root", str(root / "output"), "--data-root", str(root / "data"),
                "--coordinator", caddr, "--node-name", "demo-node", "--poll-interval", "0.2",
                "--metrics-listen", "127.0.0.1:0"], alog)

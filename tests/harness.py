@@ -101,7 +101,8 @@ class AgentProc:
         self.port = port or free_port()
         self.node_name = node_name or f"node-{self.port}"
         self.addr = f"127.0.0.1:{self.port}"
-        argv = [sys.executable, "-m", "agent.main", "--listen", self.addr, "--state-dir", str(self.state_dir),
+        argv = [sys.executable, "-P", "-m", "gpufleet.agent.main", "--listen", self.addr,
+                "--state-dir", str(self.state_dir),
                 "--runtime", runtime, "--gpus", gpus, "--output-root", str(self.output_root),
                 "--data-root", str(self.data_root), "--node-name", self.node_name, "--poll-interval", "0.1",
                 "--gpu-sample-interval", "1", "--metrics-listen", ""]
@@ -189,7 +190,8 @@ class CoordinatorProc:
         root.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.addr = f"127.0.0.1:{self.port}"
-        argv = [sys.executable, "-m", "coordinator.main", "--listen", self.addr, "--state-dir", str(root / "state"),
+        argv = [sys.executable, "-P", "-m", "gpufleet.coordinator.main", "--listen", self.addr,
+                "--state-dir", str(root / "state"),
                 "--node-timeout", str(node_timeout), "--heartbeat-interval", "0.5", "--reconcile-interval", "0.5",
                 "--schedule-interval", "0.5", "--metrics-listen", ""]
         if database_url:

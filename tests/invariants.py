@@ -45,12 +45,11 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from gpufleet.agent.runtime.process import proc_start_marker
+from gpufleet.coordinator.reconciler import outputs_complete
+from gpufleet.coordinator.states import JOB_TERMINAL, JobStatus, JobType, job_from_agent
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
-
-from agent.runtime.process import proc_start_marker
-from coordinator.reconciler import outputs_complete
-from coordinator.states import JOB_TERMINAL, JobStatus, JobType, job_from_agent
 
 AGENT_STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED", "LOST")
 AGENT_LIVE = frozenset({"PENDING", "RUNNING"})

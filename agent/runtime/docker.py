@@ -35,8 +35,8 @@ import docker.errors
 import requests
 import urllib3.exceptions
 from docker.types import DeviceRequest, LogConfig, Mount
+from gpufleet.agent.runtime.base import Found, Handle, LaunchPlan, Observation, RuntimeError_, Seen
 
-from agent.runtime.base import Found, Handle, LaunchPlan, Observation, RuntimeError_, Seen
 from gpufleet import failpoints
 
 log = logging.getLogger("gpufleet.agent.runtime.docker")

@@ -15,8 +15,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from agent.runtime import wrapper
-from agent.runtime.base import Found, Handle, LaunchPlan, Observation, RuntimeError_, Seen
+from gpufleet.agent.runtime import wrapper
+from gpufleet.agent.runtime.base import Found, Handle, LaunchPlan, Observation, RuntimeError_, Seen
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 

@@ -23,12 +23,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import Connection
-from sqlalchemy.dialects import postgresql, sqlite
-
-from coordinator import states
-from coordinator.db.rows import EventRow, JobRow, MetricPoint, ModelRow, NodeRow, Page, Progress
-from coordinator.db.schema import (
+from gpufleet.coordinator import states
+from gpufleet.coordinator.db.rows import EventRow, JobRow, MetricPoint, ModelRow, NodeRow, Page, Progress
+from gpufleet.coordinator.db.schema import (
     METRIC_KEY_LEN,
     METRIC_TABLES,
     dataset_stages,
@@ -40,7 +37,10 @@ from coordinator.db.schema import (
     nodes,
     submit_keys,
 )
-from coordinator.states import DesiredState, JobStatus, JobType, ModelStates, ModelStatus, NodeState, Step
+from gpufleet.coordinator.states import DesiredState, JobStatus, JobType, ModelStates, ModelStatus, NodeState, Step
+from sqlalchemy import Connection
+from sqlalchemy.dialects import postgresql, sqlite
+
 from gpufleet.errors import FailedPrecondition, InvalidArgument, NotFound
 
 MAX_PAGE_SIZE = 500

@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from coordinator.states import (
+from gpufleet.coordinator.states import (
     JOB_TERMINAL,
     DesiredState,
     JobStatus,

@@ -34,9 +34,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from gpufleet.coordinator.states import DesiredState, JobStatus, JobType, ModelStatus, NodeState
 from sqlalchemy.dialects import postgresql
-
-from coordinator.states import DesiredState, JobStatus, JobType, ModelStatus, NodeState
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",

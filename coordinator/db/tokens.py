@@ -19,9 +19,8 @@ from datetime import datetime
 from typing import NamedTuple
 
 import sqlalchemy as sa
+from gpufleet.coordinator.db.schema import ID_LEN, UtcDateTime, jobs, metadata, models
 from sqlalchemy import Connection
-
-from coordinator.db.schema import ID_LEN, UtcDateTime, jobs, metadata, models
 
 TOKEN_ROLES = ("admin", "user", "viewer")
 OWNED_ENTITIES = ("model", "job")

@@ -8,10 +8,9 @@ revision with `alembic revision --autogenerate`.
 from __future__ import annotations
 
 from alembic import context
+from gpufleet.coordinator.db.engine import make_engine
+from gpufleet.coordinator.db.schema import metadata
 from sqlalchemy import Connection
-
-from coordinator.db.engine import make_engine
-from coordinator.db.schema import metadata
 
 config = context.config
 

@@ -36,8 +36,8 @@ def fresh_install(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", purelib, str(wheel)],
                    check=True, timeout=300)
     # Console scripts: pip --target does not write them into bin/, so make them as pip would.
-    for name, target in (("gpufleet", "gpufleet.cli:main"), ("gpufleet-agent", "agent.main:main"),
-                         ("gpufleet-coordinator", "coordinator.main:main")):
+    for name, target in (("gpufleet", "gpufleet.cli:main"), ("gpufleet-agent", "gpufleet.agent.main:main"),
+                         ("gpufleet-coordinator", "gpufleet.coordinator.main:main")):
         mod, func = target.split(":")
         script = env_dir / "bin" / name
         script.write_text(f"#!{vpy}\nimport sys\nfrom {mod} import {func}\nsys.exit({func}())\n")

@@ -23,20 +23,20 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from gpufleet.agent.gpus import FakeGpus, GpuMonitor
+from gpufleet.agent.runtime.process import ProcessRuntime
+from gpufleet.agent.spec import JobSpec, Roots
+from gpufleet.agent.states import JobState
+from gpufleet.agent.store import Store
+from gpufleet.agent.supervisor import Supervisor
+from gpufleet.coordinator import fleet as fleet_mod
+from gpufleet.coordinator.agents import AgentPool
+from gpufleet.coordinator.db import engine as dbengine
+from gpufleet.coordinator.db import repo
+from gpufleet.coordinator.fleet import Digest, Fleet
+from gpufleet.coordinator.reconciler import Reconciler
+from gpufleet.coordinator.states import JobStatus, NodeState
 
-from agent.gpus import FakeGpus, GpuMonitor
-from agent.runtime.process import ProcessRuntime
-from agent.spec import JobSpec, Roots
-from agent.states import JobState
-from agent.store import Store
-from agent.supervisor import Supervisor
-from coordinator import fleet as fleet_mod
-from coordinator.agents import AgentPool
-from coordinator.db import engine as dbengine
-from coordinator.db import repo
-from coordinator.fleet import Digest, Fleet
-from coordinator.reconciler import Reconciler
-from coordinator.states import JobStatus, NodeState
 from tests.harness import pid_alive, wait_for
 from tests.integration.test_coordinator_reconcile import holds
 from tests.invariants import check_invariants

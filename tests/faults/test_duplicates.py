@@ -25,13 +25,13 @@ from typing import Any
 import grpc
 import pytest
 import sqlalchemy as sa
+from gpufleet.agent.runtime.process import proc_start_marker
+from gpufleet.agent.states import JobState
+from gpufleet.agent.store import JobRecord, Store
+from gpufleet.coordinator.db import engine as dbengine
+from gpufleet.coordinator.db import repo
+from gpufleet.coordinator.states import JobStatus
 
-from agent.runtime.process import proc_start_marker
-from agent.states import JobState
-from agent.store import JobRecord, Store
-from coordinator.db import engine as dbengine
-from coordinator.db import repo
-from coordinator.states import JobStatus
 from gpufleet.v1 import agent_pb2 as apb
 from gpufleet.v1 import common_pb2 as pb
 from gpufleet.v1 import coordinator_pb2 as cpb

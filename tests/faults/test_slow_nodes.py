@@ -27,14 +27,14 @@ from typing import Any
 import grpc
 import pytest
 import sqlalchemy as sa
+from gpufleet.coordinator.agents import AgentPool
+from gpufleet.coordinator.db import engine as dbengine
+from gpufleet.coordinator.db import repo
+from gpufleet.coordinator.fleet import Digest, Fleet
+from gpufleet.coordinator.reconciler import Reconciler
+from gpufleet.coordinator.scheduler import Scheduler
+from gpufleet.coordinator.states import JobStatus
 
-from coordinator.agents import AgentPool
-from coordinator.db import engine as dbengine
-from coordinator.db import repo
-from coordinator.fleet import Digest, Fleet
-from coordinator.reconciler import Reconciler
-from coordinator.scheduler import Scheduler
-from coordinator.states import JobStatus
 from gpufleet.v1 import agent_pb2 as apb
 from gpufleet.v1 import agent_pb2_grpc
 from gpufleet.v1 import common_pb2 as pb

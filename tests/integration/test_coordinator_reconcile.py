@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from gpufleet.coordinator.db.rows import JobRow
 
-from coordinator.db.rows import JobRow
 from gpufleet.v1 import agent_pb2 as apb
 from gpufleet.v1 import common_pb2 as pb
 from gpufleet.v1 import coordinator_pb2 as cpb
@@ -383,9 +383,9 @@ def test_unhealthy_gpus_are_never_assigned(coordinator_factory, agent_factory) -
 
 
 def test_metric_ingestion_is_idempotent(fleet) -> None:  # type: ignore[no-untyped-def]
-    from coordinator.agents import probe_from_pb
-    from coordinator.db import repo
-    from coordinator.reconciler import ingest_probe
+    from gpufleet.coordinator.agents import probe_from_pb
+    from gpufleet.coordinator.db import repo
+    from gpufleet.coordinator.reconciler import ingest_probe
 
     c, a = fleet
     m = create_model(c, {"total_epoch": 4, "epoch_seconds": 0.01})

@@ -11,12 +11,12 @@ from tests.harness import free_port
 
 
 def run(args: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout,
+    return subprocess.run([sys.executable, "-P", "-m", *args], capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
 
 
 def agent_args(tmp: Path, listen: str, *extra: str) -> list[str]:
-    return ["agent.main", "--listen", listen, "--state-dir", str(tmp / "s"), "--runtime", "process",
+    return ["gpufleet.agent.main", "--listen", listen, "--state-dir", str(tmp / "s"), "--runtime", "process",
             "--gpus", "fake:1", "--output-root", str(tmp / "o"), "--data-root", str(tmp / "d"),
             "--metrics-listen", "", *extra]
 
@@ -25,7 +25,8 @@ def agent_args(tmp: Path, listen: str, *extra: str) -> list[str]:
 def test_plaintext_on_a_public_address_is_refused(daemon: str, tmp_path: Path) -> None:
     listen = f"0.0.0.0:{free_port()}"
     args = (agent_args(tmp_path, listen) if daemon == "agent"
-            else ["coordinator.main", "--listen", listen, "--state-dir", str(tmp_path / "c"), "--metrics-listen", ""])
+            else ["gpufleet.coordinator.main", "--listen", listen, "--state-dir", str(tmp_path / "c"),
+                  "--metrics-listen", ""])
     r = run(args)
     assert r.returncode == 2
     assert "--listen" in r.stderr and "TLS" in r.stderr and "--insecure" in r.stderr
@@ -45,7 +46,7 @@ def test_bad_agent_flags_exit_2_naming_the_flag(flags: list[str], needle: str, t
 def test_bad_config_file_is_refused(tmp_path: Path) -> None:
     cfg = tmp_path / "agent.toml"
     cfg.write_text('listen = "127.0.0.1:1"\nno_such_setting = 3\n')
-    r = run(["agent.main", "--config", str(cfg)])
+    r = run(["gpufleet.agent.main", "--config", str(cfg)])
     assert r.returncode == 2 and "no_such_setting" in r.stderr
 
 
@@ -54,6 +55,6 @@ def test_settings_come_from_the_environment(tmp_path: Path) -> None:
 
     args = [a for a in agent_args(tmp_path, f"127.0.0.1:{free_port()}") if a not in ("--runtime", "process")]
     env = {**os.environ, "GPUFLEET_RUNTIME": "podman"}
-    r = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=30, env=env,
+    r = subprocess.run([sys.executable, "-P", "-m", *args], capture_output=True, text=True, timeout=30, env=env,
                        stdin=subprocess.DEVNULL)
     assert r.returncode == 2 and "--runtime" in r.stderr and "podman" in r.stderr

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import grpc
 import pytest
+from gpufleet.agent.gpus import FakeGpus, GpuMonitor
+from gpufleet.agent.metrics import AgentCollector
+from gpufleet.agent.runtime.process import ProcessRuntime
+from gpufleet.agent.service import AgentService, add_to_server
+from gpufleet.agent.spec import Roots
+from gpufleet.agent.store import Store
+from gpufleet.agent.supervisor import Supervisor
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.gpus import FakeGpus, GpuMonitor
-from agent.metrics import AgentCollector
-from agent.runtime.process import ProcessRuntime
-from agent.service import AgentService, add_to_server
-from agent.spec import Roots
-from agent.store import Store
-from agent.supervisor import Supervisor
 from gpufleet.metrics import RpcMetricsInterceptor, new_registry, start_http, stop_http
 from gpufleet.v1 import agent_pb2 as apb
 from gpufleet.v1 import agent_pb2_grpc
@@ -63,8 +63,8 @@ def _has_flag(module: str) -> bool:
     return any(o.name == "metrics-listen" for o in getattr(mod, "OPTIONS", []))
 
 
-AGENT_WIRED = _has_flag("agent.main")
-COORDINATOR_WIRED = _has_flag("coordinator.main")
+AGENT_WIRED = _has_flag("gpufleet.agent.main")
+COORDINATOR_WIRED = _has_flag("gpufleet.coordinator.main")
 
 
 # ---------------------------------------------------------------------------------------------

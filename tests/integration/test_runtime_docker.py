@@ -17,9 +17,9 @@ from typing import Any, TypeVar
 import docker
 import docker.errors
 import pytest
+from gpufleet.agent.runtime.base import Handle, LaunchPlan, Observation, RuntimeError_, Seen
+from gpufleet.agent.runtime.docker import LABEL_AGENT, LABEL_ATTEMPT, LABEL_JOB, DockerRuntime, container_name
 
-from agent.runtime.base import Handle, LaunchPlan, Observation, RuntimeError_, Seen
-from agent.runtime.docker import LABEL_AGENT, LABEL_ATTEMPT, LABEL_JOB, DockerRuntime, container_name
 from tests.dockerd import Dockerd
 
 pytestmark = pytest.mark.docker

@@ -22,17 +22,17 @@ from typing import Any
 
 import grpc
 import pytest
+from gpufleet.agent.registrar import Registrar
+from gpufleet.coordinator.agents import AgentPool
+from gpufleet.coordinator.db.engine import make_engine, migrate
+from gpufleet.coordinator.fleet import Fleet
+from gpufleet.coordinator.lifecycle import Lifecycle
+from gpufleet.coordinator.reconciler import Reconciler
+from gpufleet.coordinator.service import CoordinatorService, FleetService, add_to_server
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from sqlalchemy import Engine
 
-from agent.registrar import Registrar
-from coordinator.agents import AgentPool
-from coordinator.db.engine import make_engine, migrate
-from coordinator.fleet import Fleet
-from coordinator.lifecycle import Lifecycle
-from coordinator.reconciler import Reconciler
-from coordinator.service import CoordinatorService, FleetService, add_to_server
 from gpufleet import auth, tls
 from gpufleet.v1 import agent_pb2 as apb
 from gpufleet.v1 import agent_pb2_grpc, coordinator_pb2_grpc

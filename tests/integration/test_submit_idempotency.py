@@ -15,12 +15,12 @@ from typing import Any
 import grpc
 import pytest
 import sqlalchemy as sa
+from gpufleet.coordinator.agents import AgentPool
+from gpufleet.coordinator.db import repo
+from gpufleet.coordinator.db.engine import make_engine, migrate
+from gpufleet.coordinator.lifecycle import Lifecycle
+from gpufleet.coordinator.reconciler import Reconciler
 
-from coordinator.agents import AgentPool
-from coordinator.db import repo
-from coordinator.db.engine import make_engine, migrate
-from coordinator.lifecycle import Lifecycle
-from coordinator.reconciler import Reconciler
 from gpufleet.errors import InvalidArgument
 from gpufleet.v1 import coordinator_pb2 as cpb
 from tests.harness import CoordinatorProc

@@ -11,11 +11,11 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from gpufleet.coordinator.db import tokens as db
+from gpufleet.coordinator.db.engine import make_engine, migrate
+from gpufleet.coordinator.db.schema import metadata
 from sqlalchemy import Engine
 
-from coordinator.db import tokens as db
-from coordinator.db.engine import make_engine, migrate
-from coordinator.db.schema import metadata
 from gpufleet import auth
 from gpufleet.errors import InvalidArgument, NotFound
 from gpufleet.v1 import coordinator_pb2 as cpb

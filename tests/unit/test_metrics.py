@@ -18,16 +18,16 @@ from typing import Any
 
 import grpc
 import pytest
+from gpufleet.agent.gpus import GIB, GpuSample
+from gpufleet.agent.metrics import DCGM_FIELDS, GPU_LABELS, AgentCollector
+from gpufleet.agent.states import JobState
+from gpufleet.coordinator.db import repo
+from gpufleet.coordinator.db.engine import default_sqlite_url, make_engine, migrate
+from gpufleet.coordinator.metrics import PLACEMENT_SECONDS, QUEUE_WAIT_SECONDS, CoordinatorCollector
+from gpufleet.coordinator.states import JobStatus
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.gpus import GIB, GpuSample
-from agent.metrics import DCGM_FIELDS, GPU_LABELS, AgentCollector
-from agent.states import JobState
-from coordinator.db import repo
-from coordinator.db.engine import default_sqlite_url, make_engine, migrate
-from coordinator.metrics import PLACEMENT_SECONDS, QUEUE_WAIT_SECONDS, CoordinatorCollector
-from coordinator.states import JobStatus
 from gpufleet.errors import InvalidArgument
 from gpufleet.metrics import RpcMetricsInterceptor, new_registry, start_http, stop_http
 
@@ -209,8 +209,8 @@ def test_store_failure_keeps_the_last_job_labels_and_says_so() -> None:
 
 
 def test_agent_collector_with_the_real_gpu_monitor_and_store(tmp_path: Path) -> None:
-    from agent.gpus import FakeGpus, GpuMonitor
-    from agent.store import Store
+    from gpufleet.agent.gpus import FakeGpus, GpuMonitor
+    from gpufleet.agent.store import Store
 
     store = Store(tmp_path / "agent.db")
     mon = GpuMonitor(FakeGpus(2, seed=7), interval=60)
@@ -228,7 +228,7 @@ def test_agent_collector_with_the_real_gpu_monitor_and_store(tmp_path: Path) -> 
 
 
 def test_real_store_is_read_without_its_lock_in_one_snapshot(tmp_path: Path) -> None:
-    from agent.store import JobRecord, Store
+    from gpufleet.agent.store import JobRecord, Store
 
     store = Store(tmp_path / "agent.db")
     try:
@@ -336,8 +336,8 @@ def test_coordinator_queue_jobs_nodes_and_counters(engine: Any) -> None:
 
 
 def test_ended_jobs_are_counted_by_status_and_reason(engine: Any) -> None:
-    from coordinator.reconciler import end_job
-    from coordinator.states import TerminationReason
+    from gpufleet.coordinator.reconciler import end_job
+    from gpufleet.coordinator.states import TerminationReason
 
     reg = CollectorRegistry()
     reg.register(CoordinatorCollector(engine, FakeScheduler(), FakeReconciler(), None))

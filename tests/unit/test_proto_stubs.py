@@ -6,9 +6,9 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from gpufleet.agent import convert
+from gpufleet.agent.states import JobState
 
-from agent import convert
-from agent.states import JobState
 from gpufleet.v1 import common_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[2]

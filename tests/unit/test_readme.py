@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.main import OPTIONS as AGENT_OPTIONS
-from coordinator.main import OPTIONS as COORDINATOR_OPTIONS
+from gpufleet.agent.main import OPTIONS as AGENT_OPTIONS
+from gpufleet.coordinator.main import OPTIONS as COORDINATOR_OPTIONS
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 CI = (Path(__file__).resolve().parents[2] / ".ci" / "run").read_text()

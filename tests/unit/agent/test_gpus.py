@@ -16,8 +16,7 @@ from typing import Any
 
 import grpc
 import pytest
-
-from agent.gpus import (
+from gpufleet.agent.gpus import (
     CRITICAL_XIDS,
     FakeGpus,
     GpuMonitor,
@@ -26,6 +25,7 @@ from agent.gpus import (
     NvmlGpus,
     open_gpu_source,
 )
+
 from gpufleet.errors import FailedPrecondition, InvalidArgument, NotFound
 
 GIB = 1024**3

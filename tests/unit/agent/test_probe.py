@@ -5,8 +5,7 @@ import logging
 from pathlib import Path
 
 import pytest
-
-from agent.probe import MetricRow, probe_outputs, resolve_total_epoch
+from gpufleet.agent.probe import MetricRow, probe_outputs, resolve_total_epoch
 
 
 def write(folder: Path, name: str, text: str) -> Path:

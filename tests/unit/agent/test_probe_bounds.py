@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gpufleet.agent import convert
+from gpufleet.agent.probe import MAX_INT32, probe_outputs, resolve_total_epoch
+from gpufleet.coordinator.lifecycle import check_epoch_params
 
-from agent import convert
-from agent.probe import MAX_INT32, probe_outputs, resolve_total_epoch
-from coordinator.lifecycle import check_epoch_params
 from gpufleet.errors import InvalidArgument
 from gpufleet.v1 import common_pb2 as pb
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from gpufleet.agent.runtime.base import Handle, LaunchPlan, Observation, Seen
+from gpufleet.agent.runtime.process import ProcessRuntime, proc_start_marker
 
-from agent.runtime.base import Handle, LaunchPlan, Observation, Seen
-from agent.runtime.process import ProcessRuntime, proc_start_marker
 from tests.harness import wait_for
 
 PY = sys.executable

@@ -4,10 +4,9 @@ from __future__ import annotations
 import time
 
 import pytest
+from gpufleet.agent.progress import MAX_BUFFER, ProgressState, ProgressTracker, parse_line
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from agent.progress import MAX_BUFFER, ProgressState, ProgressTracker, parse_line
 
 
 @pytest.mark.parametrize(

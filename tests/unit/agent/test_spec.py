@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gpufleet.agent.runtime.base import LaunchPlan
+from gpufleet.agent.spec import JobSpec, MountSpec, Roots, check_portable, validate
 
-from agent.runtime.base import LaunchPlan
-from agent.spec import JobSpec, MountSpec, Roots, check_portable, validate
 from gpufleet.errors import InvalidArgument
 
 PY = sys.executable

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from gpufleet.agent.staging import StageLinkSpec, stage_dataset
 
-from agent.staging import StageLinkSpec, stage_dataset
 from gpufleet.errors import FailedPrecondition, InvalidArgument
 
 

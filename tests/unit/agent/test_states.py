@@ -5,8 +5,8 @@ import itertools
 
 import grpc
 import pytest
+from gpufleet.agent.states import ALLOWED, LIVE, TERMINAL, InvalidTransition, JobState, check, ended_state
 
-from agent.states import ALLOWED, LIVE, TERMINAL, InvalidTransition, JobState, check, ended_state
 from gpufleet.errors import FailedPrecondition
 
 P, R, S, F, T, L = (JobState.PENDING, JobState.RUNNING, JobState.SUCCEEDED, JobState.FAILED,

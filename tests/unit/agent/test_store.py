@@ -10,11 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import gpufleet.agent.store as store_mod
 import pytest
+from gpufleet.agent.states import InvalidTransition, JobState
+from gpufleet.agent.store import JobRecord, Store, StoreFull
 
-import agent.store as store_mod
-from agent.states import InvalidTransition, JobState
-from agent.store import JobRecord, Store, StoreFull
 from gpufleet.errors import Aborted, FailedPrecondition, NotFound, ResourceExhausted
 
 P, R, S, F, T, L = (JobState.PENDING, JobState.RUNNING, JobState.SUCCEEDED, JobState.FAILED,
@@ -264,8 +264,8 @@ def test_schema_version_is_recorded_on_a_new_file(store: Store, db_path: Path) -
 CRASHER = """
 import os, signal, sys
 from pathlib import Path
-from agent.states import JobState
-from agent.store import JobRecord, Store
+from gpufleet.agent.states import JobState
+from gpufleet.agent.store import JobRecord, Store
 
 def rec(job_id, gpus):
     return JobRecord(job_id=job_id, attempt=1, state=JobState.PENDING, spec={}, gpu_indices=gpus,

@@ -8,14 +8,14 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from gpufleet.coordinator import convert
+from gpufleet.coordinator.agents import AgentPool
+from gpufleet.coordinator.db import repo
+from gpufleet.coordinator.db.engine import default_sqlite_url, make_engine, migrate
+from gpufleet.coordinator.lifecycle import Lifecycle
+from gpufleet.coordinator.service import CoordinatorService
 from sqlalchemy import Engine
 
-from coordinator import convert
-from coordinator.agents import AgentPool
-from coordinator.db import repo
-from coordinator.db.engine import default_sqlite_url, make_engine, migrate
-from coordinator.lifecycle import Lifecycle
-from coordinator.service import CoordinatorService
 from gpufleet.v1 import common_pb2 as pb
 from gpufleet.v1 import coordinator_pb2 as cpb
 

@@ -13,11 +13,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-
-from coordinator.agents import Observation
-from coordinator.db.rows import JobRow
-from coordinator.reconciler import KEEP, Decision, decide, judge_missing, outputs_complete
-from coordinator.states import DesiredState, JobStatus, JobType
+from gpufleet.coordinator.agents import Observation
+from gpufleet.coordinator.db.rows import JobRow
+from gpufleet.coordinator.reconciler import KEEP, Decision, decide, judge_missing, outputs_complete
+from gpufleet.coordinator.states import DesiredState, JobStatus, JobType
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 

@@ -16,13 +16,11 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, Engine
-
-from coordinator import states
-from coordinator.db import repo
-from coordinator.db.engine import SchemaTooNew, default_sqlite_url, make_engine, migrate, schema_status
-from coordinator.db.schema import events, jobs, metadata, metrics_train, metrics_validation, models, nodes
-from coordinator.states import (
+from gpufleet.coordinator import states
+from gpufleet.coordinator.db import repo
+from gpufleet.coordinator.db.engine import SchemaTooNew, default_sqlite_url, make_engine, migrate, schema_status
+from gpufleet.coordinator.db.schema import events, jobs, metadata, metrics_train, metrics_validation, models, nodes
+from gpufleet.coordinator.states import (
     DesiredState,
     InvalidTransition,
     JobStatus,
@@ -31,6 +29,8 @@ from coordinator.states import (
     NodeState,
     TerminationReason,
 )
+from sqlalchemy import Connection, Engine
+
 from gpufleet.errors import FailedPrecondition, InvalidArgument, NotFound
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)

@@ -14,14 +14,13 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from gpufleet.coordinator import scheduler
+from gpufleet.coordinator.db import repo
+from gpufleet.coordinator.db.engine import make_engine, migrate
+from gpufleet.coordinator.db.schema import jobs
+from gpufleet.coordinator.scheduler import Scheduler
+from gpufleet.coordinator.states import JobStatus, NodeState
 from sqlalchemy import Connection, Engine
-
-from coordinator import scheduler
-from coordinator.db import repo
-from coordinator.db.engine import make_engine, migrate
-from coordinator.db.schema import jobs
-from coordinator.scheduler import Scheduler
-from coordinator.states import JobStatus, NodeState
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -7,10 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-
-from coordinator.db import repo
-from coordinator.scheduler import NodeView, choose, node_views
-from coordinator.states import NodeState
+from gpufleet.coordinator.db import repo
+from gpufleet.coordinator.scheduler import NodeView, choose, node_views
+from gpufleet.coordinator.states import NodeState
 
 
 def nv(name: str, free: int | set[int], used: set[int] | None = None, **labels: str) -> NodeView:

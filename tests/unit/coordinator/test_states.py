@@ -13,9 +13,8 @@ from collections import deque
 from collections.abc import Callable
 
 import pytest
-
-from coordinator import states
-from coordinator.states import (
+from gpufleet.coordinator import states
+from gpufleet.coordinator.states import (
     ActionNotAllowed,
     InvalidTransition,
     JobStatus,
@@ -25,6 +24,7 @@ from coordinator.states import (
     Step,
     TerminationReason,
 )
+
 from gpufleet.errors import FailedPrecondition, InvalidArgument
 
 J, M, N = JobStatus, ModelStatus, NodeState
