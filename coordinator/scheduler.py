@@ -134,7 +134,13 @@ class Scheduler:
         self._node_cache = None
 
     def decide(self) -> list[Placement]:
-        """Claim queued jobs and commit their assignments, in one transaction."""
+        """Claim queued jobs and commit their assignments, in one transaction.
+
+        Every queued job is considered, by priority then age, until the free GPUs run out or a full
+        batch is placed: jobs that cannot be placed (too big for any free slot, a constraint no free
+        node meets) never keep the ones behind them waiting while GPUs sit idle. Strict priority
+        without reservations: a big job waits while smaller ones behind it fill the free GPUs (the
+        pending reason says GPUS_BUSY); that keeps GPUs busy, which is what this fleet is for."""
         fresh = self.fresh_nodes()
         placed: list[Placement] = []
         with self.engine.begin() as conn:
@@ -151,14 +157,26 @@ class Scheduler:
                 v.used = set(in_use.get(v.name, ()))
             free = {v.name: len(v.healthy_gpus - v.used) for v in views}
             now = datetime.now(UTC)
-            for job in queued:
-                pick = choose(job.gpus, job.constraints, views, free)
-                if pick is None:
-                    continue
-                node, gpus = pick
-                node.used.update(gpus)
-                free[node.name] -= job.gpus
-                placed.append(Placement(job, node.name, node.address, gpus))
+            failed: set[tuple[int, tuple[tuple[str, str], ...]]] = set()
+            while queued:
+                for job in queued:
+                    shape = (job.gpus, tuple(sorted(job.constraints.items())))
+                    if shape in failed or any(f[1] == shape[1] and f[0] <= job.gpus for f in failed):
+                        continue  # a job of this shape, or a smaller one, did not fit in this pass
+                    pick = choose(job.gpus, job.constraints, views, free)
+                    if pick is None:
+                        failed.add(shape)
+                        continue
+                    node, gpus = pick
+                    node.used.update(gpus)
+                    free[node.name] -= job.gpus
+                    placed.append(Placement(job, node.name, node.address, gpus))
+                if len(queued) < CLAIM_BATCH or len(placed) >= CLAIM_BATCH:
+                    break
+                most_free = max(free.values())  # 0 still admits CPU-only jobs
+                last = queued[-1]
+                queued = repo.claim_queued(conn, CLAIM_BATCH, after=(last.priority, last.created_at, last.id),
+                                           max_gpus=most_free)
             repo.assign_jobs(conn, [(p.job.id, p.node, p.gpus) for p in placed], actor=self.actor, now=now)
         failpoints.hit("coordinator.assign.after_commit")
         return placed

@@ -161,9 +161,13 @@ def list_jobs(
     return Page([JobRow.from_row(r) for r in rows], total, pages, page, size)
 
 
-def claim_queued(conn: Connection, limit: int) -> list[JobRow]:
+def claim_queued(conn: Connection, limit: int, *, after: tuple[int, datetime, str] | None = None,
+                 max_gpus: int | None = None) -> list[JobRow]:
     """Up to `limit` QUEUED jobs, highest priority first, then oldest.
 
+    `after` (priority, created_at, id) of the last job of the previous batch continues the scan
+    past it (keyset paging), so a scheduling pass can look at every queued job, not just the head;
+    `max_gpus` leaves out jobs that need more GPUs than any node has free.
     On PostgreSQL the rows stay locked (FOR UPDATE SKIP LOCKED) until the caller's transaction
     ends, so another replica claiming at the same time gets different jobs instead of waiting.
     On SQLite the transaction already holds the single writer lock (BEGIN IMMEDIATE).
@@ -176,6 +180,15 @@ def claim_queued(conn: Connection, limit: int) -> list[JobRow]:
         .order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id)
         .limit(limit)
     )
+    if after is not None:
+        prio, created, job_id = after
+        query = query.where(sa.or_(
+            jobs.c.priority < prio,
+            sa.and_(jobs.c.priority == prio, sa.or_(
+                jobs.c.created_at > created, sa.and_(jobs.c.created_at == created, jobs.c.id > job_id))),
+        ))
+    if max_gpus is not None:
+        query = query.where(jobs.c.gpus <= max_gpus)
     if conn.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
     return [JobRow.from_row(r) for r in conn.execute(query).mappings()]

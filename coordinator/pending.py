@@ -1,0 +1,89 @@
+"""Why a queued job waits, and whether it could ever run: pure functions over a view of the nodes.
+
+Slurm shows a reason beside every pending job (`Resources`, `Priority`, `ReqNodeNotAvail`...); a job
+that no node could ever run is refused at submit (`Requested node configuration is not available`)
+instead of waiting forever. The reason is computed when a job is read, from the same node view the
+scheduler uses, so it is never stale and costs no write per pass.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class PendingCode(StrEnum):
+    NO_NODES = "NO_NODES"
+    NO_NODE_FITS = "NO_NODE_FITS"
+    CONSTRAINT = "CONSTRAINT"
+    NODE_UNREACHABLE = "NODE_UNREACHABLE"
+    NODE_DRAINING = "NODE_DRAINING"
+    GPUS_BUSY = "GPUS_BUSY"
+    PRIORITY = "PRIORITY"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeCapacity:
+    """What a reason needs of one registered node."""
+
+    name: str
+    labels: Mapping[str, str]
+    gpus: int  # healthy GPUs the node has
+    free: int  # of those, not held by a running job
+    schedulable: bool  # READY and heard from recently
+    state: str = "READY"
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    code: PendingCode
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.code.value}: {self.message}"
+
+
+def _matches(constraints: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in constraints.items())
+
+
+def _constraint_text(constraints: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(constraints.items()))
+
+
+def never_fits(gpus: int, constraints: Mapping[str, str], nodes: Sequence[NodeCapacity]) -> Pending | None:
+    """Why no registered node could ever run this job, or None when one could (or none is known yet:
+    a fleet still starting is not a reason to refuse)."""
+    if not nodes:
+        return None
+    matching = [n for n in nodes if _matches(constraints, n.labels)]
+    if not matching:
+        return Pending(PendingCode.CONSTRAINT, f"constraint {_constraint_text(constraints)} matches no node")
+    largest = max(matching, key=lambda n: (n.gpus, n.name))
+    if largest.gpus < gpus:
+        where = f" matching {_constraint_text(constraints)}" if constraints else ""
+        return Pending(PendingCode.NO_NODE_FITS,
+                       f"needs {gpus} GPUs, largest node{where} has {largest.gpus} ({largest.name})")
+    return None
+
+
+def pending_reason(gpus: int, constraints: Mapping[str, str], nodes: Sequence[NodeCapacity]) -> Pending:
+    """Why a QUEUED job is not running now, the most fundamental reason first."""
+    if not nodes:
+        return Pending(PendingCode.NO_NODES, "no node has registered")
+    never = never_fits(gpus, constraints, nodes)
+    if never is not None:
+        return never
+    big_enough = [n for n in nodes if _matches(constraints, n.labels) and n.gpus >= gpus]
+    live = [n for n in big_enough if n.schedulable]
+    if not live:
+        draining = [n.name for n in big_enough if n.state == "DRAINING"]
+        if draining and len(draining) == len(big_enough):
+            return Pending(PendingCode.NODE_DRAINING, f"every node that fits is draining ({', '.join(draining)})")
+        names = ", ".join(n.name for n in big_enough)
+        return Pending(PendingCode.NODE_UNREACHABLE, f"every node that fits is unreachable or not ready ({names})")
+    if any(n.free >= gpus for n in live):
+        # GPUs are free where it fits: the scheduler takes it on its next pass, after jobs ahead of it.
+        return Pending(PendingCode.PRIORITY, "waiting for the next scheduling pass behind earlier jobs")
+    most = max(n.free for n in live)
+    return Pending(PendingCode.GPUS_BUSY, f"needs {gpus} free GPUs, at most {most} free on a node that fits")
