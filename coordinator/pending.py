@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 
 class PendingCode(StrEnum):
@@ -87,3 +88,16 @@ def pending_reason(gpus: int, constraints: Mapping[str, str], nodes: Sequence[No
         return Pending(PendingCode.PRIORITY, "waiting for the next scheduling pass behind earlier jobs")
     most = max(n.free for n in live)
     return Pending(PendingCode.GPUS_BUSY, f"needs {gpus} free GPUs, at most {most} free on a node that fits")
+
+
+def capacities(nodes: Sequence[Any], in_use: Mapping[str, set[int]]) -> list[NodeCapacity]:
+    """NodeCapacity of each registered node (repo NodeRow), from its last GPU snapshot and the GPUs its
+    running jobs hold. Capacity counts every GPU the node has (an unhealthy one may recover); free
+    counts healthy GPUs no job holds."""
+    out = []
+    for n in nodes:
+        healthy = {int(g["index"]) for g in n.gpus or () if g.get("healthy", True)}
+        state = n.state.value if hasattr(n.state, "value") else str(n.state)
+        out.append(NodeCapacity(n.name, n.labels, len(n.gpus or ()), len(healthy - in_use.get(n.name, set())),
+                                schedulable=state == "READY", state=state))
+    return out

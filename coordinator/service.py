@@ -1,19 +1,21 @@
 """gpufleet.v1.Coordinator and gpufleet.v1.Fleet servicers: decode, one domain call, encode."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import grpc
 from gpufleet.coordinator import convert
 from gpufleet.coordinator.agents import AgentPool
 from gpufleet.coordinator.db import repo
+from gpufleet.coordinator.db.rows import JobRow
 from gpufleet.coordinator.fleet import Digest, Fleet
-from gpufleet.coordinator.lifecycle import Lifecycle, check_job_id
+from gpufleet.coordinator.lifecycle import MAX_GPUS, Lifecycle, check_job_id
+from gpufleet.coordinator.pending import capacities, never_fits, pending_reason
 from gpufleet.coordinator.states import JobStatus
 from sqlalchemy.engine import Engine
 
-from gpufleet.errors import InvalidArgument, Unavailable, Upstream, rpc, rpc_stream
+from gpufleet.errors import FailedPrecondition, InvalidArgument, Unavailable, Upstream, rpc, rpc_stream
 from gpufleet.v1 import agent_pb2 as apb
 from gpufleet.v1 import common_pb2 as pb
 from gpufleet.v1 import coordinator_pb2 as cpb
@@ -96,21 +98,41 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         return self._model(request.uuid)
 
     # -- jobs ----------------------------------------------------------------------------------
+    def _capacities(self) -> list[Any]:
+        with self.engine.connect() as conn:
+            return capacities(repo.list_nodes(conn), repo.gpus_in_use(conn))
+
+    def _with_reasons(self, rows: Sequence[JobRow], out: list[cpb.Job]) -> list[cpb.Job]:
+        """Each QUEUED job with why it waits, read from the nodes now (one read per answer)."""
+        queued = [(r, j) for r, j in zip(rows, out, strict=True) if r.status is JobStatus.QUEUED]
+        if queued:
+            caps = self._capacities()
+            for r, j in queued:
+                why = pending_reason(r.gpus, r.constraints, caps)
+                j.pending_code, j.pending_reason = why.code.value, why.message
+        return out
+
     @rpc
     def SubmitJob(self, request: cpb.SubmitJobRequest, context: Any) -> cpb.Job:
+        # Bad input first (the lifecycle names the field); then what the fleet could ever run.
+        if not request.wait_for_capacity and 0 <= request.gpus <= MAX_GPUS:
+            never = never_fits(request.gpus, dict(request.constraints), self._capacities())
+            if never is not None:
+                raise FailedPrecondition(f"gpus: no node could ever run this job: {never.message}; "
+                                         "set wait_for_capacity (CLI: --wait-for-capacity) to queue it anyway")
         job = self.life.submit_job(
             spec=convert.spec_from_pb(request.spec), gpus=request.gpus, priority=request.priority,
             constraints=dict(request.constraints), max_retries=request.max_retries,
             resume_on_retry=request.resume_on_retry, name=request.name, request_id=request.request_id,
         )
-        return convert.job_to_pb(job)
+        return self._with_reasons([job], [convert.job_to_pb(job)])[0]
 
     @rpc
     def GetJob(self, request: cpb.JobRef, context: Any) -> cpb.Job:
         job = self.life.get_job(request.job_id)
         with self.engine.connect() as conn:
             prog = repo.get_progress(conn, [job.id]).get(job.id)
-        return convert.job_to_pb(job, prog)
+        return self._with_reasons([job], [convert.job_to_pb(job, prog)])[0]
 
     @rpc
     def ListJobs(self, request: cpb.ListJobsQuery, context: Any) -> cpb.ListJobsPage:
@@ -119,7 +141,8 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         with self.engine.connect() as conn:
             p = repo.list_jobs(conn, status=status, model_uuid=request.model_uuid or None,
                                node=request.node or None, page=page, size=size)
-        return cpb.ListJobsPage(jobs=convert.jobs_page_to_pb(p.items), total_elements=p.total_elements,
+        return cpb.ListJobsPage(jobs=self._with_reasons(p.items, convert.jobs_page_to_pb(p.items)),
+                                total_elements=p.total_elements,
                                 total_pages=p.total_pages)
 
     @rpc

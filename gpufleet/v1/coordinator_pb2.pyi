@@ -207,7 +207,7 @@ class RunTestRequest(_message.Message):
     def __init__(self, uuid: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
-    __slots__ = ("spec", "gpus", "priority", "constraints", "max_retries", "resume_on_retry", "name", "request_id")
+    __slots__ = ("spec", "gpus", "priority", "constraints", "max_retries", "resume_on_retry", "name", "request_id", "wait_for_capacity")
     class ConstraintsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -223,6 +223,7 @@ class SubmitJobRequest(_message.Message):
     RESUME_ON_RETRY_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FOR_CAPACITY_FIELD_NUMBER: _ClassVar[int]
     spec: _common_pb2.JobSpec
     gpus: int
     priority: int
@@ -231,10 +232,11 @@ class SubmitJobRequest(_message.Message):
     resume_on_retry: bool
     name: str
     request_id: str
-    def __init__(self, spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., gpus: _Optional[int] = ..., priority: _Optional[int] = ..., constraints: _Optional[_Mapping[str, str]] = ..., max_retries: _Optional[int] = ..., resume_on_retry: _Optional[bool] = ..., name: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    wait_for_capacity: bool
+    def __init__(self, spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., gpus: _Optional[int] = ..., priority: _Optional[int] = ..., constraints: _Optional[_Mapping[str, str]] = ..., max_retries: _Optional[int] = ..., resume_on_retry: _Optional[bool] = ..., name: _Optional[str] = ..., request_id: _Optional[str] = ..., wait_for_capacity: _Optional[bool] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "model_uuid", "job_type", "attempt", "status", "exit_code", "error_message", "node", "gpu_indices", "gpus", "priority", "spec", "max_retries", "retries_used", "created_at", "started_at", "finished_at", "progress", "name", "status_name", "constraints", "resume_on_retry", "superseded_by", "trimmed")
+    __slots__ = ("job_id", "model_uuid", "job_type", "attempt", "status", "exit_code", "error_message", "node", "gpu_indices", "gpus", "priority", "spec", "max_retries", "retries_used", "created_at", "started_at", "finished_at", "progress", "name", "status_name", "constraints", "resume_on_retry", "superseded_by", "trimmed", "pending_code", "pending_reason")
     class ConstraintsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -266,6 +268,8 @@ class Job(_message.Message):
     RESUME_ON_RETRY_FIELD_NUMBER: _ClassVar[int]
     SUPERSEDED_BY_FIELD_NUMBER: _ClassVar[int]
     TRIMMED_FIELD_NUMBER: _ClassVar[int]
+    PENDING_CODE_FIELD_NUMBER: _ClassVar[int]
+    PENDING_REASON_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     model_uuid: str
     job_type: _common_pb2.JobType
@@ -290,7 +294,9 @@ class Job(_message.Message):
     resume_on_retry: bool
     superseded_by: str
     trimmed: bool
-    def __init__(self, job_id: _Optional[str] = ..., model_uuid: _Optional[str] = ..., job_type: _Optional[_Union[_common_pb2.JobType, str]] = ..., attempt: _Optional[int] = ..., status: _Optional[_Union[JobStatusCode, str]] = ..., exit_code: _Optional[int] = ..., error_message: _Optional[str] = ..., node: _Optional[str] = ..., gpu_indices: _Optional[_Iterable[int]] = ..., gpus: _Optional[int] = ..., priority: _Optional[int] = ..., spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., max_retries: _Optional[int] = ..., retries_used: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., name: _Optional[str] = ..., status_name: _Optional[str] = ..., constraints: _Optional[_Mapping[str, str]] = ..., resume_on_retry: _Optional[bool] = ..., superseded_by: _Optional[str] = ..., trimmed: _Optional[bool] = ...) -> None: ...
+    pending_code: str
+    pending_reason: str
+    def __init__(self, job_id: _Optional[str] = ..., model_uuid: _Optional[str] = ..., job_type: _Optional[_Union[_common_pb2.JobType, str]] = ..., attempt: _Optional[int] = ..., status: _Optional[_Union[JobStatusCode, str]] = ..., exit_code: _Optional[int] = ..., error_message: _Optional[str] = ..., node: _Optional[str] = ..., gpu_indices: _Optional[_Iterable[int]] = ..., gpus: _Optional[int] = ..., priority: _Optional[int] = ..., spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., max_retries: _Optional[int] = ..., retries_used: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., name: _Optional[str] = ..., status_name: _Optional[str] = ..., constraints: _Optional[_Mapping[str, str]] = ..., resume_on_retry: _Optional[bool] = ..., superseded_by: _Optional[str] = ..., trimmed: _Optional[bool] = ..., pending_code: _Optional[str] = ..., pending_reason: _Optional[str] = ...) -> None: ...
 
 class ListJobsQuery(_message.Message):
     __slots__ = ("status", "model_uuid", "node", "page", "size")

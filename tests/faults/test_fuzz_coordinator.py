@@ -175,7 +175,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         for state, key in (("COMPLETED", "done"), ("ERROR", "failed"), ("IN_PROGRESS", "model-queued")):
             e.jobs[key] = c.stub.GetModel(cpb.ModelRef(uuid=e.models[state]), timeout=5).current_attempt_id
         e.jobs["queued"] = c.stub.SubmitJob(cpb.SubmitJobRequest(
-            spec=pb.JobSpec(command=["/bin/true"], output_dir="fz"), gpus=1, constraints=NEVER), timeout=10).job_id
+            spec=pb.JobSpec(command=["/bin/true"], output_dir="fz"), gpus=1, constraints=NEVER,
+            wait_for_capacity=True), timeout=10).job_id
         # The same agent again without its label: nothing made from here on can be placed.
         a.kill()
         a = _agent(root / "a", c, port=a.port, name=a.node_name)
@@ -704,7 +705,8 @@ def _near_limit(fill: Callable[[Any, str], None], make: Callable[[], Any]) -> An
 
 
 def _submit() -> cpb.SubmitJobRequest:
-    return cpb.SubmitJobRequest(spec=pb.JobSpec(command=["/bin/true"], output_dir="fz"), gpus=1, constraints=NEVER)
+    return cpb.SubmitJobRequest(spec=pb.JobSpec(command=["/bin/true"], output_dir="fz"), gpus=1, constraints=NEVER,
+                                wait_for_capacity=True)
 
 
 def _model() -> cpb.CreateModelRequest:
@@ -747,7 +749,8 @@ BIG_PARAMS = json.dumps({"blob": "a" * 500_000})  # accepted: under the 512 KiB 
 
 @pytest.mark.parametrize(("method", "make", "count"), [
     ("SubmitJob", lambda: cpb.SubmitJobRequest(spec=pb.JobSpec(command=["/bin/true"], output_dir="fz",
-                                                               params_json=BIG_PARAMS), gpus=1, constraints=NEVER), 9),
+                                                               params_json=BIG_PARAMS), gpus=1, constraints=NEVER,
+                                                               wait_for_capacity=True), 9),
     ("CreateModel", lambda: cpb.CreateModelRequest(model_no="G1", params_json=BIG_PARAMS,
                                                    spec=pb.JobSpec(command=["/bin/true"]), constraints=NEVER), 5),
 ], ids=["ListJobs", "ListModels"])
