@@ -1,6 +1,7 @@
 """gpufleet.v1.Coordinator and gpufleet.v1.Fleet servicers: decode, one domain call, encode."""
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -22,6 +23,8 @@ from gpufleet.v1 import coordinator_pb2 as cpb
 from gpufleet.v1 import coordinator_pb2_grpc
 
 MAX_PAGE_SIZE = 500
+# How often a follow on a queued job looks whether it has started.
+FOLLOW_POLL_S = 0.25
 
 
 def _page(page: int, size: int) -> tuple[int, int]:
@@ -155,8 +158,10 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         if request.tail_lines < 0:
             raise InvalidArgument("tail_lines", f"must be >= 0, got {request.tail_lines}")
         job = self.life.get_job(request.job_id)
+        if not job.node and request.follow:
+            job = self._wait_placed(job, context)  # as `kubectl logs -f` waits for a pending pod
         if not job.node:
-            return  # still queued: no output yet
+            return  # still queued (no output yet), or ended without ever starting
         with self.engine.connect() as conn:
             address = repo.get_node(conn, job.node).address
             stored = repo.get_log_tail(conn, job.id) if job.terminal else None
@@ -179,6 +184,13 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 raise Unavailable(f"job {job.id}: the agent on {job.node} no longer holds its logs") from None
             raise Unavailable(f"job {job.id}: cannot reach the agent on {job.node}: {exc.code().name}") from None
+
+    def _wait_placed(self, job: JobRow, context: Any) -> JobRow:
+        """The job once it has a node or has ended, polled while the caller still listens."""
+        while job.status is JobStatus.QUEUED and not job.node and context.is_active():
+            time.sleep(FOLLOW_POLL_S)
+            job = self.life.get_job(job.id)
+        return job
 
     @rpc
     def GetJobMetrics(self, request: cpb.JobRef, context: Any) -> cpb.JobMetrics:

@@ -4,11 +4,13 @@ starting at once behind a queue of jobs that cannot be placed."""
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable
 
 import grpc
 import pytest
 
+from gpufleet.v1 import agent_pb2 as apb
 from gpufleet.v1 import coordinator_pb2 as cpb
 from tests.harness import AgentProc, CoordinatorProc, release, wait_for
 from tests.integration.test_coordinator_reconcile import GATED, get_job, submit, wait_job
@@ -66,3 +68,26 @@ def test_a_placeable_job_runs_at_once_behind_200_that_cannot_be_placed(
     page = c.stub.ListJobs(cpb.ListJobsQuery(status=cpb.JOB_STATUS_CODE_QUEUED, size=500), timeout=10)
     assert page.total_elements == 200
     assert {j.pending_code for j in page.jobs} == {"NO_NODE_FITS"}
+
+
+def test_following_the_log_of_a_queued_job_waits_for_it_to_start(fleet) -> None:  # type: ignore[no-untyped-def]
+    c, a = fleet
+    holder = submit(c, GATED, "hold", gpus=4)
+    wait_job(c, holder.job_id, "RUNNING")
+    queued = submit(c, [PY, "-c", "print('hello from the queue', flush=True)"], "queued", gpus=1)
+    got: list[bytes] = []
+    ended = threading.Event()
+
+    def follow() -> None:
+        for chunk in c.stub.StreamJobLogs(apb.StreamLogsRequest(job_id=queued.job_id, follow=True), timeout=120):
+            got.append(chunk.data)
+        ended.set()
+
+    t = threading.Thread(target=follow, daemon=True)
+    t.start()
+    # While the job waits, the follow stays open (before, it returned at once with nothing).
+    assert not ended.wait(1.0)
+    assert get_job(c, queued.job_id).status_name == "QUEUED"
+    release(a, "hold", 0)
+    assert ended.wait(90), "the follow ends once the job has run"
+    assert b"hello from the queue" in b"".join(got)
