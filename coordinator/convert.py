@@ -9,6 +9,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from gpufleet.agent import convert as agent_convert
 from gpufleet.agent.spec import JobSpec
+from gpufleet.coordinator.db.options import JobOptions
 from gpufleet.coordinator.db.rows import JobRow, MetricPoint, ModelRow, NodeRow, Progress
 from gpufleet.coordinator.states import JobStatus, JobType, ModelStatus, NodeState, Step, format_duration
 
@@ -181,3 +182,11 @@ def gpu_from_pb(g: pb.GpuInfo) -> dict[str, Any]:
 
 def metrics_to_pb(points: list[MetricPoint]) -> list[pb.MetricRow]:
     return [pb.MetricRow(split=p.split, epoch=p.epoch, values=p.values) for p in points]
+
+
+def job_options_to_pb(o: JobOptions, out: cpb.Job) -> None:
+    out.depends_on.extend(o.depends_on)
+    out.dependency_mode = o.dependency_mode if o.depends_on else ""
+    out.time_limit_seconds = o.time_limit_s or 0
+    out.array_id, out.array_index = o.array_id or "", o.array_index or 0
+    out.pipeline_id, out.step, out.shadow = o.pipeline_id or "", o.step or "", o.shadow

@@ -189,11 +189,11 @@ class Lifecycle:
 
     # -- plain jobs ----------------------------------------------------------------------------
     def submit_job(self, *, spec: dict[str, Any], gpus: int, priority: int, constraints: dict[str, str],
-                   max_retries: int, resume_on_retry: bool, name: str, request_id: str = "") -> JobRow:
-        _check_gpus(gpus)
-        check_portable(JobSpec.from_dict(spec))
-        check_job_size(spec, constraints)
-        check_epoch_params(str(spec.get("params_json") or ""), "spec.params_json", lenient=True)
+                   max_retries: int, resume_on_retry: bool, name: str, request_id: str = "",
+                   with_job: Callable[[Connection, JobRow], None] | None = None) -> JobRow:
+        """`with_job` writes what belongs with the new job (its options) in the job's own transaction,
+        so the scheduler never sees the job without it."""
+        check_submission(spec, gpus, constraints)
         fingerprint = ""
         if request_id:
             check_request_id(request_id)
@@ -208,6 +208,8 @@ class Lifecycle:
                                       actor=self.actor)
                 if request_id and not repo.claim_submit_key(conn, request_id, job.id, fingerprint):
                     raise _KeyTaken  # rolls the new job back
+                if with_job is not None:
+                    with_job(conn, job)
         except _KeyTaken:  # a concurrent retry of the same request won: answer with its job
             earlier = self._submitted(request_id, fingerprint)
             assert earlier is not None, "a submit key that was taken is there"
@@ -247,15 +249,21 @@ class Lifecycle:
         self._stop_job(job, "CancelJob")
         return self.get_job(job_id)
 
-    def _stop_job(self, job: JobRow, why: str) -> None:
+    def stop_job(self, job: JobRow, why: str, message: str) -> None:
+        """Stop (or cancel, while queued) a job for a reason of the system's: it ends with `message`."""
+        self._stop_job(job, why, message)
+
+    def _stop_job(self, job: JobRow, why: str, message: str | None = None) -> None:
+        """Cancel a queued job or stop a running one; `message` (a TerminationReason's) is what it ends
+        with when the stop is not the user's (a time limit, a failed dependency)."""
         if job.status is JobStatus.QUEUED:
-            end_job(self.engine, job.id, JobStatus.CANCELED, TerminationReason.CANCELED_BY_USER.message(why),
-                    actor=self.actor)
+            end_job(self.engine, job.id, JobStatus.CANCELED,
+                    message or TerminationReason.CANCELED_BY_USER.message(why), actor=self.actor)
             return
         if job.status is not JobStatus.RUNNING:
             return
         with self.engine.begin() as conn:
-            repo.set_desired_state(conn, job.id, DesiredState.STOP, reason=why, actor=self.actor)
+            repo.set_desired_state(conn, job.id, DesiredState.STOP, reason=why, actor=self.actor, message=message)
             address = repo.get_node(conn, job.node).address if job.node else ""
         if address:
             obs = self.agents.stop(address, job.root_id, job.attempt, STOP_GRACE)
@@ -322,6 +330,14 @@ def check_job_size(spec: dict[str, Any], constraints: dict[str, str]) -> None:
     if size > MAX_SPEC_BYTES:
         raise InvalidArgument("spec", f"is {size} bytes as JSON; at most {MAX_SPEC_BYTES} (put large data in "
                               "files under the data root, not in the spec)")
+
+
+def check_submission(spec: dict[str, Any], gpus: int, constraints: dict[str, str]) -> None:
+    """What every new job is checked for before anything is written."""
+    _check_gpus(gpus)
+    check_portable(JobSpec.from_dict(spec))
+    check_job_size(spec, constraints)
+    check_epoch_params(str(spec.get("params_json") or ""), "spec.params_json", lenient=True)
 
 
 def _check_gpus(gpus: int) -> None:

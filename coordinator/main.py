@@ -11,6 +11,7 @@ import time
 from gpufleet.coordinator.agents import AgentPool
 from gpufleet.coordinator.db import engine as dbengine
 from gpufleet.coordinator.fleet import Fleet
+from gpufleet.coordinator.keeper import Keeper
 from gpufleet.coordinator.lifecycle import Lifecycle
 from gpufleet.coordinator.metrics import CoordinatorCollector
 from gpufleet.coordinator.reconciler import Reconciler
@@ -112,6 +113,7 @@ def run(argv: list[str] | None = None) -> int:
                           node_unreachable=fleet.unreachable)
     sched_ref.append(scheduler)
     life = Lifecycle(engine, agents, reconciler, wake, nodes_changed=nodes_changed)
+    keeper = Keeper(life)
 
     registry = new_registry()
     registry.register(CoordinatorCollector(engine, scheduler, reconciler, fleet))
@@ -125,6 +127,7 @@ def run(argv: list[str] | None = None) -> int:
     reconciler.start()
     fleet.start()
     scheduler.start()
+    keeper.start()
     set_health(hs, SERVICES, True)
     host, _ = config.split_hostport(opts.listen, "--listen")
     (state_dir / "coordinator.addr").write_text(f"{host}:{port}\n")
@@ -135,6 +138,7 @@ def run(argv: list[str] | None = None) -> int:
     serve_until_signalled(hs, SERVICES, lambda: _db_ok(engine) and time.monotonic() - reconciler.last_ok < 60)
     server.stop(grace=2).wait()
     stop_http(metrics_server)
+    keeper.close()
     scheduler.close()
     fleet.close()
     reconciler.close()

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from gpufleet.coordinator.dependencies import DependencyMode, verdict
+
 
 class PendingCode(StrEnum):
     NO_NODES = "NO_NODES"
@@ -21,6 +23,8 @@ class PendingCode(StrEnum):
     NODE_DRAINING = "NODE_DRAINING"
     GPUS_BUSY = "GPUS_BUSY"
     PRIORITY = "PRIORITY"
+    DEPENDENCY = "DEPENDENCY"
+    ARRAY_LIMIT = "ARRAY_LIMIT"
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,3 +105,15 @@ def capacities(nodes: Sequence[Any], in_use: Mapping[str, set[int]]) -> list[Nod
         out.append(NodeCapacity(n.name, n.labels, len(n.gpus or ()), len(healthy - in_use.get(n.name, set())),
                                 schedulable=state == "READY", state=state))
     return out
+
+
+def held_by_options(o: Any, statuses: Mapping[str, str | None], running_in_array: int) -> Pending | None:
+    """Why a job's options hold it back (dependencies, its array's cap), or None."""
+    if o.depends_on:
+        v = verdict(DependencyMode(o.dependency_mode), {d: statuses.get(d) for d in o.depends_on})
+        if not v.ready:
+            return Pending(PendingCode.DEPENDENCY, v.never or v.waiting)
+    if o.array_id and o.array_max_running and running_in_array >= o.array_max_running:
+        return Pending(PendingCode.ARRAY_LIMIT,
+                       f"array {o.array_id} runs its cap of {o.array_max_running} jobs at once")
+    return None

@@ -84,7 +84,8 @@ def decide(job: JobRow, obs: Observation, *, startup: bool) -> Decision:
     if obs.state == "STOPPED":
         if job.desired_state is DesiredState.STOP:
             # Who asked: a stop under --on-restart=stop leaves its reason on the row (set_desired_state).
-            on_restart = job.error_message.startswith(TerminationReason.STOPPED_ON_RESTART.value)
+            on_restart = job.error_message.startswith((TerminationReason.STOPPED_ON_RESTART.value,
+                                                       TerminationReason.TIME_LIMIT.value))
             message = (job.error_message if on_restart else TerminationReason.STOPPED_BY_USER.message())
         else:  # fenced, or stopped on the host by someone else
             message = f"STOPPED_ON_AGENT: {obs.message or 'no reason given'}"

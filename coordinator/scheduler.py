@@ -18,8 +18,9 @@ from typing import Any
 import grpc
 from gpufleet.coordinator import convert
 from gpufleet.coordinator.agents import UNREACHABLE, AgentPool
-from gpufleet.coordinator.db import repo
+from gpufleet.coordinator.db import options, repo
 from gpufleet.coordinator.db.rows import JobRow
+from gpufleet.coordinator.dependencies import DependencyMode, verdict
 from gpufleet.coordinator.metrics import PLACEMENT_SECONDS, QUEUE_WAIT_SECONDS
 from gpufleet.coordinator.states import JobStatus, NodeState, TerminationReason
 from sqlalchemy.engine import Engine
@@ -81,6 +82,38 @@ def node_views(nodes: Sequence[Any], in_use: Mapping[str, set[int]], fresh_names
     """Placeable views of nodes (repo.PlaceableNode: healthy GPU indices in `healthy`): READY and fresh."""
     return [NodeView(n.name, n.address, n.labels, set(n.healthy), set(in_use.get(n.name, set())))
             for n in nodes if n.state is NodeState.READY and n.name in fresh_names]
+
+
+class Gate:
+    """What holds a queued job back besides GPUs: dependencies not yet met (dependencies.verdict) and
+    an array already running its cap. Read once per claimed batch; counts what the pass places."""
+
+    def __init__(self) -> None:
+        self.opts: dict[str, options.JobOptions] = {}
+        self.statuses: dict[str, str] = {}
+        self.running: dict[str, int] = {}
+
+    def read(self, conn: Any, batch: Sequence[JobRow]) -> None:
+        found = options.get_job_options(conn, [j.root_id for j in batch])
+        self.opts.update(found)
+        deps = {d for o in found.values() for d in o.depends_on} - set(self.statuses)
+        self.statuses.update(options.latest_status(conn, deps))
+        arrays = {o.array_id for o in found.values() if o.array_id and o.array_max_running} - set(self.running)
+        self.running.update({a: 0 for a in arrays} | options.running_in_arrays(conn, arrays))
+
+    def admits(self, job: JobRow) -> bool:
+        o = self.opts.get(job.root_id)
+        if o is None:
+            return True
+        if o.depends_on and not verdict(DependencyMode(o.dependency_mode),
+                                        {d: self.statuses.get(d) for d in o.depends_on}).ready:
+            return False
+        return not (o.array_id and o.array_max_running and self.running[o.array_id] >= o.array_max_running)
+
+    def placed(self, job: JobRow) -> None:
+        o = self.opts.get(job.root_id)
+        if o is not None and o.array_id and o.array_max_running:
+            self.running[o.array_id] += 1
 
 
 @dataclass
@@ -158,8 +191,12 @@ class Scheduler:
             free = {v.name: len(v.healthy_gpus - v.used) for v in views}
             now = datetime.now(UTC)
             failed: set[tuple[int, tuple[tuple[str, str], ...]]] = set()
+            gate = Gate()
             while queued:
+                gate.read(conn, queued)
                 for job in queued:
+                    if not gate.admits(job):
+                        continue  # waits for its dependencies, or its array runs its cap
                     shape = (job.gpus, tuple(sorted(job.constraints.items())))
                     if shape in failed or any(f[1] == shape[1] and f[0] <= job.gpus for f in failed):
                         continue  # a job of this shape, or a smaller one, did not fit in this pass
@@ -171,6 +208,7 @@ class Scheduler:
                     node.used.update(gpus)
                     free[node.name] -= job.gpus
                     placed.append(Placement(job, node.name, node.address, gpus))
+                    gate.placed(job)
                 if len(queued) < CLAIM_BATCH or len(placed) >= CLAIM_BATCH:
                     break
                 most_free = max(free.values())  # 0 still admits CPU-only jobs

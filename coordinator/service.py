@@ -8,12 +8,13 @@ from typing import Any
 import grpc
 from gpufleet.coordinator import convert
 from gpufleet.coordinator.agents import AgentPool
-from gpufleet.coordinator.db import repo
+from gpufleet.coordinator.db import options, repo
 from gpufleet.coordinator.db.rows import JobRow
 from gpufleet.coordinator.fleet import Digest, Fleet
 from gpufleet.coordinator.lifecycle import MAX_GPUS, Lifecycle, check_job_id
-from gpufleet.coordinator.pending import capacities, never_fits, pending_reason
+from gpufleet.coordinator.pending import Pending, capacities, held_by_options, never_fits, pending_reason
 from gpufleet.coordinator.states import JobStatus
+from gpufleet.coordinator.workflows import JobRequest, Workflows
 from sqlalchemy.engine import Engine
 
 from gpufleet.errors import FailedPrecondition, InvalidArgument, Unavailable, Upstream, rpc, rpc_stream
@@ -35,27 +36,63 @@ def _page(page: int, size: int) -> tuple[int, int]:
     return page, size or 20
 
 
+def job_holds(conn: Any, queued: Sequence[JobRow], opts: dict[str, options.JobOptions]) -> dict[str, Pending]:
+    """Queued jobs held back by their options (dependencies, array cap): job id -> why."""
+    mine = [(r, opts[r.root_id]) for r in queued if r.root_id in opts]
+    if not mine:
+        return {}
+    statuses = options.latest_status(conn, {d for _, o in mine for d in o.depends_on})
+    running = options.running_in_arrays(conn, {o.array_id for _, o in mine if o.array_id})
+    out = {}
+    for r, o in mine:
+        why = held_by_options(o, statuses, running.get(o.array_id or "", 0))
+        if why is not None:
+            out[r.id] = why
+    return out
+
+
+def job_request(r: cpb.SubmitJobRequest) -> JobRequest:
+    return JobRequest(spec=convert.spec_from_pb(r.spec), gpus=r.gpus, priority=r.priority,
+                      constraints=dict(r.constraints), max_retries=r.max_retries, resume_on_retry=r.resume_on_retry,
+                      name=r.name, depends_on=tuple(r.depends_on), dependency_mode=r.dependency_mode,
+                      time_limit_s=r.time_limit_seconds)
+
+
+def check_auto_test(value: str) -> str:
+    if value in ("", "best") or (value.isdigit() and 1 <= int(value) <= 1_000_000):
+        return value
+    raise InvalidArgument("auto_test", f"must be empty, 'best' or an epoch number >= 1, got {value!r}")
+
+
 class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
     def __init__(self, engine: Engine, life: Lifecycle, agents: AgentPool) -> None:
         self.engine = engine
         self.life = life
         self.agents = agents
+        self.flows = Workflows(life)
 
     def _model(self, uuid: str) -> cpb.Model:
         m = self.life.get_model(uuid)
         with self.engine.connect() as conn:
             prog = repo.get_progress(conn, [m.current_attempt_id]).get(m.current_attempt_id or "")
-        return convert.model_to_pb(m, prog)
+            opts = options.get_model_options(conn, [uuid]).get(uuid)
+        out = convert.model_to_pb(m, prog)
+        out.auto_test = opts.auto_test if opts else ""
+        return out
 
     # -- models --------------------------------------------------------------------------------
     @rpc
     def CreateModel(self, request: cpb.CreateModelRequest, context: Any) -> cpb.Model:
+        auto_test = check_auto_test(request.auto_test)
         m = self.life.create_model(
             model_no=request.model_no, version=request.version, train_type=request.train_type, memo=request.memo,
             params_json=request.params_json, spec=convert.spec_from_pb(request.spec), gpus=request.gpus,
             priority=request.priority, constraints=dict(request.constraints), max_retries=request.max_retries,
         )
-        return convert.model_to_pb(m)
+        if auto_test:
+            with self.engine.begin() as conn:
+                options.save_model_options(conn, m.uuid, auto_test=auto_test, time_limit_s=None)
+        return self._model(m.uuid)
 
     @rpc
     def GetModel(self, request: cpb.ModelRef, context: Any) -> cpb.Model:
@@ -106,13 +143,20 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             return capacities(repo.list_nodes(conn), repo.gpus_in_use(conn))
 
     def _with_reasons(self, rows: Sequence[JobRow], out: list[cpb.Job]) -> list[cpb.Job]:
-        """Each QUEUED job with why it waits, read from the nodes now (one read per answer)."""
+        """Each job with its options, and each QUEUED one with why it waits, read now (a few reads
+        per answer, not per job)."""
+        with self.engine.connect() as conn:
+            opts = options.get_job_options(conn, [r.root_id for r in rows])
+            held = job_holds(conn, [r for r in rows if r.status is JobStatus.QUEUED], opts)
         queued = [(r, j) for r, j in zip(rows, out, strict=True) if r.status is JobStatus.QUEUED]
-        if queued:
-            caps = self._capacities()
-            for r, j in queued:
-                why = pending_reason(r.gpus, r.constraints, caps)
-                j.pending_code, j.pending_reason = why.code.value, why.message
+        caps = self._capacities() if queued else []
+        for r, j in zip(rows, out, strict=True):
+            o = opts.get(r.root_id)
+            if o is not None:
+                convert.job_options_to_pb(o, j)
+        for r, j in queued:
+            why = held.get(r.id) or pending_reason(r.gpus, r.constraints, caps)
+            j.pending_code, j.pending_reason = why.code.value, why.message
         return out
 
     @rpc
@@ -123,12 +167,54 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             if never is not None:
                 raise FailedPrecondition(f"gpus: no node could ever run this job: {never.message}; "
                                          "set wait_for_capacity (CLI: --wait-for-capacity) to queue it anyway")
-        job = self.life.submit_job(
-            spec=convert.spec_from_pb(request.spec), gpus=request.gpus, priority=request.priority,
-            constraints=dict(request.constraints), max_retries=request.max_retries,
-            resume_on_retry=request.resume_on_retry, name=request.name, request_id=request.request_id,
-        )
+        job = self.flows.submit_job(job_request(request), request_id=request.request_id)
         return self._with_reasons([job], [convert.job_to_pb(job)])[0]
+
+    # -- arrays and pipelines -----------------------------------------------------------------------
+    def _array(self, array_id: str, found: Sequence[tuple[JobRow, Any]]) -> cpb.JobArray:
+        rows = [j for j, _ in found]
+        return cpb.JobArray(array_id=array_id, jobs=self._with_reasons(rows, [convert.job_to_pb(j) for j in rows]))
+
+    @rpc
+    def SubmitArray(self, request: cpb.SubmitArrayRequest, context: Any) -> cpb.JobArray:
+        array_id, made = self.flows.submit_array(job_request(request.job), request.count, request.max_running,
+                                                 list(request.params))
+        return self._array(array_id, [(j, None) for j in made])
+
+    @rpc
+    def GetArray(self, request: cpb.ArrayRef, context: Any) -> cpb.JobArray:
+        return self._array(request.array_id, self.flows.get_array(request.array_id))
+
+    @rpc
+    def CancelArray(self, request: cpb.ArrayRef, context: Any) -> cpb.JobArray:
+        return self._array(request.array_id, self.flows.cancel_array(request.array_id))
+
+    def _pipeline(self, pipeline_id: str, got: tuple[str, str, list[tuple[JobRow, Any]]]) -> cpb.Pipeline:
+        name, state, steps = got
+        rows = [j for j, _ in steps]
+        jobs = {j.job_id: j for j in self._with_reasons(rows, [convert.job_to_pb(j) for j in rows])}
+        step_of = {o.root_id: o.step for _, o in steps}
+        out = cpb.Pipeline(pipeline_id=pipeline_id, name=name, state=state)
+        for j, o in steps:
+            pj = jobs[j.id]
+            out.steps.add(name=o.step or "", job_id=j.id, status_name=j.status.value, shadow=o.shadow,
+                          after=[step_of.get(d, d) for d in o.depends_on],
+                          reason=pj.pending_reason or (j.error_message if j.terminal else ""))
+        return out
+
+    @rpc
+    def SubmitPipeline(self, request: cpb.SubmitPipelineRequest, context: Any) -> cpb.Pipeline:
+        steps = [(s.name, job_request(s.job), list(s.after), s.shadow) for s in request.steps]
+        pipeline_id = self.flows.submit_pipeline(request.name, steps)
+        return self._pipeline(pipeline_id, self.flows.get_pipeline(pipeline_id))
+
+    @rpc
+    def GetPipeline(self, request: cpb.PipelineRef, context: Any) -> cpb.Pipeline:
+        return self._pipeline(request.pipeline_id, self.flows.get_pipeline(request.pipeline_id))
+
+    @rpc
+    def CancelPipeline(self, request: cpb.PipelineRef, context: Any) -> cpb.Pipeline:
+        return self._pipeline(request.pipeline_id, self.flows.cancel_pipeline(request.pipeline_id))
 
     @rpc
     def GetJob(self, request: cpb.JobRef, context: Any) -> cpb.Job:

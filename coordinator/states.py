@@ -154,6 +154,10 @@ class TerminationReason(enum.StrEnum):
     """CancelJob (or a model cancel) while the job was still queued."""
     LAUNCH_FAILED = "LAUNCH_FAILED"
     """Agent.Launch refused the job or could not be reached within the retry limit."""
+    TIME_LIMIT = "TIME_LIMIT"
+    """The job ran past its time limit and was stopped (with its grace)."""
+    DEPENDENCY = "DEPENDENCY"
+    """A job it depends on (afterok) ended without success: it never starts (a pipeline's skip)."""
 
     def to_status(self) -> JobStatus:
         return _REASON_STATUS[self]
@@ -173,6 +177,8 @@ _REASON_STATUS: dict[TerminationReason, JobStatus] = {
     TerminationReason.STOPPED_ON_RESTART: JobStatus.STOPPED,
     TerminationReason.CANCELED_BY_USER: JobStatus.CANCELED,
     TerminationReason.LAUNCH_FAILED: JobStatus.FAILED,
+    TerminationReason.TIME_LIMIT: JobStatus.STOPPED,
+    TerminationReason.DEPENDENCY: JobStatus.CANCELED,
 }
 
 # Exit code conventions stored in jobs.exit_code: 0 ok, -1 stopped, anything else is the job's

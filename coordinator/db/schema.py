@@ -276,3 +276,45 @@ submit_keys = sa.Table(
     sa.Column("fingerprint", sa.String(64), nullable=False),
     sa.Column("created_at", UtcDateTime(), nullable=False),
 )
+
+
+# What a job waits for and what bounds it, beside the jobs table (migration 0020): one row per job
+# (its root id, so every attempt shares it), only for jobs that use any of it.
+job_options = sa.Table(
+    "job_options",
+    metadata,
+    sa.Column("root_id", sa.String(ID_LEN), primary_key=True),
+    # Root ids of the jobs this one waits for, and how: afterok (all SUCCESS) or afterany (all ended).
+    sa.Column("depends_on", JSONType, nullable=False),
+    sa.Column("dependency_mode", sa.String(8), nullable=False),
+    sa.Column("time_limit_s", sa.Integer(), nullable=True),
+    sa.Column("array_id", sa.String(ID_LEN), nullable=True),
+    sa.Column("array_index", sa.Integer(), nullable=True),
+    # At most this many jobs of the array run at once (0: no cap).
+    sa.Column("array_max_running", sa.Integer(), nullable=False),
+    sa.Column("pipeline_id", sa.String(ID_LEN), nullable=True),
+    sa.Column("step", sa.String(64), nullable=True),
+    # A shadow step runs on the same inputs; nothing downstream consumes it.
+    sa.Column("shadow", sa.Boolean(), nullable=False),
+    sa.CheckConstraint("dependency_mode IN ('afterok', 'afterany')", name="dependency_mode"),
+    sa.Index("ix_job_options_array", "array_id"),
+    sa.Index("ix_job_options_pipeline", "pipeline_id"),
+)
+
+pipelines = sa.Table(
+    "pipelines",
+    metadata,
+    sa.Column("id", sa.String(ID_LEN), primary_key=True),
+    sa.Column("name", sa.String(256), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+)
+
+# Per-model options (migration 0020): step 2 run automatically once step 1 completes.
+model_options = sa.Table(
+    "model_options",
+    metadata,
+    sa.Column("uuid", sa.String(UUID_LEN), sa.ForeignKey("models.uuid"), primary_key=True),
+    # "best" or an epoch number; empty: step 2 is started by hand.
+    sa.Column("auto_test", sa.String(16), nullable=False),
+    sa.Column("time_limit_s", sa.Integer(), nullable=True),
+)

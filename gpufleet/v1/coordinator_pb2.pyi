@@ -76,7 +76,7 @@ class NodeRef(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class CreateModelRequest(_message.Message):
-    __slots__ = ("model_no", "version", "train_type", "memo", "params_json", "spec", "gpus", "priority", "constraints", "max_retries")
+    __slots__ = ("model_no", "version", "train_type", "memo", "params_json", "spec", "gpus", "priority", "constraints", "max_retries", "auto_test")
     class ConstraintsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +94,7 @@ class CreateModelRequest(_message.Message):
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     CONSTRAINTS_FIELD_NUMBER: _ClassVar[int]
     MAX_RETRIES_FIELD_NUMBER: _ClassVar[int]
+    AUTO_TEST_FIELD_NUMBER: _ClassVar[int]
     model_no: str
     version: str
     train_type: str
@@ -104,10 +105,11 @@ class CreateModelRequest(_message.Message):
     priority: int
     constraints: _containers.ScalarMap[str, str]
     max_retries: int
-    def __init__(self, model_no: _Optional[str] = ..., version: _Optional[str] = ..., train_type: _Optional[str] = ..., memo: _Optional[str] = ..., params_json: _Optional[str] = ..., spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., gpus: _Optional[int] = ..., priority: _Optional[int] = ..., constraints: _Optional[_Mapping[str, str]] = ..., max_retries: _Optional[int] = ...) -> None: ...
+    auto_test: str
+    def __init__(self, model_no: _Optional[str] = ..., version: _Optional[str] = ..., train_type: _Optional[str] = ..., memo: _Optional[str] = ..., params_json: _Optional[str] = ..., spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., gpus: _Optional[int] = ..., priority: _Optional[int] = ..., constraints: _Optional[_Mapping[str, str]] = ..., max_retries: _Optional[int] = ..., auto_test: _Optional[str] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("uuid", "model_no", "version", "train_type", "memo", "params_json", "status", "step1_state", "step2_state", "step1_started_at", "step1_finished_at", "step2_started_at", "step2_finished_at", "step1_duration", "step1_seconds", "step2_duration", "step2_seconds", "step1_metric_saved", "step2_metric_saved", "current_attempt_id", "best_epoch", "last_error", "created_at", "test_epoch", "spec", "gpus", "status_name", "step1_state_name", "step2_state_name", "progress", "trimmed")
+    __slots__ = ("uuid", "model_no", "version", "train_type", "memo", "params_json", "status", "step1_state", "step2_state", "step1_started_at", "step1_finished_at", "step2_started_at", "step2_finished_at", "step1_duration", "step1_seconds", "step2_duration", "step2_seconds", "step1_metric_saved", "step2_metric_saved", "current_attempt_id", "best_epoch", "last_error", "created_at", "test_epoch", "spec", "gpus", "status_name", "step1_state_name", "step2_state_name", "progress", "trimmed", "auto_test")
     UUID_FIELD_NUMBER: _ClassVar[int]
     MODEL_NO_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +141,7 @@ class Model(_message.Message):
     STEP2_STATE_NAME_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     TRIMMED_FIELD_NUMBER: _ClassVar[int]
+    AUTO_TEST_FIELD_NUMBER: _ClassVar[int]
     uuid: str
     model_no: str
     version: str
@@ -170,7 +173,8 @@ class Model(_message.Message):
     step2_state_name: str
     progress: _common_pb2.Progress
     trimmed: bool
-    def __init__(self, uuid: _Optional[str] = ..., model_no: _Optional[str] = ..., version: _Optional[str] = ..., train_type: _Optional[str] = ..., memo: _Optional[str] = ..., params_json: _Optional[str] = ..., status: _Optional[_Union[ModelStatus, str]] = ..., step1_state: _Optional[_Union[ModelStatus, str]] = ..., step2_state: _Optional[_Union[ModelStatus, str]] = ..., step1_started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step1_finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step2_started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step2_finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step1_duration: _Optional[str] = ..., step1_seconds: _Optional[float] = ..., step2_duration: _Optional[str] = ..., step2_seconds: _Optional[float] = ..., step1_metric_saved: _Optional[bool] = ..., step2_metric_saved: _Optional[bool] = ..., current_attempt_id: _Optional[str] = ..., best_epoch: _Optional[int] = ..., last_error: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., test_epoch: _Optional[int] = ..., spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., gpus: _Optional[int] = ..., status_name: _Optional[str] = ..., step1_state_name: _Optional[str] = ..., step2_state_name: _Optional[str] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., trimmed: _Optional[bool] = ...) -> None: ...
+    auto_test: str
+    def __init__(self, uuid: _Optional[str] = ..., model_no: _Optional[str] = ..., version: _Optional[str] = ..., train_type: _Optional[str] = ..., memo: _Optional[str] = ..., params_json: _Optional[str] = ..., status: _Optional[_Union[ModelStatus, str]] = ..., step1_state: _Optional[_Union[ModelStatus, str]] = ..., step2_state: _Optional[_Union[ModelStatus, str]] = ..., step1_started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step1_finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step2_started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step2_finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step1_duration: _Optional[str] = ..., step1_seconds: _Optional[float] = ..., step2_duration: _Optional[str] = ..., step2_seconds: _Optional[float] = ..., step1_metric_saved: _Optional[bool] = ..., step2_metric_saved: _Optional[bool] = ..., current_attempt_id: _Optional[str] = ..., best_epoch: _Optional[int] = ..., last_error: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., test_epoch: _Optional[int] = ..., spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., gpus: _Optional[int] = ..., status_name: _Optional[str] = ..., step1_state_name: _Optional[str] = ..., step2_state_name: _Optional[str] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., trimmed: _Optional[bool] = ..., auto_test: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ("status", "model_no", "page", "size")
@@ -207,7 +211,7 @@ class RunTestRequest(_message.Message):
     def __init__(self, uuid: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
-    __slots__ = ("spec", "gpus", "priority", "constraints", "max_retries", "resume_on_retry", "name", "request_id", "wait_for_capacity")
+    __slots__ = ("spec", "gpus", "priority", "constraints", "max_retries", "resume_on_retry", "name", "request_id", "wait_for_capacity", "depends_on", "dependency_mode", "time_limit_seconds")
     class ConstraintsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -224,6 +228,9 @@ class SubmitJobRequest(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     WAIT_FOR_CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    DEPENDS_ON_FIELD_NUMBER: _ClassVar[int]
+    DEPENDENCY_MODE_FIELD_NUMBER: _ClassVar[int]
+    TIME_LIMIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     spec: _common_pb2.JobSpec
     gpus: int
     priority: int
@@ -233,10 +240,93 @@ class SubmitJobRequest(_message.Message):
     name: str
     request_id: str
     wait_for_capacity: bool
-    def __init__(self, spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., gpus: _Optional[int] = ..., priority: _Optional[int] = ..., constraints: _Optional[_Mapping[str, str]] = ..., max_retries: _Optional[int] = ..., resume_on_retry: _Optional[bool] = ..., name: _Optional[str] = ..., request_id: _Optional[str] = ..., wait_for_capacity: _Optional[bool] = ...) -> None: ...
+    depends_on: _containers.RepeatedScalarFieldContainer[str]
+    dependency_mode: str
+    time_limit_seconds: int
+    def __init__(self, spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., gpus: _Optional[int] = ..., priority: _Optional[int] = ..., constraints: _Optional[_Mapping[str, str]] = ..., max_retries: _Optional[int] = ..., resume_on_retry: _Optional[bool] = ..., name: _Optional[str] = ..., request_id: _Optional[str] = ..., wait_for_capacity: _Optional[bool] = ..., depends_on: _Optional[_Iterable[str]] = ..., dependency_mode: _Optional[str] = ..., time_limit_seconds: _Optional[int] = ...) -> None: ...
+
+class SubmitArrayRequest(_message.Message):
+    __slots__ = ("job", "count", "max_running", "params")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    MAX_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    job: SubmitJobRequest
+    count: int
+    max_running: int
+    params: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job: _Optional[_Union[SubmitJobRequest, _Mapping]] = ..., count: _Optional[int] = ..., max_running: _Optional[int] = ..., params: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ArrayRef(_message.Message):
+    __slots__ = ("array_id",)
+    ARRAY_ID_FIELD_NUMBER: _ClassVar[int]
+    array_id: str
+    def __init__(self, array_id: _Optional[str] = ...) -> None: ...
+
+class JobArray(_message.Message):
+    __slots__ = ("array_id", "jobs")
+    ARRAY_ID_FIELD_NUMBER: _ClassVar[int]
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    array_id: str
+    jobs: _containers.RepeatedCompositeFieldContainer[Job]
+    def __init__(self, array_id: _Optional[str] = ..., jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ...) -> None: ...
+
+class PipelineStep(_message.Message):
+    __slots__ = ("name", "job", "after", "shadow")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    job: SubmitJobRequest
+    after: _containers.RepeatedScalarFieldContainer[str]
+    shadow: bool
+    def __init__(self, name: _Optional[str] = ..., job: _Optional[_Union[SubmitJobRequest, _Mapping]] = ..., after: _Optional[_Iterable[str]] = ..., shadow: _Optional[bool] = ...) -> None: ...
+
+class SubmitPipelineRequest(_message.Message):
+    __slots__ = ("name", "steps")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    steps: _containers.RepeatedCompositeFieldContainer[PipelineStep]
+    def __init__(self, name: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[PipelineStep, _Mapping]]] = ...) -> None: ...
+
+class PipelineRef(_message.Message):
+    __slots__ = ("pipeline_id",)
+    PIPELINE_ID_FIELD_NUMBER: _ClassVar[int]
+    pipeline_id: str
+    def __init__(self, pipeline_id: _Optional[str] = ...) -> None: ...
+
+class PipelineStepStatus(_message.Message):
+    __slots__ = ("name", "job_id", "status_name", "after", "shadow", "reason")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_NAME_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    job_id: str
+    status_name: str
+    after: _containers.RepeatedScalarFieldContainer[str]
+    shadow: bool
+    reason: str
+    def __init__(self, name: _Optional[str] = ..., job_id: _Optional[str] = ..., status_name: _Optional[str] = ..., after: _Optional[_Iterable[str]] = ..., shadow: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class Pipeline(_message.Message):
+    __slots__ = ("pipeline_id", "name", "state", "steps")
+    PIPELINE_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    pipeline_id: str
+    name: str
+    state: str
+    steps: _containers.RepeatedCompositeFieldContainer[PipelineStepStatus]
+    def __init__(self, pipeline_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[PipelineStepStatus, _Mapping]]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "model_uuid", "job_type", "attempt", "status", "exit_code", "error_message", "node", "gpu_indices", "gpus", "priority", "spec", "max_retries", "retries_used", "created_at", "started_at", "finished_at", "progress", "name", "status_name", "constraints", "resume_on_retry", "superseded_by", "trimmed", "pending_code", "pending_reason")
+    __slots__ = ("job_id", "model_uuid", "job_type", "attempt", "status", "exit_code", "error_message", "node", "gpu_indices", "gpus", "priority", "spec", "max_retries", "retries_used", "created_at", "started_at", "finished_at", "progress", "name", "status_name", "constraints", "resume_on_retry", "superseded_by", "trimmed", "pending_code", "pending_reason", "depends_on", "dependency_mode", "time_limit_seconds", "array_id", "array_index", "pipeline_id", "step", "shadow")
     class ConstraintsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -270,6 +360,14 @@ class Job(_message.Message):
     TRIMMED_FIELD_NUMBER: _ClassVar[int]
     PENDING_CODE_FIELD_NUMBER: _ClassVar[int]
     PENDING_REASON_FIELD_NUMBER: _ClassVar[int]
+    DEPENDS_ON_FIELD_NUMBER: _ClassVar[int]
+    DEPENDENCY_MODE_FIELD_NUMBER: _ClassVar[int]
+    TIME_LIMIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ARRAY_ID_FIELD_NUMBER: _ClassVar[int]
+    ARRAY_INDEX_FIELD_NUMBER: _ClassVar[int]
+    PIPELINE_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     model_uuid: str
     job_type: _common_pb2.JobType
@@ -296,7 +394,15 @@ class Job(_message.Message):
     trimmed: bool
     pending_code: str
     pending_reason: str
-    def __init__(self, job_id: _Optional[str] = ..., model_uuid: _Optional[str] = ..., job_type: _Optional[_Union[_common_pb2.JobType, str]] = ..., attempt: _Optional[int] = ..., status: _Optional[_Union[JobStatusCode, str]] = ..., exit_code: _Optional[int] = ..., error_message: _Optional[str] = ..., node: _Optional[str] = ..., gpu_indices: _Optional[_Iterable[int]] = ..., gpus: _Optional[int] = ..., priority: _Optional[int] = ..., spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., max_retries: _Optional[int] = ..., retries_used: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., name: _Optional[str] = ..., status_name: _Optional[str] = ..., constraints: _Optional[_Mapping[str, str]] = ..., resume_on_retry: _Optional[bool] = ..., superseded_by: _Optional[str] = ..., trimmed: _Optional[bool] = ..., pending_code: _Optional[str] = ..., pending_reason: _Optional[str] = ...) -> None: ...
+    depends_on: _containers.RepeatedScalarFieldContainer[str]
+    dependency_mode: str
+    time_limit_seconds: int
+    array_id: str
+    array_index: int
+    pipeline_id: str
+    step: str
+    shadow: bool
+    def __init__(self, job_id: _Optional[str] = ..., model_uuid: _Optional[str] = ..., job_type: _Optional[_Union[_common_pb2.JobType, str]] = ..., attempt: _Optional[int] = ..., status: _Optional[_Union[JobStatusCode, str]] = ..., exit_code: _Optional[int] = ..., error_message: _Optional[str] = ..., node: _Optional[str] = ..., gpu_indices: _Optional[_Iterable[int]] = ..., gpus: _Optional[int] = ..., priority: _Optional[int] = ..., spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., max_retries: _Optional[int] = ..., retries_used: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., name: _Optional[str] = ..., status_name: _Optional[str] = ..., constraints: _Optional[_Mapping[str, str]] = ..., resume_on_retry: _Optional[bool] = ..., superseded_by: _Optional[str] = ..., trimmed: _Optional[bool] = ..., pending_code: _Optional[str] = ..., pending_reason: _Optional[str] = ..., depends_on: _Optional[_Iterable[str]] = ..., dependency_mode: _Optional[str] = ..., time_limit_seconds: _Optional[int] = ..., array_id: _Optional[str] = ..., array_index: _Optional[int] = ..., pipeline_id: _Optional[str] = ..., step: _Optional[str] = ..., shadow: _Optional[bool] = ...) -> None: ...
 
 class ListJobsQuery(_message.Message):
     __slots__ = ("status", "model_uuid", "node", "page", "size")

@@ -140,6 +140,36 @@ class CoordinatorStub:
                 request_serializer=gpufleet_dot_v1_dot_coordinator__pb2.ModelRef.SerializeToString,
                 response_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.DatasetCountsResponse.FromString,
                 _registered_method=True)
+        self.SubmitArray = channel.unary_unary(
+                '/gpufleet.v1.Coordinator/SubmitArray',
+                request_serializer=gpufleet_dot_v1_dot_coordinator__pb2.SubmitArrayRequest.SerializeToString,
+                response_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.JobArray.FromString,
+                _registered_method=True)
+        self.GetArray = channel.unary_unary(
+                '/gpufleet.v1.Coordinator/GetArray',
+                request_serializer=gpufleet_dot_v1_dot_coordinator__pb2.ArrayRef.SerializeToString,
+                response_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.JobArray.FromString,
+                _registered_method=True)
+        self.CancelArray = channel.unary_unary(
+                '/gpufleet.v1.Coordinator/CancelArray',
+                request_serializer=gpufleet_dot_v1_dot_coordinator__pb2.ArrayRef.SerializeToString,
+                response_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.JobArray.FromString,
+                _registered_method=True)
+        self.SubmitPipeline = channel.unary_unary(
+                '/gpufleet.v1.Coordinator/SubmitPipeline',
+                request_serializer=gpufleet_dot_v1_dot_coordinator__pb2.SubmitPipelineRequest.SerializeToString,
+                response_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.Pipeline.FromString,
+                _registered_method=True)
+        self.GetPipeline = channel.unary_unary(
+                '/gpufleet.v1.Coordinator/GetPipeline',
+                request_serializer=gpufleet_dot_v1_dot_coordinator__pb2.PipelineRef.SerializeToString,
+                response_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.Pipeline.FromString,
+                _registered_method=True)
+        self.CancelPipeline = channel.unary_unary(
+                '/gpufleet.v1.Coordinator/CancelPipeline',
+                request_serializer=gpufleet_dot_v1_dot_coordinator__pb2.PipelineRef.SerializeToString,
+                response_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.Pipeline.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -285,6 +315,46 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitArray(self, request, context):
+        """Arrays (sweeps): one submit makes N jobs that differ by index and parameters, run at most
+        max_running at a time, listed and cancelled together.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetArray(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelArray(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitPipeline(self, request, context):
+        """Pipelines: a DAG of named steps submitted as one; steps start in topological order as the
+        steps they come after succeed; dependants of a failed step are skipped (CANCELED, DEPENDENCY).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPipeline(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelPipeline(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -392,6 +462,36 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.DatasetCounts,
                     request_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.ModelRef.FromString,
                     response_serializer=gpufleet_dot_v1_dot_coordinator__pb2.DatasetCountsResponse.SerializeToString,
+            ),
+            'SubmitArray': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitArray,
+                    request_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.SubmitArrayRequest.FromString,
+                    response_serializer=gpufleet_dot_v1_dot_coordinator__pb2.JobArray.SerializeToString,
+            ),
+            'GetArray': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetArray,
+                    request_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.ArrayRef.FromString,
+                    response_serializer=gpufleet_dot_v1_dot_coordinator__pb2.JobArray.SerializeToString,
+            ),
+            'CancelArray': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelArray,
+                    request_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.ArrayRef.FromString,
+                    response_serializer=gpufleet_dot_v1_dot_coordinator__pb2.JobArray.SerializeToString,
+            ),
+            'SubmitPipeline': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitPipeline,
+                    request_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.SubmitPipelineRequest.FromString,
+                    response_serializer=gpufleet_dot_v1_dot_coordinator__pb2.Pipeline.SerializeToString,
+            ),
+            'GetPipeline': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPipeline,
+                    request_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.PipelineRef.FromString,
+                    response_serializer=gpufleet_dot_v1_dot_coordinator__pb2.Pipeline.SerializeToString,
+            ),
+            'CancelPipeline': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelPipeline,
+                    request_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.PipelineRef.FromString,
+                    response_serializer=gpufleet_dot_v1_dot_coordinator__pb2.Pipeline.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -961,6 +1061,168 @@ class Coordinator:
             '/gpufleet.v1.Coordinator/DatasetCounts',
             gpufleet_dot_v1_dot_coordinator__pb2.ModelRef.SerializeToString,
             gpufleet_dot_v1_dot_coordinator__pb2.DatasetCountsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitArray(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpufleet.v1.Coordinator/SubmitArray',
+            gpufleet_dot_v1_dot_coordinator__pb2.SubmitArrayRequest.SerializeToString,
+            gpufleet_dot_v1_dot_coordinator__pb2.JobArray.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetArray(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpufleet.v1.Coordinator/GetArray',
+            gpufleet_dot_v1_dot_coordinator__pb2.ArrayRef.SerializeToString,
+            gpufleet_dot_v1_dot_coordinator__pb2.JobArray.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelArray(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpufleet.v1.Coordinator/CancelArray',
+            gpufleet_dot_v1_dot_coordinator__pb2.ArrayRef.SerializeToString,
+            gpufleet_dot_v1_dot_coordinator__pb2.JobArray.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitPipeline(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpufleet.v1.Coordinator/SubmitPipeline',
+            gpufleet_dot_v1_dot_coordinator__pb2.SubmitPipelineRequest.SerializeToString,
+            gpufleet_dot_v1_dot_coordinator__pb2.Pipeline.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPipeline(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpufleet.v1.Coordinator/GetPipeline',
+            gpufleet_dot_v1_dot_coordinator__pb2.PipelineRef.SerializeToString,
+            gpufleet_dot_v1_dot_coordinator__pb2.Pipeline.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelPipeline(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpufleet.v1.Coordinator/CancelPipeline',
+            gpufleet_dot_v1_dot_coordinator__pb2.PipelineRef.SerializeToString,
+            gpufleet_dot_v1_dot_coordinator__pb2.Pipeline.FromString,
             options,
             channel_credentials,
             insecure,
