@@ -37,6 +37,9 @@ class NodeCapacity:
     free: int  # of those, not held by a running job
     schedulable: bool  # READY and heard from recently
     state: str = "READY"
+    # False until the node has reported its GPUs (no snapshot and no heartbeat yet): its capacity
+    # is unknown, so nothing is refused on its account.
+    known: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +62,7 @@ def _constraint_text(constraints: Mapping[str, str]) -> str:
 def never_fits(gpus: int, constraints: Mapping[str, str], nodes: Sequence[NodeCapacity]) -> Pending | None:
     """Why no registered node could ever run this job, or None when one could (or none is known yet:
     a fleet still starting is not a reason to refuse)."""
-    if not nodes:
+    if not nodes or not all(n.known for n in nodes):
         return None
     matching = [n for n in nodes if _matches(constraints, n.labels)]
     if not matching:
@@ -103,7 +106,8 @@ def capacities(nodes: Sequence[Any], in_use: Mapping[str, set[int]]) -> list[Nod
         healthy = {int(g["index"]) for g in n.gpus or () if g.get("healthy", True)}
         state = n.state.value if hasattr(n.state, "value") else str(n.state)
         out.append(NodeCapacity(n.name, n.labels, len(n.gpus or ()), len(healthy - in_use.get(n.name, set())),
-                                schedulable=state == "READY", state=state))
+                                schedulable=state == "READY", state=state,
+                                known=bool(n.gpus) or n.last_heartbeat is not None))
     return out
 
 

@@ -322,7 +322,9 @@ def new_model(stub: coordinator_pb2_grpc.CoordinatorStub, no: str = "G1") -> cpb
 
 
 def new_job(stub: coordinator_pb2_grpc.CoordinatorStub) -> cpb.Job:
-    req = cpb.SubmitJobRequest(spec=pb.JobSpec(command=["true"], output_dir="jobs/j"), gpus=1, name="j")
+    # The fleet here is certificates without GPUs: the job only has to exist (it never runs).
+    req = cpb.SubmitJobRequest(spec=pb.JobSpec(command=["true"], output_dir="jobs/j"), gpus=1, name="j",
+                               wait_for_capacity=True)
     return stub.SubmitJob(req, timeout=TIMEOUT)
 
 

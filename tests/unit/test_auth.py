@@ -218,10 +218,12 @@ def test_every_coordinator_method_has_a_policy() -> None:
     methods = {m.name for m in cpb.DESCRIPTOR.services_by_name["Coordinator"].methods}
     reads = {m for m in methods if auth.is_read_method(m)}
     assert reads == {"GetModel", "ListModels", "GetJob", "ListJobs", "StreamJobLogs", "GetJobMetrics",
-                     "ListNodes", "DatasetCounts"}
+                     "ListNodes", "DatasetCounts", "GetArray", "GetPipeline"}
     user_changes = set(auth.CREATE_METHODS) | auth.MODEL_METHODS | auth.JOB_METHODS
     assert user_changes <= methods
-    assert methods - reads - user_changes == {"DrainNode", "UndrainNode"}  # admin only
+    # admin only (arrays and pipelines until their jobs' ownership is recorded per member)
+    assert methods - reads - user_changes == {"DrainNode", "UndrainNode", "SubmitArray", "CancelArray",
+                                              "SubmitPipeline", "CancelPipeline"}
     fleet = {m.name for m in cpb.DESCRIPTOR.services_by_name["Fleet"].methods}
     for name in fleet:  # the Fleet check relies on every request naming its node
         req = cpb.DESCRIPTOR.services_by_name["Fleet"].methods_by_name[name].input_type

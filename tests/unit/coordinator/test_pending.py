@@ -40,3 +40,5 @@ def test_never_fits_refuses_only_what_no_registered_node_could_run() -> None:
     refused = never_fits(64, {}, [n("a", 2), n("b", 4)])
     assert refused is not None and refused.code is PendingCode.NO_NODE_FITS and "has 4 (b)" in refused.message
     assert never_fits(0, {}, [n("a", 0)]) is None  # CPU-only jobs fit a node without GPUs
+    unknown = NodeCapacity("new", {}, 0, 0, schedulable=True, known=False)  # registered, nothing reported yet
+    assert never_fits(64, {}, [n("a", 2), unknown]) is None
