@@ -661,7 +661,7 @@ def bench_metrics(engine: sa.Engine, tag: str, total: int, batch: int) -> dict[s
 
 
 def bench_placements(engine: sa.Engine, farm: AgentFarm, coord: Coordinator, meter: CpuMeter, spy: Spy,
-                     tag: str, n: int, budget: float, timeout: float) -> dict[str, Any]:
+                     tag: str, n: int, budget: float, timeout: float, blocked: int = 0) -> dict[str, Any]:
     """Commit n QUEUED jobs at once, wake the scheduler, time until each one is decided, committed,
     launched on its fake agent and the agent's answer stored (observed_state RUNNING). When the
     budget runs out first, the rate is over the jobs done by then and the rest is canceled (so it
@@ -682,6 +682,11 @@ def bench_placements(engine: sa.Engine, farm: AgentFarm, coord: Coordinator, met
     tx = conn.begin()
     for j in job_ids:
         repo.create_job(conn, spec=spec, gpus=1, job_id=j, actor="bench")
+    # A blocked queue ahead of them (--blocked): higher priority, never placeable: half need more GPUs
+    # than any node has, half a label no node carries (those pass the SQL filter and are looked at).
+    for i in range(blocked):
+        kw: dict[str, Any] = {"gpus": 64} if i % 2 else {"gpus": 1, "constraints": {"bench-never": "1"}}
+        repo.create_job(conn, spec=spec, priority=100, job_id=f"{tag}b{i:05d}", actor="bench", **kw)
     insert_s = time.perf_counter() - t_ins
     spy.start("placements")
     cpu0 = meter.sample()
@@ -723,7 +728,10 @@ def bench_placements(engine: sa.Engine, farm: AgentFarm, coord: Coordinator, met
     if wrong:
         raise BenchError(f"{len(wrong)} jobs placed differently than launched, e.g. {wrong[:3]}")
     took = t_end - t0
-    return {"jobs": n, "placed": done, "partial": partial, "budget_s": budget, "canceled_after": canceled,
+    if blocked:
+        cancel_queued(engine, f"{tag}b%")
+    return {"jobs": n, "blocked_ahead": blocked, "placed": done, "partial": partial, "budget_s": budget,
+            "canceled_after": canceled,
             "seconds": round(took, 3), "placements_per_s": round(done / took, 1),
             "first_launch_ms": round(1e3 * (min(launched) - t0), 1) if launched else None,
             "last_launch_s": round(max(launched) - t0, 3) if launched else None,
@@ -921,7 +929,7 @@ def run(args: argparse.Namespace, root: Path, cleanup: _harness.Cleanup) -> dict
     spy = Spy(coord.pid, args.py_spy)
     cleanup.append(spy.close)
     res["placements"] = bench_placements(engine, farm, coord, meter, spy, tag, args.jobs, args.placement_budget,
-                                         args.phase_timeout)
+                                         args.phase_timeout, blocked=args.blocked)
 
     pl = res["placements"]
     if pl["partial"]:
@@ -961,6 +969,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpus-per-agent", type=int, default=0,
                     help="fake GPUs per agent (default: enough for every job, at least 8)")
     ap.add_argument("--jobs", type=int, default=5000, help="queued jobs to place (default 5000)")
+    ap.add_argument("--blocked", type=int, default=0,
+                    help="unplaceable jobs queued ahead of them at higher priority (issue 16: 5000 with --jobs 5000)")
     ap.add_argument("--submits", type=int, default=1000, help="timed SubmitJob calls (default 1000)")
     ap.add_argument("--submit-warmup", type=int, default=50, help="SubmitJob warm-up calls (default 50)")
     ap.add_argument("--metric-rows", type=int, default=100_000, help="metric rows to ingest (default 100000)")
