@@ -44,7 +44,7 @@ class Lifecycle:
     # -- models --------------------------------------------------------------------------------
     def create_model(self, *, model_no: str, version: str, train_type: str, memo: str, params_json: str,
                      spec: dict[str, Any], gpus: int, priority: int, constraints: dict[str, str],
-                     max_retries: int) -> ModelRow:
+                     max_retries: int, lost_after_seconds: int = 0) -> ModelRow:
         if len(memo) > 4096:
             raise InvalidArgument("memo", "must be at most 4096 characters")
         _check_gpus(gpus or 1)
@@ -58,7 +58,7 @@ class Lifecycle:
             return repo.create_model(conn, model_no=model_no, version=version, train_type=train_type, memo=memo,
                                      params_json=params_json or "{}", spec=template.to_dict(), gpus=gpus or 1,
                                      priority=priority, constraints=constraints, max_retries=max_retries,
-                                     actor=self.actor)
+                                     lost_after_seconds=_lost_after(lost_after_seconds), actor=self.actor)
 
     def get_model(self, uuid: str) -> ModelRow:
         _check_uuid(uuid)
@@ -175,7 +175,8 @@ class Lifecycle:
         return repo.create_job(conn, spec=spec, gpus=model.gpus, priority=model.priority,
                                constraints=model.constraints, max_retries=model.max_retries,
                                resume_on_retry=job_type is JobType.TRAIN, name=f"{model.model_no}-{job_type.value}",
-                               model_uuid=model.uuid, job_type=job_type, job_id=job_id, actor=self.actor)
+                               model_uuid=model.uuid, job_type=job_type, job_id=job_id, actor=self.actor,
+                               lost_after_seconds=model.lost_after_seconds)
 
     def _current_job(self, conn: Connection, model: ModelRow) -> JobRow:
         if not model.current_attempt_id:
@@ -189,7 +190,8 @@ class Lifecycle:
 
     # -- plain jobs ----------------------------------------------------------------------------
     def submit_job(self, *, spec: dict[str, Any], gpus: int, priority: int, constraints: dict[str, str],
-                   max_retries: int, resume_on_retry: bool, name: str, request_id: str = "") -> JobRow:
+                   max_retries: int, resume_on_retry: bool, name: str, request_id: str = "",
+                   lost_after_seconds: int = 0) -> JobRow:
         _check_gpus(gpus)
         check_portable(JobSpec.from_dict(spec))
         check_job_size(spec, constraints)
@@ -197,7 +199,8 @@ class Lifecycle:
         fingerprint = ""
         if request_id:
             check_request_id(request_id)
-            fingerprint = _fingerprint(spec, gpus, priority, constraints, max_retries, resume_on_retry, name)
+            fingerprint = _fingerprint(spec, gpus, priority, constraints, max_retries, resume_on_retry, name,
+                                       *((lost_after_seconds,) if lost_after_seconds else ()))
             earlier = self._submitted(request_id, fingerprint)
             if earlier is not None:
                 return earlier
@@ -205,7 +208,7 @@ class Lifecycle:
             with self.engine.begin() as conn:
                 job = repo.create_job(conn, spec=spec, gpus=gpus, priority=priority, constraints=constraints,
                                       max_retries=max_retries, resume_on_retry=resume_on_retry, name=name,
-                                      actor=self.actor)
+                                      actor=self.actor, lost_after_seconds=_lost_after(lost_after_seconds))
                 if request_id and not repo.claim_submit_key(conn, request_id, job.id, fingerprint):
                     raise _KeyTaken  # rolls the new job back
         except _KeyTaken:  # a concurrent retry of the same request won: answer with its job
@@ -322,6 +325,16 @@ def check_job_size(spec: dict[str, Any], constraints: dict[str, str]) -> None:
     if size > MAX_SPEC_BYTES:
         raise InvalidArgument("spec", f"is {size} bytes as JSON; at most {MAX_SPEC_BYTES} (put large data in "
                               "files under the data root, not in the spec)")
+
+
+MAX_LOST_AFTER = 30 * 24 * 3600
+
+
+def _lost_after(seconds: int) -> int | None:
+    """A request's lost_after_seconds: 0 means the coordinator's --lost-after (stored as NULL)."""
+    if seconds < 0 or seconds > MAX_LOST_AFTER:
+        raise InvalidArgument("lost_after_seconds", f"must be between 0 and {MAX_LOST_AFTER}, got {seconds}")
+    return seconds or None
 
 
 def _check_gpus(gpus: int) -> None:

@@ -39,7 +39,10 @@ OPTIONS = [
     config.Option("state-dir", "/var/lib/gpufleet/coordinator", "where the embedded SQLite database lives"),
     config.Option("database-url", "", "SQLAlchemy URL (default: SQLite in --state-dir; "
                   "postgresql+psycopg://user@host/db for production). Keep passwords in the environment"),
-    config.Option("node-timeout", 10.0, "seconds without a heartbeat before a node is LOST", float),
+    config.Option("node-timeout", 10.0, "seconds without a heartbeat before a node is UNREACHABLE (its jobs keep "
+                  "running)", float),
+    config.Option("lost-after", 300.0, "seconds a job may stay unheard before it is requeued (default for jobs "
+                  "and models that do not set lost_after_seconds)", float),
     config.Option("heartbeat-interval", 2.0, "seconds between agent heartbeats", float),
     config.Option("reconcile-interval", 5.0,
                   "seconds between full reconcile passes (a heartbeat reporting an ended job triggers one at once)",
@@ -107,7 +110,7 @@ def run(argv: list[str] | None = None) -> int:
     reconciler = Reconciler(engine, agents, interval=opts.reconcile_interval, on_restart=opts.on_restart,
                             wake_scheduler=wake)
     fleet = Fleet(engine, reconciler, nodes_changed, node_timeout=opts.node_timeout,
-                  heartbeat_interval=opts.heartbeat_interval)
+                  heartbeat_interval=opts.heartbeat_interval, lost_after=opts.lost_after)
     scheduler = Scheduler(engine, agents, fleet.fresh_nodes, interval=opts.schedule_interval,
                           node_unreachable=fleet.unreachable)
     sched_ref.append(scheduler)

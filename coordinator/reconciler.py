@@ -7,12 +7,16 @@ move, and (by the job's retry policy) a new attempt is queued.
 """
 from __future__ import annotations
 
+import json
 import logging
+import math
+import posixpath
+import re
 import threading
 from collections.abc import Callable
 from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +25,7 @@ from gpufleet.coordinator import states
 from gpufleet.coordinator.agents import AgentPool, Observation
 from gpufleet.coordinator.db import repo
 from gpufleet.coordinator.db.rows import JobRow
+from gpufleet.coordinator.db.schema import METRIC_KEY_LEN
 from gpufleet.coordinator.metrics import job_ended
 from gpufleet.coordinator.states import DesiredState, JobStatus, JobType, ModelStatus, Step, TerminationReason
 from sqlalchemy.engine import Connection, Engine
@@ -67,7 +72,7 @@ def decide(job: JobRow, obs: Observation, *, startup: bool) -> Decision:
         # and Launch (or Launch was lost). Launch is idempotent, so send it (again).
         if job.observed_state is None:
             return Decision("relaunch") if job.desired_state is DesiredState.RUN else Decision(
-                "finish", JobStatus.STOPPED, message=TerminationReason.STOPPED_BY_USER.message("before launch"))
+                "finish", JobStatus.STOPPED, message=_stop_message(job, "before launch"))
         return Decision("probe")
     if obs.state in ("PENDING", "RUNNING"):
         return Decision("stop") if job.desired_state is DesiredState.STOP else KEEP
@@ -77,21 +82,30 @@ def decide(job: JobRow, obs: Observation, *, startup: bool) -> Decision:
         if obs.exit_code is None:  # could not be started on the host
             return Decision("finish", JobStatus.FAILED, None,
                             TerminationReason.LAUNCH_FAILED.message(obs.message), obs.probe)
-        reason = (TerminationReason.SERVER_RESTART_CONTAINER_EXIT_NONZERO if startup
-                  else TerminationReason.EXIT_NONZERO)
+        # One reason per event, whichever daemon restarted first (issue 12): the exit code is the
+        # fact; when the coordinator happened to learn it does not change it.
+        reason = TerminationReason.EXIT_NONZERO
         detail = f"exit code {obs.exit_code}" + (f"; {obs.message}" if obs.message else "")
         return Decision("finish", JobStatus.FAILED, obs.exit_code, reason.message(detail), obs.probe)
     if obs.state == "STOPPED":
         if job.desired_state is DesiredState.STOP:
-            # Who asked: a stop under --on-restart=stop leaves its reason on the row (set_desired_state).
-            on_restart = job.error_message.startswith(TerminationReason.STOPPED_ON_RESTART.value)
-            message = (job.error_message if on_restart else TerminationReason.STOPPED_BY_USER.message())
+            message = _stop_message(job)
         else:  # fenced, or stopped on the host by someone else
             message = f"STOPPED_ON_AGENT: {obs.message or 'no reason given'}"
         return Decision("finish", JobStatus.STOPPED, -1, message, obs.probe)
     if obs.state == "LOST":
         return judge_missing(job, obs.probe)
     return KEEP
+
+
+def _stop_message(job: JobRow, detail: str = "") -> str:
+    """Why a job we asked to stop ended. Who asked: a stop under --on-restart=stop, or of a
+    replacement whose original turned out to have finished, leaves its reason on the row
+    (set_desired_state); otherwise it was a user."""
+    if job.error_message.startswith((TerminationReason.STOPPED_ON_RESTART.value,
+                                     TerminationReason.SUPERSEDED_BY_ORIGINAL.value)):
+        return job.error_message
+    return TerminationReason.STOPPED_BY_USER.message(detail)
 
 
 def judge_missing(job: JobRow, probe: dict[str, Any] | None) -> Decision:
@@ -114,17 +128,58 @@ def _step_fields(step: Step, probe: dict[str, Any] | None, saved: bool) -> dict[
     return out
 
 
+def clean_metric_rows(split: str, rows: list[Any], warnings: list[str]) -> list[tuple[int, dict[str, float]]]:
+    """A report's metric rows with what cannot be stored left out, each kind of drop noted once in
+    `warnings`: keys over METRIC_KEY_LEN characters, empty or not printable; values that are not
+    finite numbers; epochs that are not whole numbers >= 0. Nothing a job writes may wedge it."""
+    out: list[tuple[int, dict[str, float]]] = []
+    bad_keys: set[str] = set()
+    bad_epochs = 0
+    for row in rows:
+        try:
+            epoch = int(row[0])
+        except (TypeError, ValueError, OverflowError):
+            epoch = -1
+        if isinstance(row[0], bool) or epoch < 0:
+            bad_epochs += 1
+            continue
+        values: dict[str, float] = {}
+        for key, value in dict(row[1]).items():
+            if not isinstance(key, str) or not 1 <= len(key) <= METRIC_KEY_LEN or not key.isprintable():
+                bad_keys.add(repr(key)[:80])
+                continue
+            try:
+                number = float(value)
+            except (TypeError, ValueError, OverflowError):
+                continue
+            if math.isfinite(number):
+                values[key] = number
+        if values:
+            out.append((epoch, values))
+    for key in sorted(bad_keys)[:10]:
+        warnings.append(f"{split} metric {key} dropped: a name must be 1..{METRIC_KEY_LEN} printable characters")
+    if bad_epochs:
+        warnings.append(f"{split}: {bad_epochs} row(s) without a valid epoch dropped")
+    return out
+
+
 def ingest_probe(conn: Connection, job: JobRow, probe: dict[str, Any] | None) -> dict[str, int]:
-    """Store the probe's parsed csv rows (idempotent); returns rows inserted per split."""
+    """Store the probe's parsed csv rows (idempotent); returns rows inserted per split. What cannot
+    be stored is dropped and recorded as a warning on the job."""
     counts = {"train": 0, "val": 0, "test": 0}
     if not probe:
         return counts
     # A test run shares its folder with the training run: it owns only test.csv.
     splits = ("test",) if job.job_type is JobType.EVAL else ("train", "val", "test")
-    by_split: dict[str, list[tuple[int, dict[str, float]]]] = {s: [] for s in splits}
+    raw: dict[str, list[Any]] = {s: [] for s in splits}
     for split, epoch, values in probe.get("metrics", []):
-        if split in by_split and values:
-            by_split[split].append((int(epoch), values))
+        if split in raw and values:
+            raw[split].append((epoch, values))
+    warnings: list[str] = []
+    by_split = {split: clean_metric_rows(split, rows, warnings) for split, rows in raw.items()}
+    if warnings:
+        repo.add_job_warnings(conn, job.id, warnings)
+        event(log, "job.metrics_dropped", logging.WARNING, job_id=job.id, warnings=warnings)
     for split, rows in by_split.items():
         if rows:
             failpoints.hit("coordinator.metrics.mid_ingest")
@@ -135,25 +190,43 @@ def ingest_probe(conn: Connection, job: JobRow, probe: dict[str, Any] | None) ->
 def end_job(engine: Engine, job_id: str, status: JobStatus, message: str, *, actor: str,
             exit_code: int | None = None, probe: dict[str, Any] | None = None, requeue: bool = False,
             count_retry: bool = True, resume: bool = False, log_tail: bytes = b"",
-            only_if: Callable[[Connection], bool] | None = None) -> JobRow | None:
+            only_if: Callable[[Connection], bool] | None = None, lost: bool = False,
+            late_truth: bool = False, progress: dict[str, Any] | None = None) -> JobRow | None:
     """End one RUNNING/QUEUED attempt, store its metrics, move its model, maybe queue the next
-    attempt — all in one transaction. Returns the new attempt when one was queued."""
+    attempt — all in one transaction. Returns the new attempt when one was queued.
+
+    `lost`: its node stayed silent past lost_after; a requeue resumes from the latest epoch seen, in
+    a fresh folder. `late_truth`: the attempt was given up for lost, but its node returned and
+    reports that it ended during the silence: that end replaces the lost verdict, and the attempts
+    that replaced it are canceled (queued) or told to stop (running), SUPERSEDED_BY_ORIGINAL."""
     with engine.begin() as conn:
         job = repo.get_job(conn, job_id, for_update=True)
-        if job.terminal:
+        if late_truth:
+            if not states.is_lost_verdict(job.status, job.error_message):
+                return None  # already settled (a repeated report)
+        elif job.terminal:
             return None  # someone else ended it first; the first verdict stands
         if only_if is not None and not only_if(conn):
             return None  # the reason to end it no longer holds (e.g. its node came back)
         code = exit_code if status is JobStatus.FAILED else None
         repo.set_job_status(conn, job_id, status, exit_code=code, error_message=message or None,
-                            reason=message or status.value, actor=actor)
+                            reason=message or status.value, actor=actor, late_truth=late_truth)
+        if late_truth:
+            _supersede_replacements(conn, job, actor)
         has_metrics = any(ingest_probe(conn, job, probe).values()) or bool(probe and probe.get("metrics"))
         if log_tail:
             repo.save_log_tail(conn, job_id, log_tail)
+        if progress and progress.get("current_epoch"):
+            # The last epoch reported is what the stored progress shows once the job ended.
+            repo.upsert_progress(conn, job_id, int(progress["current_epoch"]), int(progress.get("total_epoch") or 0),
+                                 progress.get("metrics") or {})
         new_job = None
         if requeue:
             try:
-                spec = _resume_spec(job, probe) if (resume or job.resume_on_retry) else None
+                if lost:
+                    spec: dict[str, Any] | None = _lost_spec(conn, job)
+                else:
+                    spec = _resume_spec(job, probe) if (resume or job.resume_on_retry) else None
                 new_job = repo.requeue_job(conn, job_id, reason=message, actor=actor, count_retry=count_retry,
                                            spec=spec)
             except FailedPrecondition as exc:
@@ -166,10 +239,65 @@ def end_job(engine: Engine, job_id: str, status: JobStatus, message: str, *, act
     return new_job
 
 
+def _supersede_replacements(conn: Connection, original: JobRow, actor: str) -> None:
+    """The attempts that replaced `original` end: queued ones are canceled at once, running ones
+    are told to stop (the reconciler and the heartbeat's fencing stop them on their node, and the
+    stop ends them with this reason). The model points at the original again."""
+    message = TerminationReason.SUPERSEDED_BY_ORIGINAL.message(f"attempt {original.attempt} ({original.id}) "
+                                                               "ended on its node during the silence")
+    nxt = original.superseded_by
+    while nxt:
+        rep = repo.get_job(conn, nxt, for_update=True)
+        if rep.status is JobStatus.QUEUED:
+            repo.set_job_status(conn, rep.id, JobStatus.CANCELED, error_message=message, reason=message,
+                                actor=actor)
+        elif rep.status is JobStatus.RUNNING:
+            repo.set_desired_state(conn, rep.id, DesiredState.STOP, reason=message, actor=actor, message=message)
+        nxt = rep.superseded_by
+    if original.model_uuid:
+        model = repo.get_model(conn, original.model_uuid, for_update=True)
+        if model.current_attempt_id != original.id and _is_descendant(conn, original, model.current_attempt_id):
+            repo.update_model_states(conn, model.uuid, reason=message, actor=actor, current_attempt_id=original.id)
+
+
+def _is_descendant(conn: Connection, original: JobRow, job_id: str | None) -> bool:
+    nxt = original.superseded_by
+    while nxt:
+        if nxt == job_id:
+            return True
+        nxt = repo.get_job(conn, nxt).superseded_by
+    return False
+
+
+ATTEMPT_DIR = re.compile(r"-attempt\d+$")
+
+
+def _lost_spec(conn: Connection, job: JobRow) -> dict[str, Any]:
+    """The spec of the attempt that replaces one given up for lost: a fresh output folder
+    (`<folder>-attempt<N>`, a sibling, so the old attempt's CSVs are never appended to), and for a
+    training run resumeFrom/resumeEpoch at the latest epoch the coordinator saw (its checkpoint in
+    the old folder; the bundled trainer and the old system's trainers read these from params)."""
+    spec = dict(job.spec)
+    old_dir = str(spec.get("output_dir") or "")
+    if old_dir:
+        spec["output_dir"] = f"{ATTEMPT_DIR.sub('', old_dir.rstrip('/'))}-attempt{job.attempt + 1}"
+    if job.job_type is JobType.TRAIN and (job.model_uuid or job.resume_on_retry):
+        progress = repo.get_progress(conn, [job.id]).get(job.id)
+        epoch = progress.current_epoch if progress else 0
+        if epoch > 0 and old_dir:
+            try:
+                params = json.loads(spec.get("params_json") or "{}")
+            except ValueError:
+                params = None
+            if isinstance(params, dict):
+                params["resumeFrom"] = f"../{posixpath.basename(old_dir.rstrip('/'))}/epoch_{epoch}.pth"
+                params["resumeEpoch"] = epoch
+                spec["params_json"] = json.dumps(params)
+    return spec
+
+
 def _resume_spec(job: JobRow, probe: dict[str, Any] | None) -> dict[str, Any]:
     """The old spec with resumeFrom (latest checkpoint found by the probe) put into params_json."""
-    import json
-
     spec = dict(job.spec)
     params = json.loads(spec.get("params_json") or "{}")
     if probe and probe.get("latest_checkpoint"):
@@ -300,7 +428,7 @@ class Reconciler:
         ids = {j.id for j in running}
         self._applied = {k: v for k, v in self._applied.items() if k in ids}
 
-    def sync_soon(self, job_ids: list[str], wait: float = 0.0) -> None:
+    def sync_soon(self, job_ids: list[str], wait: float = 0.0, late: bool = False) -> None:
         """Reconcile these jobs on the reconciler's threads (a heartbeat saw them end), waiting up to
         `wait` seconds for them: usually the end is recorded before the caller answers, but a slow
         agent or probe never holds the caller past that."""
@@ -310,16 +438,59 @@ class Reconciler:
         started = []
         for job_id in new:
             try:
-                started.append(self._sync_pool.submit(self._sync_one, job_id))
+                started.append(self._sync_pool.submit(self._sync_one, job_id, late))
             except RuntimeError:  # shutting down: the next start's first pass reconciles it
                 with self._sync_lock:
                     self._syncing.discard(job_id)
         if started and wait > 0:
             futures.wait(started, timeout=wait)
 
-    def _sync_one(self, job_id: str) -> None:
+    def late_truth_soon(self, job_ids: list[str], wait: float = 0.0) -> None:
+        """As sync_soon, for attempts given up for lost whose node reports they ended (late_truth)."""
+        self.sync_soon(job_ids, wait, late=True)
+
+    def late_truth(self, job_id: str) -> None:
+        """An attempt was ended STOPPED NODE_LOST (its lost_after passed) and maybe requeued; its
+        node is back and says it ended during the silence. Ask the node (Inspect, outside any
+        transaction) and store that end instead, with its metrics and log; the replacements are
+        canceled or stopped (end_job's late_truth)."""
+        with self.engine.connect() as conn:
+            job = repo.get_job(conn, job_id)
+            if not states.is_lost_verdict(job.status, job.error_message) or not job.node:
+                return
+            address = repo.get_node(conn, job.node).address
+        obs = self.agents.inspect(address, job.root_id, job.attempt)
+        if obs.kind != "found" or obs.state not in ("SUCCEEDED", "FAILED"):
+            return
+        d = decide(replace(job, status=JobStatus.RUNNING), obs, startup=False)
+        if d.action != "finish" or d.status not in (JobStatus.SUCCESS, JobStatus.FAILED):
+            return
+        end_job(self.engine, job.id, d.status, d.message, actor=self.actor, exit_code=d.exit_code, probe=d.probe,
+                log_tail=obs.log_tail, late_truth=True, progress=obs.progress)
+        event(log, "job.late_truth", job_id=job.id, status=d.status.value, superseded_by=job.superseded_by)
+        with self.engine.connect() as conn:
+            stop = []
+            nxt = job.superseded_by
+            while nxt:
+                rep = repo.get_job(conn, nxt)
+                if rep.status is JobStatus.RUNNING and rep.node:
+                    stop.append((rep, repo.get_node(conn, rep.node).address))
+                nxt = rep.superseded_by
+        for rep, rep_address in stop:
+            self.agents.stop(rep_address, rep.root_id, rep.attempt)
+        if self.agents.acknowledge(address, job.root_id, job.attempt):
+            with self.engine.begin() as conn:
+                repo.mark_acked(conn, [job.id])
+        if stop:
+            self.sync_soon([rep.id for rep, _ in stop])
+        self.wake_scheduler()
+
+    def _sync_one(self, job_id: str, late: bool = False) -> None:
         try:
-            self.sync_job(job_id)
+            if late:
+                self.late_truth(job_id)
+            else:
+                self.sync_job(job_id)
         except Exception:  # noqa: BLE001 - the reconcile loop tries again
             log.exception("sync after heartbeat failed", extra={"fields": {"job_id": job_id}})
         finally:
@@ -399,7 +570,7 @@ class Reconciler:
         assert d.status is not None
         failpoints.hit("coordinator.reconcile.before_apply")
         end_job(self.engine, job.id, d.status, d.message, actor=self.actor, exit_code=d.exit_code, probe=d.probe,
-                log_tail=obs.log_tail)
+                log_tail=obs.log_tail, progress=obs.progress)
         if self.agents.acknowledge(address, job.root_id, job.attempt):
             with self.engine.begin() as conn:
                 repo.mark_acked(conn, [job.id])

@@ -49,6 +49,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             model_no=request.model_no, version=request.version, train_type=request.train_type, memo=request.memo,
             params_json=request.params_json, spec=convert.spec_from_pb(request.spec), gpus=request.gpus,
             priority=request.priority, constraints=dict(request.constraints), max_retries=request.max_retries,
+            lost_after_seconds=request.lost_after_seconds,
         )
         return convert.model_to_pb(m)
 
@@ -102,6 +103,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             spec=convert.spec_from_pb(request.spec), gpus=request.gpus, priority=request.priority,
             constraints=dict(request.constraints), max_retries=request.max_retries,
             resume_on_retry=request.resume_on_retry, name=request.name, request_id=request.request_id,
+            lost_after_seconds=request.lost_after_seconds,
         )
         return convert.job_to_pb(job)
 

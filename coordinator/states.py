@@ -35,7 +35,9 @@ Nodes::
     READY ──drain──> DRAINING ──no job left──> DRAINED
       ^                 │                          │
       └────undrain──────┴──────────undrain─────────┘
-    READY / DRAINING / DRAINED ──no heartbeat for --node-timeout──> LOST
+    READY / DRAINING / DRAINED are shown UNREACHABLE while silent past --node-timeout (not a
+    stored move: its jobs keep RUNNING until each one's lost_after passes)
+    (older coordinators:) READY / DRAINING / DRAINED ──no heartbeat──> LOST
     LOST ──registers again──> READY, or DRAINED when an operator drain is pending (its jobs
     were all stopped when it was lost, so the drain is complete)
 
@@ -101,7 +103,11 @@ class NodeState(enum.StrEnum):
     DRAINED = "DRAINED"
     """Draining and no job left."""
     LOST = "LOST"
-    """No heartbeat within --node-timeout; its jobs were stopped (and maybe requeued)."""
+    """Kept for rows written by older coordinators (which stopped a silent node's jobs); a node
+    that registers again leaves it. Nothing declares a node LOST any more: see UNREACHABLE."""
+    UNREACHABLE = "UNREACHABLE"
+    """No heartbeat within --node-timeout. Never stored in `nodes.state` (shown while
+    `unreachable_since` is set): its jobs keep RUNNING, each until its own lost_after passes."""
 
 
 class JobType(enum.StrEnum):
@@ -154,6 +160,9 @@ class TerminationReason(enum.StrEnum):
     """CancelJob (or a model cancel) while the job was still queued."""
     LAUNCH_FAILED = "LAUNCH_FAILED"
     """Agent.Launch refused the job or could not be reached within the retry limit."""
+    SUPERSEDED_BY_ORIGINAL = "SUPERSEDED_BY_ORIGINAL"
+    """A replacement attempt canceled or stopped because the attempt it replaced (requeued after
+    its node stayed silent past lost_after) turned out to have finished during the silence."""
 
     def to_status(self) -> JobStatus:
         return _REASON_STATUS[self]
@@ -173,7 +182,22 @@ _REASON_STATUS: dict[TerminationReason, JobStatus] = {
     TerminationReason.STOPPED_ON_RESTART: JobStatus.STOPPED,
     TerminationReason.CANCELED_BY_USER: JobStatus.CANCELED,
     TerminationReason.LAUNCH_FAILED: JobStatus.FAILED,
+    TerminationReason.SUPERSEDED_BY_ORIGINAL: JobStatus.STOPPED,
 }
+
+# An attempt given up for lost (STOPPED NODE_LOST after lost_after) whose node returns and reports
+# that it ended during the silence gets its true end: the one move out of a terminal status, only
+# for these reasons, only to what the node reports (`late_truth` in coordinator/reconciler.py).
+LOST_REASONS: tuple[TerminationReason, ...] = (
+    TerminationReason.NODE_LOST, TerminationReason.SERVER_RESTART_CONTAINER_INSPECT_ERROR)
+LATE_TRUTH: frozenset[tuple[JobStatus, JobStatus]] = frozenset(
+    {(JobStatus.STOPPED, JobStatus.SUCCESS), (JobStatus.STOPPED, JobStatus.FAILED)})
+
+
+def is_lost_verdict(status: JobStatus, error_message: str) -> bool:
+    """The attempt was ended only because its node stayed silent (its node may still report)."""
+    return status is JobStatus.STOPPED and any(
+        error_message == r.value or error_message.startswith(r.value + ":") for r in LOST_REASONS)
 
 # Exit code conventions stored in jobs.exit_code: 0 ok, -1 stopped, anything else is the job's
 # own error code.
@@ -247,8 +271,8 @@ NODE_TRANSITIONS: frozenset[tuple[NodeState, NodeState]] = frozenset(
         (N.DRAINED, N.LOST),
         (N.LOST, N.READY),
         (N.LOST, N.DRAINED),
-        # no-ops
-        *((s, s) for s in NodeState),
+        # no-ops (UNREACHABLE is never stored, so never a move: see NodeState.UNREACHABLE)
+        *((s, s) for s in NodeState if s is not N.UNREACHABLE),
     }
 )
 

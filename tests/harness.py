@@ -182,7 +182,8 @@ class CoordinatorProc:
     """A real `gpufleet-coordinator` on a loopback port (SQLite in its state dir unless a URL is given)."""
 
     def __init__(self, root: Path, database_url: str = "", node_timeout: float = 3.0, extra: list[str] | None = None,
-                 env: dict[str, str] | None = None, port: int | None = None) -> None:
+                 env: dict[str, str] | None = None, port: int | None = None,
+                 lost_after: float | None = None) -> None:
         from gpufleet.v1 import coordinator_pb2_grpc
 
         self._grpc = coordinator_pb2_grpc
@@ -196,6 +197,8 @@ class CoordinatorProc:
                 "--schedule-interval", "0.5", "--metrics-listen", ""]
         if database_url:
             argv += ["--database-url", database_url]
+        if lost_after is not None:  # how long a silent node's jobs are kept (default 300 s)
+            argv += ["--lost-after", str(lost_after)]
         self.daemon = Daemon(argv + (extra or []), root / "coordinator.log", env=env or {})
         self.channel: grpc.Channel | None = None
 

@@ -73,7 +73,10 @@ class ProcessRuntime:
         self._children[p.pid] = p
         marker = proc_start_marker(p.pid) or ""
         handle = Handle(runtime_id=str(p.pid), start_marker=marker)
-        tmp = plan.job_dir / "handle.json.tmp"
+        # Not "handle.json.tmp": the wrapper writes the same handle through that name (wrapper.
+        # _write_handle), and a shared temp name let its rename take ours (issue 12: 1 in ~200 trivial
+        # jobs ended LAUNCH_FAILED "No such file ... handle.json.tmp" while running fine).
+        tmp = plan.job_dir / "handle.json.agent.tmp"
         tmp.write_text(json.dumps({"pid": p.pid, "start_marker": marker, "job_id": plan.job_id,
                                    "attempt": plan.attempt}))
         os.replace(tmp, plan.job_dir / "handle.json")

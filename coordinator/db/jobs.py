@@ -43,6 +43,7 @@ def _job_values(
     resume_on_retry: bool,
     name: str,
     at: datetime,
+    lost_after_seconds: int | None = None,
 ) -> dict[str, Any]:
     return {
         "id": job_id,
@@ -73,6 +74,9 @@ def _job_values(
         "started_at": None,
         "finished_at": None,
         "row_version": 1,
+        "node_unreachable_since": None,
+        "lost_after_seconds": lost_after_seconds,
+        "warnings": None,
     }
 
 
@@ -91,12 +95,15 @@ def create_job(
     job_id: str | None = None,
     actor: str = "api",
     now: datetime | None = None,
+    lost_after_seconds: int | None = None,
 ) -> JobRow:
     """Insert attempt 1 of a new job, QUEUED. The id is 16 hex characters unless given."""
     if job_id is not None and not _JOB_ID.fullmatch(job_id):
         raise InvalidArgument("job_id", f"must match [A-Za-z0-9_-]{{1,48}}, got {job_id!r}")
     _non_negative("gpus", gpus)
     _non_negative("max_retries", max_retries)
+    if lost_after_seconds is not None:
+        _non_negative("lost_after_seconds", lost_after_seconds)
     if len(name) > 256:
         raise InvalidArgument("name", "must be at most 256 characters")
     if model_uuid is not None:
@@ -118,6 +125,7 @@ def create_job(
         resume_on_retry=resume_on_retry,
         name=name,
         at=at,
+        lost_after_seconds=lost_after_seconds,
     )
     conn.execute(sa.insert(jobs).values(row))
     record_event(conn, "job", new_id, None, JobStatus.QUEUED, reason="submitted", actor=actor, now=at)
@@ -290,6 +298,8 @@ class JobBrief:
     node: str | None
     attempt: int
     acked: bool
+    # Given up for lost (STOPPED NODE_LOST after lost_after): the node's own report still counts.
+    lost_verdict: bool = False
 
     @property
     def terminal(self) -> bool:
@@ -301,10 +311,16 @@ def job_briefs(conn: Connection, job_ids: Sequence[str]) -> dict[str, JobBrief]:
     if not job_ids:
         return {}
     rows = conn.execute(_JOB_BRIEFS, {"b_ids": list(job_ids)})
-    return {r.id: JobBrief(r.id, JobStatus(r.status), r.node, r.attempt, bool(r.acked)) for r in rows}
+    out = {}
+    for r in rows:
+        status = JobStatus(r.status)
+        out[r.id] = JobBrief(r.id, status, r.node, r.attempt, bool(r.acked),
+                             states.is_lost_verdict(status, r.error_message or ""))
+    return out
 
 
-_JOB_BRIEFS = sa.select(jobs.c.id, jobs.c.status, jobs.c.node, jobs.c.attempt, jobs.c.acked).where(
+_JOB_BRIEFS = sa.select(jobs.c.id, jobs.c.status, jobs.c.node, jobs.c.attempt, jobs.c.acked,
+                        sa.func.substr(jobs.c.error_message, 1, 64).label("error_message")).where(
     jobs.c.id.in_(sa.bindparam("b_ids", expanding=True)))
 
 
@@ -319,6 +335,7 @@ def set_job_status(
     actor: str,
     expect_version: int | None = None,
     now: datetime | None = None,
+    late_truth: bool = False,
 ) -> bool:
     """Move a placed job to a final status (RUNNING -> SUCCESS/FAILED/STOPPED, QUEUED ->
     CANCELED/FAILED), checked by the state machine, with exit code and error message.
@@ -331,7 +348,12 @@ def set_job_status(
     cur = get_job(conn, job_id)
     if expect_version is not None and cur.row_version != expect_version:
         return False
-    if not states.check_job(cur.status, to, job_id):
+    if late_truth:
+        # The one move out of a terminal status (states.LATE_TRUTH): a lost verdict replaced by
+        # what the returning node reports.
+        if (cur.status, to) not in states.LATE_TRUTH or not states.is_lost_verdict(cur.status, cur.error_message):
+            raise states.InvalidTransition("job", job_id, cur.status.value, to.value)
+    elif not states.check_job(cur.status, to, job_id):
         return False
     if to is JobStatus.RUNNING:
         raise ValueError("QUEUED -> RUNNING needs a node: use assign_job")
@@ -410,6 +432,7 @@ def requeue_job(
         resume_on_retry=old.resume_on_retry,
         name=old.name,
         at=at,
+        lost_after_seconds=old.lost_after_seconds,
     )
     conn.execute(sa.insert(jobs).values(row))
     record_event(
@@ -481,6 +504,21 @@ def set_observed_state(conn: Connection, job_id: str, observed: str, at: datetim
     seen RUNNING as started_at. Not a transition of ours, so no event; writes only on change."""
     result = conn.execute(_SET_OBSERVED[observed == "RUNNING"], {"b_id": job_id, "b_observed": observed, "b_at": at})
     return result.rowcount == 1
+
+
+MAX_WARNINGS_CHARS = 4096
+
+
+def add_job_warnings(conn: Connection, job_id: str, lines: Sequence[str]) -> None:
+    """Append what was dropped from a job's reports (one line each, bounded; a repeat is not
+    added twice)."""
+    cur = conn.execute(sa.select(jobs.c.warnings).where(jobs.c.id == job_id)).scalar() or ""
+    have = cur.splitlines()
+    new = [ln for ln in lines if ln not in have]
+    if not new:
+        return
+    text = "\n".join(have + new)[:MAX_WARNINGS_CHARS]
+    conn.execute(sa.update(jobs).where(jobs.c.id == job_id).values(warnings=text))
 
 
 def mark_acked(conn: Connection, job_ids: Iterable[str]) -> int:

@@ -24,6 +24,7 @@ from gpufleet.coordinator.db.events import (  # noqa: F401
 )
 from gpufleet.coordinator.db.jobs import (  # noqa: F401
     JobBrief,
+    add_job_warnings,
     assign_job,
     assign_jobs,
     claim_queued,
@@ -60,9 +61,11 @@ from gpufleet.coordinator.db.models import (  # noqa: F401
     update_model_states,
 )
 from gpufleet.coordinator.db.nodes import (  # noqa: F401
+    clear_unreachable,
     get_node,
     heartbeat_node,
     list_nodes,
+    mark_unreachable,
     set_drain_requested,
     set_node_state,
     stale_nodes,

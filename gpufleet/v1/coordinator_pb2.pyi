@@ -38,6 +38,7 @@ class NodeState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NODE_STATE_DRAINING: _ClassVar[NodeState]
     NODE_STATE_DRAINED: _ClassVar[NodeState]
     NODE_STATE_LOST: _ClassVar[NodeState]
+    NODE_STATE_UNREACHABLE: _ClassVar[NodeState]
 MODEL_STATUS_UNSPECIFIED: ModelStatus
 MODEL_STATUS_READY: ModelStatus
 MODEL_STATUS_IN_PROGRESS: ModelStatus
@@ -56,6 +57,7 @@ NODE_STATE_READY: NodeState
 NODE_STATE_DRAINING: NodeState
 NODE_STATE_DRAINED: NodeState
 NODE_STATE_LOST: NodeState
+NODE_STATE_UNREACHABLE: NodeState
 
 class ModelRef(_message.Message):
     __slots__ = ("uuid",)
@@ -76,7 +78,7 @@ class NodeRef(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class CreateModelRequest(_message.Message):
-    __slots__ = ("model_no", "version", "train_type", "memo", "params_json", "spec", "gpus", "priority", "constraints", "max_retries")
+    __slots__ = ("model_no", "version", "train_type", "memo", "params_json", "spec", "gpus", "priority", "constraints", "max_retries", "lost_after_seconds")
     class ConstraintsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +96,7 @@ class CreateModelRequest(_message.Message):
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     CONSTRAINTS_FIELD_NUMBER: _ClassVar[int]
     MAX_RETRIES_FIELD_NUMBER: _ClassVar[int]
+    LOST_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     model_no: str
     version: str
     train_type: str
@@ -104,7 +107,8 @@ class CreateModelRequest(_message.Message):
     priority: int
     constraints: _containers.ScalarMap[str, str]
     max_retries: int
-    def __init__(self, model_no: _Optional[str] = ..., version: _Optional[str] = ..., train_type: _Optional[str] = ..., memo: _Optional[str] = ..., params_json: _Optional[str] = ..., spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., gpus: _Optional[int] = ..., priority: _Optional[int] = ..., constraints: _Optional[_Mapping[str, str]] = ..., max_retries: _Optional[int] = ...) -> None: ...
+    lost_after_seconds: int
+    def __init__(self, model_no: _Optional[str] = ..., version: _Optional[str] = ..., train_type: _Optional[str] = ..., memo: _Optional[str] = ..., params_json: _Optional[str] = ..., spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., gpus: _Optional[int] = ..., priority: _Optional[int] = ..., constraints: _Optional[_Mapping[str, str]] = ..., max_retries: _Optional[int] = ..., lost_after_seconds: _Optional[int] = ...) -> None: ...
 
 class Model(_message.Message):
     __slots__ = ("uuid", "model_no", "version", "train_type", "memo", "params_json", "status", "step1_state", "step2_state", "step1_started_at", "step1_finished_at", "step2_started_at", "step2_finished_at", "step1_duration", "step1_seconds", "step2_duration", "step2_seconds", "step1_metric_saved", "step2_metric_saved", "current_attempt_id", "best_epoch", "last_error", "created_at", "test_epoch", "spec", "gpus", "status_name", "step1_state_name", "step2_state_name", "progress", "trimmed")
@@ -207,7 +211,7 @@ class RunTestRequest(_message.Message):
     def __init__(self, uuid: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
-    __slots__ = ("spec", "gpus", "priority", "constraints", "max_retries", "resume_on_retry", "name", "request_id")
+    __slots__ = ("spec", "gpus", "priority", "constraints", "max_retries", "resume_on_retry", "name", "request_id", "lost_after_seconds")
     class ConstraintsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -223,6 +227,7 @@ class SubmitJobRequest(_message.Message):
     RESUME_ON_RETRY_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    LOST_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     spec: _common_pb2.JobSpec
     gpus: int
     priority: int
@@ -231,10 +236,11 @@ class SubmitJobRequest(_message.Message):
     resume_on_retry: bool
     name: str
     request_id: str
-    def __init__(self, spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., gpus: _Optional[int] = ..., priority: _Optional[int] = ..., constraints: _Optional[_Mapping[str, str]] = ..., max_retries: _Optional[int] = ..., resume_on_retry: _Optional[bool] = ..., name: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    lost_after_seconds: int
+    def __init__(self, spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., gpus: _Optional[int] = ..., priority: _Optional[int] = ..., constraints: _Optional[_Mapping[str, str]] = ..., max_retries: _Optional[int] = ..., resume_on_retry: _Optional[bool] = ..., name: _Optional[str] = ..., request_id: _Optional[str] = ..., lost_after_seconds: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "model_uuid", "job_type", "attempt", "status", "exit_code", "error_message", "node", "gpu_indices", "gpus", "priority", "spec", "max_retries", "retries_used", "created_at", "started_at", "finished_at", "progress", "name", "status_name", "constraints", "resume_on_retry", "superseded_by", "trimmed")
+    __slots__ = ("job_id", "model_uuid", "job_type", "attempt", "status", "exit_code", "error_message", "node", "gpu_indices", "gpus", "priority", "spec", "max_retries", "retries_used", "created_at", "started_at", "finished_at", "progress", "name", "status_name", "constraints", "resume_on_retry", "superseded_by", "trimmed", "node_unreachable_since", "lost_after_seconds", "warnings")
     class ConstraintsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -266,6 +272,9 @@ class Job(_message.Message):
     RESUME_ON_RETRY_FIELD_NUMBER: _ClassVar[int]
     SUPERSEDED_BY_FIELD_NUMBER: _ClassVar[int]
     TRIMMED_FIELD_NUMBER: _ClassVar[int]
+    NODE_UNREACHABLE_SINCE_FIELD_NUMBER: _ClassVar[int]
+    LOST_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     model_uuid: str
     job_type: _common_pb2.JobType
@@ -290,7 +299,10 @@ class Job(_message.Message):
     resume_on_retry: bool
     superseded_by: str
     trimmed: bool
-    def __init__(self, job_id: _Optional[str] = ..., model_uuid: _Optional[str] = ..., job_type: _Optional[_Union[_common_pb2.JobType, str]] = ..., attempt: _Optional[int] = ..., status: _Optional[_Union[JobStatusCode, str]] = ..., exit_code: _Optional[int] = ..., error_message: _Optional[str] = ..., node: _Optional[str] = ..., gpu_indices: _Optional[_Iterable[int]] = ..., gpus: _Optional[int] = ..., priority: _Optional[int] = ..., spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., max_retries: _Optional[int] = ..., retries_used: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., name: _Optional[str] = ..., status_name: _Optional[str] = ..., constraints: _Optional[_Mapping[str, str]] = ..., resume_on_retry: _Optional[bool] = ..., superseded_by: _Optional[str] = ..., trimmed: _Optional[bool] = ...) -> None: ...
+    node_unreachable_since: _timestamp_pb2.Timestamp
+    lost_after_seconds: int
+    warnings: str
+    def __init__(self, job_id: _Optional[str] = ..., model_uuid: _Optional[str] = ..., job_type: _Optional[_Union[_common_pb2.JobType, str]] = ..., attempt: _Optional[int] = ..., status: _Optional[_Union[JobStatusCode, str]] = ..., exit_code: _Optional[int] = ..., error_message: _Optional[str] = ..., node: _Optional[str] = ..., gpu_indices: _Optional[_Iterable[int]] = ..., gpus: _Optional[int] = ..., priority: _Optional[int] = ..., spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., max_retries: _Optional[int] = ..., retries_used: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., name: _Optional[str] = ..., status_name: _Optional[str] = ..., constraints: _Optional[_Mapping[str, str]] = ..., resume_on_retry: _Optional[bool] = ..., superseded_by: _Optional[str] = ..., trimmed: _Optional[bool] = ..., node_unreachable_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lost_after_seconds: _Optional[int] = ..., warnings: _Optional[str] = ...) -> None: ...
 
 class ListJobsQuery(_message.Message):
     __slots__ = ("status", "model_uuid", "node", "page", "size")

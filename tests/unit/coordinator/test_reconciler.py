@@ -21,7 +21,8 @@ from gpufleet.coordinator.states import DesiredState, JobStatus, JobType
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
 MISSING = "SERVER_RESTART_CONTAINER_MISSING_OUTPUT_INCOMPLETE"
-RESTART_NONZERO = "SERVER_RESTART_CONTAINER_EXIT_NONZERO"
+# One reason per event, whichever daemon restarted first (issue 12).
+RESTART_NONZERO = "EXIT_NONZERO"
 
 # Probe verdicts as the agent reports them (coordinator.agents.probe_from_pb's shape).
 COMPLETE = {"completed": True, "reason": "ok", "val_lines": 3, "expected_lines": 3, "has_result_zip": False,
