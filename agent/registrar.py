@@ -1,4 +1,5 @@
-"""Registers this agent with the coordinator and heartbeats every few seconds.
+"""Registers this agent with the coordinator and heartbeats every few seconds; starts the reporter
+that pushes the agent's outbox (agent/reporter.py: what happened to each job, at once).
 
 The heartbeat carries the GPU snapshot and a digest of every job the agent holds; the answer
 carries fencing orders (attempts that are no longer current: stop them) and acknowledgements
@@ -13,6 +14,7 @@ import time
 
 import grpc
 from gpufleet.agent import convert
+from gpufleet.agent.reporter import Reporter
 from gpufleet.agent.service import AgentService
 
 from gpufleet.log import event
@@ -47,12 +49,19 @@ class Registrar:
         self._thread = threading.Thread(target=self._loop, name="registrar", daemon=True)
         self.registered = False
         self.last_ok = 0.0
+        self.reporter = Reporter(service.sup, lambda: self.stub, lambda: self.service.node_name,
+                                 lambda: self.registered, self._reregister)
+
+    def _reregister(self) -> None:
+        self.registered = False
 
     def start(self) -> None:
         self._thread.start()
+        self.reporter.start()
 
     def close(self) -> None:
         self._stop.set()
+        self.reporter.close()
         self._thread.join(timeout=5)
         self.channel.close()
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import select
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,76 @@ class _Watch:
     kill_at: float | None = None
 
 
+class ExitWatcher:
+    """Wakes the supervisor the moment a job's wrapper process exits, so an end is recorded (and
+    pushed) at once rather than at the next poll: one pidfd per live wrapper (Linux 5.3+), polled in
+    one thread. A pidfd works alike for the wrappers this agent spawned (its children) and for those
+    it re-attached to after a restart (not its children). The poll loop stays as the safety net,
+    and the only runtime where pids are not known (docker) relies on it."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        self._wake = wake
+        self._fds: dict[int, int] = {}  # pid -> pidfd
+        self._pids: dict[int, int] = {}  # pidfd -> pid
+        self._lock = threading.Lock()
+        self._poll = select.poll()
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        self._poll.register(self._r, select.POLLIN)
+        self._stop = False
+        self.available = hasattr(os, "pidfd_open")
+        self._thread = threading.Thread(target=self._run, name="exit-watch", daemon=True)
+
+    def start(self) -> None:
+        if self.available:
+            self._thread.start()
+
+    def close(self) -> None:
+        self._stop = True
+        os.write(self._w, b"x")
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def watch(self, pid: int) -> None:
+        if not self.available or pid <= 0:
+            return
+        with self._lock:
+            if pid in self._fds:
+                return
+            try:
+                fd = os.pidfd_open(pid)
+            except OSError:  # gone already (the poll sees it), or no pidfd on this kernel
+                return
+            self._fds[pid] = fd
+            self._pids[fd] = pid
+            self._poll.register(fd, select.POLLIN)
+        os.write(self._w, b"x")  # let poll() see the new fd
+
+    def _run(self) -> None:
+        while not self._stop:
+            try:
+                ready = self._poll.poll(1000)
+            except InterruptedError:
+                continue
+            exited = False
+            for fd, _ in ready:
+                if fd == self._r:
+                    try:
+                        os.read(self._r, 4096)
+                    except BlockingIOError:
+                        pass
+                    continue
+                with self._lock:
+                    pid = self._pids.pop(fd, None)
+                    if pid is not None:
+                        self._fds.pop(pid, None)
+                        self._poll.unregister(fd)
+                        os.close(fd)
+                exited = True
+            if exited:
+                self._wake()
+
+
 class Supervisor:
     def __init__(
         self,
@@ -92,6 +163,7 @@ class Supervisor:
         self._thread: threading.Thread | None = None
         self.last_tick_ok = time.monotonic()
         self.runtime_ok = True
+        self.exits = ExitWatcher(self._wake.set)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def restore(self) -> None:
@@ -146,6 +218,7 @@ class Supervisor:
                     self._cleanup(f.handle, self.roots.jobs_root / f.job_id / str(f.attempt))
 
     def start(self) -> None:
+        self.exits.start()
         self._thread = threading.Thread(target=self._loop, name="supervisor", daemon=True)
         self._thread.start()
 
@@ -154,6 +227,7 @@ class Supervisor:
         self._wake.set()
         if self._thread:
             self._thread.join(timeout=5)
+        self.exits.close()
         with self._cond:
             self._cond.notify_all()
 
@@ -253,6 +327,8 @@ class Supervisor:
                            start_marker=handle.start_marker, started_at=now)
         event(log, "job.started", job_id=job.job_id, attempt=job.attempt, runtime=self.runtime.name,
               runtime_id=handle.runtime_id)
+        if self.runtime.name == "process" and handle.runtime_id.isdigit():
+            self.exits.watch(int(handle.runtime_id))
         self._wake.set()
         return job
 
@@ -365,6 +441,10 @@ class Supervisor:
     def tick(self) -> None:
         """One pass: observe live jobs, record ends, escalate stops, parse progress."""
         live = [j for j in self.store.live_jobs() if j.runtime_id]
+        if self.runtime.name == "process":
+            for j in live:  # learn of each wrapper's exit when it happens (also after a re-attach)
+                if j.runtime_id.isdigit():
+                    self.exits.watch(int(j.runtime_id))
         if not live:
             self.runtime_ok = self.runtime.healthy() if self.runtime.name == "docker" else True
             return

@@ -29,22 +29,18 @@ from typing import Any
 from gpufleet.coordinator.agents import row_id
 from gpufleet.coordinator.db import repo
 from gpufleet.coordinator.reconciler import Reconciler, end_job
+from gpufleet.coordinator.reports import Applied, Entry, Reports
 from gpufleet.coordinator.states import DesiredState, JobStatus, NodeState, TerminationReason
 from sqlalchemy.engine import Engine
 
 from gpufleet.config import split_hostport
-from gpufleet.errors import InvalidArgument
+from gpufleet.errors import InvalidArgument, NotFound
 from gpufleet.log import event
 from gpufleet.loop import Loop
 
 log = logging.getLogger("gpufleet.coordinator.fleet")
 
 LIVE_AGENT_STATES = ("PENDING", "RUNNING")
-# How long a heartbeat that reports ended jobs waits for their end to be recorded (Inspect, probe,
-# metrics) before it answers: nearly always long enough, so an answered heartbeat means "recorded"
-# (a node cut off right after it must not have the job run again), and still well inside the
-# agent's 5 s deadline.
-SYNC_WAIT_S = 3.0
 # How long a job may stay unheard before it is requeued, unless the job or its model says (Slurm's
 # SlurmdTimeout is 300 s in common configurations; Nomad's disconnect.lost_after).
 DEFAULT_LOST_AFTER = 300.0
@@ -82,6 +78,7 @@ class Fleet:
         self._heard: set[str] = set()  # nodes this process itself got a heartbeat from
         self._unsettled: set[str] = set()  # not offered to the scheduler: see the module docstring
         self._lock = threading.Lock()
+        self.reports = Reports(engine, reconciler, reconciler.wake_scheduler)
         self.loop = Loop("node-sweep", lambda: bool(self.sweep()) and False, min(1.0, node_timeout / 4), mono)
 
     # -- liveness ------------------------------------------------------------------------------
@@ -194,15 +191,31 @@ class Fleet:
             with self.engine.begin() as conn:
                 repo.mark_acked(conn, acked)
         if to_sync:
-            # Recorded before the answer, unless that takes longer than SYNC_WAIT_S: Inspect and the
-            # probe can take a while, and the agent's heartbeat has a deadline.
-            self.reconciler.sync_soon(to_sync, wait=SYNC_WAIT_S)
+            # A safety net only: the agent's Report normally told us first. Never waited for here:
+            # nothing calls back into an agent from inside its heartbeat (a lost answer costs nothing,
+            # the agent's outbox replays the end).
+            self.reconciler.sync_soon(to_sync)
         if late:
-            self.reconciler.late_truth_soon(late, wait=SYNC_WAIT_S)
+            self.reconciler.late_truth_soon(late)
         if answer.stop:
             event(log, "node.fence", node=name, attempts=[f"{d.job_id}/{d.attempt}" for d in answer.stop])
         self._settle(name, not answer.stop)
         return answer
+
+    def report(self, name: str, entries: Sequence[Entry]) -> Applied | None:
+        """An agent's outbox entries (Fleet.Report); None when the node must register first. A
+        report is a sign of life like a heartbeat."""
+        if not name:
+            raise InvalidArgument("node_name", "must not be empty")
+        with self.engine.connect() as conn:
+            try:
+                node = repo.get_node(conn, name)
+            except NotFound:
+                return None
+        if node.state is NodeState.LOST:
+            return None
+        self._touch(name)
+        return self.reports.apply(name, entries)
 
     # -- the sweep -----------------------------------------------------------------------------
     @property

@@ -9,6 +9,7 @@ import sys
 import time
 
 from gpufleet.coordinator.agents import AgentPool
+from gpufleet.coordinator.capacity import UserCapacityInterceptor
 from gpufleet.coordinator.db import engine as dbengine
 from gpufleet.coordinator.fleet import Fleet
 from gpufleet.coordinator.lifecycle import Lifecycle
@@ -118,7 +119,8 @@ def run(argv: list[str] | None = None) -> int:
 
     registry = new_registry()
     registry.register(CoordinatorCollector(engine, scheduler, reconciler, fleet))
-    server, hs = build_server(interceptors=[RpcMetricsInterceptor(registry), *auth_interceptors])
+    server, hs = build_server(interceptors=[RpcMetricsInterceptor(registry), *auth_interceptors,
+                                            UserCapacityInterceptor()])
     add_to_server(CoordinatorService(engine, life, agents), FleetService(fleet), server)
     enable_reflection(server, SERVICES)
     creds = fleet_tls.server_credentials(opts.tls_cert, opts.tls_key, opts.tls_ca) if tls else None

@@ -213,7 +213,9 @@ def end_job(engine: Engine, job_id: str, status: JobStatus, message: str, *, act
                             reason=message or status.value, actor=actor, late_truth=late_truth)
         if late_truth:
             _supersede_replacements(conn, job, actor)
-        has_metrics = any(ingest_probe(conn, job, probe).values()) or bool(probe and probe.get("metrics"))
+        # metric_rows: the rows came in pages before the end (coordinator/reports.py).
+        has_metrics = any(ingest_probe(conn, job, probe).values()) or bool(
+            probe and (probe.get("metrics") or probe.get("metric_rows")))
         if log_tail:
             repo.save_log_tail(conn, job_id, log_tail)
         if progress and progress.get("current_epoch"):
@@ -449,17 +451,18 @@ class Reconciler:
         """As sync_soon, for attempts given up for lost whose node reports they ended (late_truth)."""
         self.sync_soon(job_ids, wait, late=True)
 
-    def late_truth(self, job_id: str) -> None:
+    def late_truth(self, job_id: str, reported: Observation | None = None) -> None:
         """An attempt was ended STOPPED NODE_LOST (its lost_after passed) and maybe requeued; its
         node is back and says it ended during the silence. Ask the node (Inspect, outside any
         transaction) and store that end instead, with its metrics and log; the replacements are
-        canceled or stopped (end_job's late_truth)."""
+        canceled or stopped (end_job's late_truth). `reported`: what the node pushed (Fleet.Report),
+        so no Inspect is needed."""
         with self.engine.connect() as conn:
             job = repo.get_job(conn, job_id)
             if not states.is_lost_verdict(job.status, job.error_message) or not job.node:
                 return
             address = repo.get_node(conn, job.node).address
-        obs = self.agents.inspect(address, job.root_id, job.attempt)
+        obs = reported or self.agents.inspect(address, job.root_id, job.attempt)
         if obs.kind != "found" or obs.state not in ("SUCCEEDED", "FAILED"):
             return
         d = decide(replace(job, status=JobStatus.RUNNING), obs, startup=False)
@@ -476,11 +479,14 @@ class Reconciler:
                 if rep.status is JobStatus.RUNNING and rep.node:
                     stop.append((rep, repo.get_node(conn, rep.node).address))
                 nxt = rep.superseded_by
-        for rep, rep_address in stop:
-            self.agents.stop(rep_address, rep.root_id, rep.attempt)
-        if self.agents.acknowledge(address, job.root_id, job.attempt):
-            with self.engine.begin() as conn:
-                repo.mark_acked(conn, [job.id])
+        if reported is None:  # on the reconciler's threads: ask the nodes now
+            for rep, rep_address in stop:
+                self.agents.stop(rep_address, rep.root_id, rep.attempt)
+            if self.agents.acknowledge(address, job.root_id, job.attempt):
+                with self.engine.begin() as conn:
+                    repo.mark_acked(conn, [job.id])
+        # Inside a Report nothing calls back into an agent: the syncs (on their own threads) send the
+        # stops, and the Report's answer acknowledges the original.
         if stop:
             self.sync_soon([rep.id for rep, _ in stop])
         self.wake_scheduler()

@@ -6,10 +6,11 @@ from typing import Any
 
 import grpc
 from gpufleet.coordinator import convert
-from gpufleet.coordinator.agents import AgentPool
+from gpufleet.coordinator.agents import AgentPool, observation_from_pb
 from gpufleet.coordinator.db import repo
 from gpufleet.coordinator.fleet import Digest, Fleet
 from gpufleet.coordinator.lifecycle import Lifecycle, check_job_id
+from gpufleet.coordinator.reports import Entry
 from gpufleet.coordinator.states import JobStatus
 from sqlalchemy.engine import Engine
 
@@ -245,6 +246,21 @@ class FleetService(coordinator_pb2_grpc.FleetServicer):
 
         return cpb.HeartbeatResponse(stop=[pbd(d) for d in a.stop], acknowledged=[pbd(d) for d in a.acknowledged],
                                      reregister=a.reregister)
+
+
+    @rpc
+    def Report(self, request: cpb.ReportRequest, context: Any) -> cpb.ReportResponse:
+        entries = [
+            Entry(seq=r.seq, kind=r.kind, job_id=r.job.job_id, attempt=r.job.attempt,
+                  obs=observation_from_pb(r.job), metrics=[(m.split, m.epoch, dict(m.values)) for m in r.metrics],
+                  metric_rows=r.metric_rows)
+            for r in request.reports
+        ]
+        applied = self.fleet.report(request.node_name, entries)
+        if applied is None:
+            return cpb.ReportResponse(reregister=True)
+        return cpb.ReportResponse(acked_seq=applied.acked_seq, acknowledged=[
+            cpb.JobDigest(job_id=j, attempt=a) for j, a in applied.acknowledged])
 
 
 def add_to_server(coord: CoordinatorService, fleet: FleetService, server: grpc.Server) -> None:

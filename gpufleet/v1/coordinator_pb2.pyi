@@ -468,3 +468,35 @@ class HeartbeatResponse(_message.Message):
     acknowledged: _containers.RepeatedCompositeFieldContainer[JobDigest]
     reregister: bool
     def __init__(self, stop: _Optional[_Iterable[_Union[JobDigest, _Mapping]]] = ..., acknowledged: _Optional[_Iterable[_Union[JobDigest, _Mapping]]] = ..., reregister: _Optional[bool] = ...) -> None: ...
+
+class JobReport(_message.Message):
+    __slots__ = ("seq", "kind", "job", "metrics", "metric_rows")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    METRIC_ROWS_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    kind: str
+    job: _common_pb2.JobStatus
+    metrics: _containers.RepeatedCompositeFieldContainer[_common_pb2.MetricRow]
+    metric_rows: int
+    def __init__(self, seq: _Optional[int] = ..., kind: _Optional[str] = ..., job: _Optional[_Union[_common_pb2.JobStatus, _Mapping]] = ..., metrics: _Optional[_Iterable[_Union[_common_pb2.MetricRow, _Mapping]]] = ..., metric_rows: _Optional[int] = ...) -> None: ...
+
+class ReportRequest(_message.Message):
+    __slots__ = ("node_name", "reports")
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    REPORTS_FIELD_NUMBER: _ClassVar[int]
+    node_name: str
+    reports: _containers.RepeatedCompositeFieldContainer[JobReport]
+    def __init__(self, node_name: _Optional[str] = ..., reports: _Optional[_Iterable[_Union[JobReport, _Mapping]]] = ...) -> None: ...
+
+class ReportResponse(_message.Message):
+    __slots__ = ("acked_seq", "acknowledged", "reregister")
+    ACKED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    ACKNOWLEDGED_FIELD_NUMBER: _ClassVar[int]
+    REREGISTER_FIELD_NUMBER: _ClassVar[int]
+    acked_seq: int
+    acknowledged: _containers.RepeatedCompositeFieldContainer[JobDigest]
+    reregister: bool
+    def __init__(self, acked_seq: _Optional[int] = ..., acknowledged: _Optional[_Iterable[_Union[JobDigest, _Mapping]]] = ..., reregister: _Optional[bool] = ...) -> None: ...

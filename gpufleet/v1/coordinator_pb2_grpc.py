@@ -992,6 +992,11 @@ class FleetStub:
                 request_serializer=gpufleet_dot_v1_dot_coordinator__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
+        self.Report = channel.unary_unary(
+                '/gpufleet.v1.Fleet/Report',
+                request_serializer=gpufleet_dot_v1_dot_coordinator__pb2.ReportRequest.SerializeToString,
+                response_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.ReportResponse.FromString,
+                _registered_method=True)
 
 
 class FleetServicer:
@@ -1012,6 +1017,16 @@ class FleetServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Report(self, request, context):
+        """The agent's outbox, pushed as it fills: what happened to its jobs (started, progress, ended
+        with exit code, probe verdict, log tail; metric rows in bounded pages), in sequence order, at
+        least once. Applied idempotently; the answer acks by sequence, and the agent replays from the
+        last ack after any restart or partition.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1024,6 +1039,11 @@ def add_FleetServicer_to_server(servicer, server):
                     servicer.Heartbeat,
                     request_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.HeartbeatRequest.FromString,
                     response_serializer=gpufleet_dot_v1_dot_coordinator__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'Report': grpc.unary_unary_rpc_method_handler(
+                    servicer.Report,
+                    request_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.ReportRequest.FromString,
+                    response_serializer=gpufleet_dot_v1_dot_coordinator__pb2.ReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1081,6 +1101,33 @@ class Fleet:
             '/gpufleet.v1.Fleet/Heartbeat',
             gpufleet_dot_v1_dot_coordinator__pb2.HeartbeatRequest.SerializeToString,
             gpufleet_dot_v1_dot_coordinator__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Report(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpufleet.v1.Fleet/Report',
+            gpufleet_dot_v1_dot_coordinator__pb2.ReportRequest.SerializeToString,
+            gpufleet_dot_v1_dot_coordinator__pb2.ReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -158,3 +158,52 @@ def test_original_that_completed_during_the_silence_beats_its_replacement(
 
 def get_model(c, uuid):  # type: ignore[no-untyped-def]
     return c.stub.GetModel(cpb.ModelRef(uuid=uuid), timeout=5)
+
+
+def test_a_flood_of_follow_streams_does_not_silence_a_node(coordinator_factory, agent_factory) -> None:  # type: ignore[no-untyped-def]
+    """40 StreamJobLogs(follow) from one caller: the coordinator refuses the ones past its per-caller
+    bound (RESOURCE_EXHAUSTED) and keeps threads for agents, so heartbeats go on: the node never
+    shows UNREACHABLE, and a user call still answers."""
+    import threading
+
+    import grpc
+
+    from gpufleet.v1 import agent_pb2 as apb
+
+    c = coordinator_factory(node_timeout=NODE_TIMEOUT, lost_after=300)
+    a = agent_factory("a", extra=["--coordinator", c.addr])
+    register(c, a)
+    job = submit(c, GATED, "flood")
+    wait_job(c, job.job_id, "RUNNING")
+    agent_running(a, job.job_id)
+    codes: list[grpc.StatusCode] = []
+    streams: list[object] = []
+    lock = threading.Lock()
+
+    def follow() -> None:
+        call = c.stub.StreamJobLogs(apb.StreamLogsRequest(job_id=job.job_id, follow=True), timeout=120)
+        with lock:
+            streams.append(call)
+        try:
+            for _ in call:
+                pass
+        except grpc.RpcError as exc:
+            with lock:
+                codes.append(exc.code())
+
+    threads = [threading.Thread(target=follow, daemon=True) for _ in range(40)]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: sum(1 for x in codes if x == grpc.StatusCode.RESOURCE_EXHAUSTED) >= 1, 60,
+                 "follow streams past the per-caller bound refused")
+        holds(lambda: node(c, a.node_name).state_name == "READY", 3 * NODE_TIMEOUT,
+              "node READY while a viewer floods the coordinator with follow streams")
+        assert get_job(c, job.job_id).status_name == "RUNNING"
+    finally:
+        for s in list(streams):
+            s.cancel()  # type: ignore[attr-defined]
+        for t in threads:
+            t.join(timeout=30)
+    release(a, "flood")
+    assert wait_job(c, job.job_id, "SUCCESS", "FAILED", "STOPPED").status_name == "SUCCESS"
