@@ -207,3 +207,37 @@ def test_a_flood_of_follow_streams_does_not_silence_a_node(coordinator_factory, 
             t.join(timeout=30)
     release(a, "flood")
     assert wait_job(c, job.job_id, "SUCCESS", "FAILED", "STOPPED").status_name == "SUCCESS"
+
+
+BIG_CSV = (
+    "name = 'm' * 65\n"
+    "with open('train.csv', 'w') as f:\n"
+    "    f.write('epoch,loss,' + name + '\\n')\n"
+    "    f.writelines(f'{e},{1.0 / e:.6f},1.0\\n' for e in range(1, 100_001))\n"
+    "with open('val.csv', 'w') as f:\n"
+    "    f.write('epoch,val_loss,' + name + '\\n')\n"
+    "    f.writelines(f'{e},{2.0 / e:.6f},2.0\\n' for e in range(1, 4))\n"
+    "print('Epoch 3/3 loss=0.1', flush=True)\n"
+)
+
+
+def test_long_metric_name_and_100k_row_csv_end_normally_with_a_warning(
+        coordinator_factory, agent_factory) -> None:  # type: ignore[no-untyped-def]
+    """A 65-character column is dropped with a warning on the job, every other value is stored; a
+    100,000-row train.csv travels in pages (no message near gRPC's 4 MiB limit) and the job ends."""
+    from tests.integration.test_coordinator_reconcile import PY, metric_row_counts, sqlite_engine
+
+    c = coordinator_factory(node_timeout=NODE_TIMEOUT, lost_after=300)
+    a = agent_factory("a", extra=["--coordinator", c.addr])
+    register(c, a)
+    job = submit(c, [PY, "-c", BIG_CSV], "big-csv", total_epoch=3)
+    done = wait_job(c, job.job_id, "SUCCESS", "FAILED", "STOPPED", timeout=180)
+    assert done.status_name == "SUCCESS" and done.exit_code == 0, done
+    assert "m" * 65 in done.warnings and "dropped" in done.warnings, done.warnings
+    engine = sqlite_engine(c)
+    try:
+        counts = metric_row_counts(engine, job.job_id)
+    finally:
+        engine.dispose()
+    assert counts == {"metrics_train": 100_000, "metrics_validation": 3, "metrics_test": 0}, counts
+    assert get_job(c, job.job_id).progress.current_epoch == 3
