@@ -219,6 +219,9 @@ class Supervisor:
 
     def start(self) -> None:
         self.exits.start()
+        watch = getattr(self.runtime, "watch_exits", None)
+        if watch is not None:  # docker: the engine's event stream tells us of each container's death
+            watch(self._wake.set)
         self._thread = threading.Thread(target=self._loop, name="supervisor", daemon=True)
         self._thread.start()
 
@@ -430,10 +433,12 @@ class Supervisor:
 
     def events_after(self, seq: int, timeout: float) -> list[Event]:
         """Events with seq > `seq`; waits up to `timeout` for the first one."""
-        evs = self.store.events_after(seq)
-        if evs or timeout <= 0:
-            return evs
+        # Checked under the condition's lock: an event appended after the check notifies only once
+        # we wait (_notify takes the lock), so no wake-up is lost and a pusher never sleeps on news.
         with self._cond:
+            evs = self.store.events_after(seq)
+            if evs or timeout <= 0:
+                return evs
             self._cond.wait(timeout)
         return self.store.events_after(seq)
 

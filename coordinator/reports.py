@@ -29,6 +29,8 @@ from gpufleet.coordinator.reconciler import Reconciler, decide, end_job, ingest_
 from gpufleet.coordinator.states import JobStatus
 from sqlalchemy.engine import Engine
 
+from gpufleet import failpoints
+
 log = logging.getLogger("gpufleet.coordinator.reports")
 
 
@@ -106,6 +108,7 @@ class Reports:
         if d.action != "finish" or d.status is None:
             return False  # e.g. stopped while we want it running: the reconciler re-sends the stop
         probe = self._with_rows(e).probe
+        failpoints.hit("coordinator.reconcile.before_apply")  # the end is known, not yet stored
         end_job(self.engine, rid, d.status, d.message, actor=self.actor, exit_code=d.exit_code, probe=probe,
                 log_tail=e.obs.log_tail, progress=e.obs.progress)
         self._ack(rid, e, out)

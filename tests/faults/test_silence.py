@@ -241,3 +241,25 @@ def test_long_metric_name_and_100k_row_csv_end_normally_with_a_warning(
         engine.dispose()
     assert counts == {"metrics_train": 100_000, "metrics_validation": 3, "metrics_test": 0}, counts
     assert get_job(c, job.job_id).progress.current_epoch == 3
+
+
+def test_the_same_reason_whichever_daemon_restarts_first(coordinator_factory, agent_factory) -> None:  # type: ignore[no-untyped-def]
+    """A job exits 5 while both daemons are down; the coordinator starts first, then the agent (the
+    other order is test_job_failing_while_coordinator_is_down_is_failed_after_restart): the
+    reason is EXIT_NONZERO either way, never a restart-flavoured code."""
+    c = coordinator_factory(node_timeout=NODE_TIMEOUT, lost_after=300)
+    a = agent_factory("a", extra=["--coordinator", c.addr])
+    register(c, a)
+    job = submit(c, GATED, "order")
+    wait_job(c, job.job_id, "RUNNING")
+    wrapper = int(agent_running(a, job.job_id).runtime_id)
+    a.kill()
+    c.kill()
+    release(a, "order", 5)
+    wait_for(lambda: not pid_alive(wrapper), 30, "the job to exit while both daemons are down")
+    c.start()
+    assert get_job(c, job.job_id).status_name == "RUNNING"  # nobody can tell yet
+    a.start()
+    done = wait_job(c, job.job_id, "FAILED", "SUCCESS", "STOPPED", timeout=60)
+    assert done.status_name == "FAILED" and done.exit_code == 5, done
+    assert done.error_message.startswith("EXIT_NONZERO: exit code 5"), done.error_message
