@@ -204,6 +204,14 @@ def end_job(engine: Engine, job_id: str, status: JobStatus, message: str, *, act
         if late_truth:
             if not states.is_lost_verdict(job.status, job.error_message):
                 return None  # already settled (a repeated report)
+            done = _succeeded_replacement(conn, job)
+            if done is not None:
+                # The job already ran to completion as a later attempt: that result stands (one
+                # SUCCESS per job); what the original did is noted, not taken.
+                repo.add_job_warnings(conn, job_id, [
+                    f"ended {status.value} on {job.node} during the silence (exit {exit_code}); attempt "
+                    f"{done.attempt} ({done.id}) had already succeeded, so its result stands"])
+                return None
         elif job.terminal:
             return None  # someone else ended it first; the first verdict stands
         if only_if is not None and not only_if(conn):
@@ -260,6 +268,16 @@ def _supersede_replacements(conn: Connection, original: JobRow, actor: str) -> N
         model = repo.get_model(conn, original.model_uuid, for_update=True)
         if model.current_attempt_id != original.id and _is_descendant(conn, original, model.current_attempt_id):
             repo.update_model_states(conn, model.uuid, reason=message, actor=actor, current_attempt_id=original.id)
+
+
+def _succeeded_replacement(conn: Connection, original: JobRow) -> JobRow | None:
+    nxt = original.superseded_by
+    while nxt:
+        rep = repo.get_job(conn, nxt)
+        if rep.status is JobStatus.SUCCESS:
+            return rep
+        nxt = rep.superseded_by
+    return None
 
 
 def _is_descendant(conn: Connection, original: JobRow, job_id: str | None) -> bool:
@@ -470,6 +488,13 @@ class Reconciler:
             return
         end_job(self.engine, job.id, d.status, d.message, actor=self.actor, exit_code=d.exit_code, probe=d.probe,
                 log_tail=obs.log_tail, late_truth=True, progress=obs.progress)
+        if _refetch(self.engine, job.id).status is JobStatus.STOPPED:
+            # Not taken: a later attempt had already succeeded (the warning says so). The node may
+            # still forget the attempt (a Report's answer acknowledges it itself).
+            if reported is None and self.agents.acknowledge(address, job.root_id, job.attempt):
+                with self.engine.begin() as conn:
+                    repo.mark_acked(conn, [job.id])
+            return
         event(log, "job.late_truth", job_id=job.id, status=d.status.value, superseded_by=job.superseded_by)
         with self.engine.connect() as conn:
             stop = []

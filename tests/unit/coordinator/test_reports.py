@@ -131,3 +131,19 @@ def test_true_end_beats_the_lost_verdict_and_cancels_the_replacement(engine: Eng
     # A repeat changes nothing.
     reports.apply(NODE, [Entry(9, "ended", jid, 1, obs("SUCCEEDED", 0, probe=PROBE))])
     assert get(engine, jid).row_version == original.row_version
+
+
+def test_a_replacement_that_already_succeeded_keeps_its_result(engine: Engine, reports: Reports) -> None:
+    jid = running_job(engine, max_retries=1)
+    replacement = end_job(engine, jid, JobStatus.STOPPED, "NODE_LOST: node n1 silent for 400s", actor="sweep",
+                          requeue=True, lost=True)
+    assert replacement is not None
+    with engine.begin() as conn:
+        assert repo.assign_job(conn, replacement.id, NODE, [0], actor="test")
+    end_job(engine, replacement.id, JobStatus.SUCCESS, "", actor="test", exit_code=0)
+    applied = reports.apply(NODE, [Entry(9, "ended", jid, 1, obs("SUCCEEDED", 0, probe=PROBE))])
+    assert applied.acknowledged == [(jid, 1)]  # told, and the agent may forget it
+    original = get(engine, jid)
+    assert original.status is JobStatus.STOPPED and original.error_message.startswith("NODE_LOST")
+    assert original.warnings and "already succeeded" in original.warnings
+    assert get(engine, replacement.id).status is JobStatus.SUCCESS
