@@ -28,7 +28,8 @@ from typing import Any
 
 from gpufleet.coordinator.agents import row_id
 from gpufleet.coordinator.db import repo
-from gpufleet.coordinator.reconciler import Reconciler, end_job
+from gpufleet.coordinator.ending import end_job
+from gpufleet.coordinator.reconciler import Reconciler
 from gpufleet.coordinator.reports import Applied, Entry, Reports
 from gpufleet.coordinator.states import DesiredState, JobStatus, NodeState, TerminationReason
 from sqlalchemy.engine import Engine

@@ -19,7 +19,8 @@ from gpufleet.coordinator import states
 from gpufleet.coordinator.agents import AgentPool
 from gpufleet.coordinator.db import repo
 from gpufleet.coordinator.db.rows import JobRow, ModelRow
-from gpufleet.coordinator.reconciler import Reconciler, end_job
+from gpufleet.coordinator.ending import end_job
+from gpufleet.coordinator.reconciler import Reconciler
 from gpufleet.coordinator.states import DesiredState, JobStatus, JobType, ModelStates, NodeState, TerminationReason
 from sqlalchemy.engine import Connection, Engine
 

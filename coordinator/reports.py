@@ -25,7 +25,8 @@ from typing import Any
 import sqlalchemy.exc
 from gpufleet.coordinator.agents import Observation, row_id
 from gpufleet.coordinator.db import repo
-from gpufleet.coordinator.reconciler import Reconciler, decide, end_job, ingest_probe, start_running
+from gpufleet.coordinator.ending import end_job, ingest_probe, start_running
+from gpufleet.coordinator.reconciler import Reconciler, decide
 from gpufleet.coordinator.states import JobStatus
 from sqlalchemy.engine import Engine
 
