@@ -58,13 +58,6 @@ class ProbeVerdict:
     total_epoch: int = 0
 
 
-def resolve_total_epoch(total_epoch: int, params_json: str) -> int:
-    """The spec's total_epoch when positive, else params_json's total_epoch/totalEpoch, else 0."""
-    if total_epoch > 0:
-        return total_epoch
-    return _param_int(_load_params(params_json), "total_epoch", "totalEpoch")
-
-
 def probe_outputs(
     folder: Path,
     total_epoch: int = 0,

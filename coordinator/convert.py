@@ -7,11 +7,10 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
-from gpufleet.agent import convert as agent_convert
-from gpufleet.agent.spec import JobSpec
 from gpufleet.coordinator.db.rows import JobRow, MetricPoint, ModelRow, NodeRow, Progress
 from gpufleet.coordinator.states import JobStatus, JobType, ModelStatus, NodeState, Step, format_duration
 
+from gpufleet import jobspec
 from gpufleet.errors import InvalidArgument
 from gpufleet.v1 import common_pb2 as pb
 from gpufleet.v1 import coordinator_pb2 as cpb
@@ -38,11 +37,11 @@ def agent_state_name(value: int) -> str:
 
 
 def spec_from_pb(s: pb.JobSpec) -> dict[str, Any]:
-    return agent_convert.spec_from_pb(s).to_dict()
+    return jobspec.spec_from_pb(s).to_dict()
 
 
 def spec_to_pb(spec: dict[str, Any]) -> pb.JobSpec:
-    return agent_convert.spec_to_pb(JobSpec.from_dict(spec))
+    return jobspec.spec_to_pb(jobspec.JobSpec.from_dict(spec))
 
 
 def model_status_from_pb(value: int, field: str) -> ModelStatus | None:

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gpufleet.agent.spec import JobSpec, check_portable
 from gpufleet.coordinator import states
 from gpufleet.coordinator.agents import AgentPool
 from gpufleet.coordinator.db import repo
@@ -25,6 +24,7 @@ from gpufleet.coordinator.states import DesiredState, JobStatus, JobType, ModelS
 from sqlalchemy.engine import Connection, Engine
 
 from gpufleet.errors import FailedPrecondition, InvalidArgument, NotFound
+from gpufleet.jobspec import JobSpec, check_portable
 from gpufleet.log import event
 
 log = logging.getLogger("gpufleet.coordinator.lifecycle")

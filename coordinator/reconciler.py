@@ -74,9 +74,12 @@ def decide(job: JobRow, obs: Observation, *, startup: bool) -> Decision:
         return Decision("probe")
     if obs.state in ("PENDING", "RUNNING"):
         return Decision("stop") if job.desired_state is DesiredState.STOP else KEEP
-    if obs.state == "SUCCEEDED" and obs.exit_code in (0, None):
+    # The exit code decides, whatever the state says (SkyPilot #8928), in the stored convention
+    # (states.exit_code_for): 0 SUCCESS, -1 STOPPED, anything else FAILED.
+    ended = obs.state in ("SUCCEEDED", "FAILED")
+    if (ended and obs.exit_code == states.EXIT_OK) or (obs.state == "SUCCEEDED" and obs.exit_code is None):
         return Decision("finish", JobStatus.SUCCESS, 0, "", obs.probe)
-    if obs.state in ("SUCCEEDED", "FAILED"):  # the exit code decides, whatever the state says
+    if ended and obs.exit_code != states.EXIT_STOPPED:
         if obs.exit_code is None:  # could not be started on the host
             return Decision("finish", JobStatus.FAILED, None,
                             TerminationReason.LAUNCH_FAILED.message(obs.message), obs.probe)
@@ -85,7 +88,7 @@ def decide(job: JobRow, obs: Observation, *, startup: bool) -> Decision:
         reason = TerminationReason.EXIT_NONZERO
         detail = f"exit code {obs.exit_code}" + (f"; {obs.message}" if obs.message else "")
         return Decision("finish", JobStatus.FAILED, obs.exit_code, reason.message(detail), obs.probe)
-    if obs.state == "STOPPED":
+    if obs.state == "STOPPED" or ended:  # STOPPED whatever it exited with (agent/states.py), or ended with -1
         if job.desired_state is DesiredState.STOP:
             message = _stop_message(job)
         else:  # fenced, or stopped on the host by someone else

@@ -189,41 +189,6 @@ def claim_queued(conn: Connection, limit: int) -> list[JobRow]:
     return [JobRow.from_row(r) for r in conn.execute(query).mappings()]
 
 
-def assign_job(
-    conn: Connection,
-    job_id: str,
-    node: str,
-    gpu_indices: Sequence[int],
-    *,
-    actor: str = "scheduler",
-    now: datetime | None = None,
-) -> bool:
-    """QUEUED -> RUNNING on `node` with these GPUs, committed before Agent.Launch.
-    False when the job is no longer QUEUED (another replica placed it, or it was canceled)."""
-    if len(set(gpu_indices)) != len(gpu_indices) or any(i < 0 for i in gpu_indices):
-        raise InvalidArgument("gpu_indices", f"must be distinct and >= 0, got {list(gpu_indices)}")
-    states.check_job(JobStatus.QUEUED, JobStatus.RUNNING, job_id)
-    at = _now(now)
-    result = conn.execute(
-        sa.update(jobs)
-        .where(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value)
-        .values(
-            status=JobStatus.RUNNING.value,
-            node=node,
-            gpu_indices=[int(i) for i in gpu_indices],
-            assigned_at=at,
-            row_version=jobs.c.row_version + 1,
-        )
-    )
-    if result.rowcount != 1:
-        return False
-    record_event(
-        conn, "job", job_id, JobStatus.QUEUED, JobStatus.RUNNING, reason="assigned", actor=actor,
-        detail={"node": node, "gpu_indices": list(gpu_indices)}, now=at,
-    )
-    return True
-
-
 def assign_jobs(
     conn: Connection,
     assignments: Sequence[tuple[str, str, Sequence[int]]],
@@ -342,7 +307,7 @@ def set_job_status(
 
     The exit code follows the status (states.exit_code_for: SUCCESS 0, STOPPED -1 by default; a
     contradicting code is refused). A repeat of the current status is a no-op that keeps the
-    first exit code and message (False). QUEUED -> RUNNING goes through assign_job.
+    first exit code and message (False). QUEUED -> RUNNING goes through assign_jobs.
     """
     to = JobStatus(to)
     cur = get_job(conn, job_id)
@@ -356,7 +321,7 @@ def set_job_status(
     elif not states.check_job(cur.status, to, job_id):
         return False
     if to is JobStatus.RUNNING:
-        raise ValueError("QUEUED -> RUNNING needs a node: use assign_job")
+        raise ValueError("QUEUED -> RUNNING needs a node: use assign_jobs")
     at = _now(now)
     values: dict[str, Any] = {
         "status": to.value,
@@ -536,16 +501,6 @@ def mark_acked(conn: Connection, job_ids: Iterable[str]) -> int:
         .values(acked=True)
     )
     return int(result.rowcount)
-
-
-def unacked_final_jobs(conn: Connection, node: str) -> list[JobRow]:
-    """Ended attempts on `node` whose final state the agent has not been acknowledged yet."""
-    query = sa.select(jobs).where(
-        jobs.c.node == node,
-        jobs.c.status.in_([s.value for s in states.JOB_TERMINAL]),
-        jobs.c.acked.is_(False),
-    )
-    return [JobRow.from_row(r) for r in conn.execute(query.order_by(jobs.c.id)).mappings()]
 
 
 def jobs_on_node(

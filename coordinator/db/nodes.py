@@ -183,12 +183,3 @@ def set_drain_requested(conn: Connection, name: str, drain: bool) -> bool:
         .values(drain_requested=drain, row_version=nodes.c.row_version + 1)
     )
     return result.rowcount == 1
-
-
-def stale_nodes(conn: Connection, heartbeat_before: datetime) -> list[NodeRow]:
-    """Nodes not LOST whose last heartbeat is older than `heartbeat_before` (now - node timeout)."""
-    query = sa.select(nodes).where(
-        nodes.c.state != NodeState.LOST.value,
-        sa.or_(nodes.c.last_heartbeat.is_(None), nodes.c.last_heartbeat < heartbeat_before),
-    )
-    return [NodeRow.from_row(r) for r in conn.execute(query.order_by(nodes.c.name)).mappings()]

@@ -19,13 +19,11 @@ from gpufleet.coordinator.db.common import (  # noqa: F401
     MAX_PAGE_SIZE,
 )
 from gpufleet.coordinator.db.events import (  # noqa: F401
-    list_events,
     record_event,
 )
 from gpufleet.coordinator.db.jobs import (  # noqa: F401
     JobBrief,
     add_job_warnings,
-    assign_job,
     assign_jobs,
     claim_queued,
     create_job,
@@ -41,7 +39,6 @@ from gpufleet.coordinator.db.jobs import (  # noqa: F401
     set_job_status,
     set_observed_many,
     set_observed_state,
-    unacked_final_jobs,
 )
 from gpufleet.coordinator.db.metrics import (  # noqa: F401
     get_dataset_counts,
@@ -68,7 +65,6 @@ from gpufleet.coordinator.db.nodes import (  # noqa: F401
     mark_unreachable,
     set_drain_requested,
     set_node_state,
-    stale_nodes,
     upsert_node,
 )
 from gpufleet.coordinator.db.placement import (  # noqa: F401

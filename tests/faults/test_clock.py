@@ -31,6 +31,7 @@ from gpufleet.agent.store import Store
 from gpufleet.agent.supervisor import Supervisor
 from gpufleet.coordinator import fleet as fleet_mod
 from gpufleet.coordinator.agents import AgentPool
+from gpufleet.coordinator.db import common as db_common
 from gpufleet.coordinator.db import engine as dbengine
 from gpufleet.coordinator.db import repo
 from gpufleet.coordinator.fleet import Digest, Fleet
@@ -40,6 +41,7 @@ from gpufleet.coordinator.states import JobStatus, NodeState
 from tests.harness import pid_alive, wait_for
 from tests.integration.test_coordinator_reconcile import holds
 from tests.invariants import check_invariants
+from tests.placing import assign
 
 HOUR = 3600.0
 TIMEOUT = 10.0
@@ -74,9 +76,7 @@ class WallShift:
         self.time = lambda: real_time() + shift.offset
         monkeypatch.setattr(time, "time", self.time)
         monkeypatch.setattr(fleet_mod, "datetime", ShiftedDatetime)
-        from gpufleet.coordinator.db import common as db_common  # the repository's clock (_now)
-
-        monkeypatch.setattr(db_common, "datetime", ShiftedDatetime)
+        monkeypatch.setattr(db_common, "datetime", ShiftedDatetime)  # the repository's clock (_now)
 
     def jump(self, seconds: float) -> None:
         self.offset += seconds
@@ -116,7 +116,7 @@ def _job(engine: sa.Engine, job_id: str) -> tuple[str, str]:
 def _running_job(engine: sa.Engine, node: str) -> str:
     with engine.begin() as conn:
         job = repo.create_job(conn, spec={"command": ["/bin/true"], "output_dir": "x"}, gpus=1)
-        assert repo.assign_job(conn, job.id, node, [0], actor="test")
+        assert assign(conn, job.id, node, [0], actor="test")
     return job.id
 
 

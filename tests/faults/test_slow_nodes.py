@@ -39,6 +39,7 @@ from gpufleet.v1 import agent_pb2 as apb
 from gpufleet.v1 import agent_pb2_grpc
 from gpufleet.v1 import common_pb2 as pb
 from tests.harness import AgentProc, wait_for
+from tests.placing import assign
 
 PY = sys.executable
 GPUS = [{"index": i, "uuid": f"GPU-{i}", "name": "fake", "healthy": True} for i in range(4)]
@@ -156,7 +157,7 @@ def _queue(engine: sa.Engine, node: str, command: list[str] | None = None) -> st
 def _running(engine: sa.Engine, node: str) -> str:
     job_id = _queue(engine, node)
     with engine.begin() as conn:
-        assert repo.assign_job(conn, job_id, node, [0], actor="test")
+        assert assign(conn, job_id, node, [0], actor="test")
     return job_id
 
 

@@ -16,6 +16,8 @@ from gpufleet.coordinator.reports import Entry, Reports
 from gpufleet.coordinator.states import JobStatus
 from sqlalchemy.engine import Engine
 
+from tests.placing import assign
+
 NODE = "n1"
 GPU = {"index": 0, "uuid": "GPU-0", "name": "fake", "healthy": True}
 
@@ -42,7 +44,7 @@ def reports(engine: Engine) -> Iterator[Reports]:
 def running_job(engine: Engine, **kw: Any) -> str:
     with engine.begin() as conn:
         job = repo.create_job(conn, spec={"command": ["true"], "output_dir": "out", "total_epoch": 3}, gpus=1, **kw)
-        assert repo.assign_job(conn, job.id, NODE, [0], actor="test")
+        assert assign(conn, job.id, NODE, [0], actor="test")
     return job.id
 
 
@@ -139,7 +141,7 @@ def test_a_replacement_that_already_succeeded_keeps_its_result(engine: Engine, r
                           requeue=True, lost=True)
     assert replacement is not None
     with engine.begin() as conn:
-        assert repo.assign_job(conn, replacement.id, NODE, [0], actor="test")
+        assert assign(conn, replacement.id, NODE, [0], actor="test")
     end_job(engine, replacement.id, JobStatus.SUCCESS, "", actor="test", exit_code=0)
     applied = reports.apply(NODE, [Entry(9, "ended", jid, 1, obs("SUCCEEDED", 0, probe=PROBE))])
     assert applied.acknowledged == [(jid, 1)]  # told, and the agent may forget it
