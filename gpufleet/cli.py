@@ -11,7 +11,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import grpc
@@ -394,13 +393,12 @@ def agent_status(address: Annotated[str, typer.Argument(help="agent HOST:PORT")]
 
 
 # -- security: certificates and tokens -------------------------------------------------------------
-# (paste into gpufleet/cli.py after the `agent` commands; needs `from gpufleet import auth, tls` and
-#  `from gpufleet.errors import FleetError` at the top of the module)
 certs_app = typer.Typer(no_args_is_help=True,
                         help="The fleet CA and mTLS certificates (run where the CA key is).")
 tokens_app = typer.Typer(no_args_is_help=True,
-                         help="API tokens (admin, user, viewer); run on the coordinator host: they are "
-                              "stored in its database.")
+                         help="API tokens (admin, user, viewer), over the Coordinator API with an admin "
+                              "token; the first one: `gpufleet-coordinator tokens create NAME --role admin` "
+                              "on the coordinator host.")
 app.add_typer(certs_app, name="certs")
 app.add_typer(tokens_app, name="tokens")
 DEFAULT_CA_DIR = "~/.config/gpufleet/ca"
@@ -471,33 +469,13 @@ def certs_issue(
               f"use: --tls-cert {crt} --tls-key {key} --tls-ca {crt.parent / 'ca.crt'}")
 
 
-@contextmanager
-def _coordinator_db(database_url: str, state_dir: str) -> Iterator[Any]:
-    """The coordinator's database engine, migrated, disposed of at the end; a domain error inside
-    prints its message and exits 1 (fleet_errors)."""
-    from gpufleet.coordinator.db import engine as dbengine
-
-    with fleet_errors():
-        url = database_url or dbengine.default_sqlite_url(Path(state_dir).expanduser().resolve())
-        eng = dbengine.make_engine(url)
-        try:
-            dbengine.migrate(eng)  # idempotent; the tokens table arrives with migration 0002
-            yield eng
-        finally:
-            eng.dispose()
+def _ts(t: Any) -> str:
+    return t.ToDatetime().strftime("%Y-%m-%d %H:%M") if t.seconds else "-"
 
 
-DbUrl = Annotated[str, typer.Option("--database-url", envvar="GPUFLEET_DATABASE_URL",
-                                    help="the coordinator's database (default: SQLite in --state-dir)")]
-StateDir = Annotated[str, typer.Option("--state-dir", envvar="GPUFLEET_STATE_DIR",
-                                       help="the coordinator's --state-dir")]
-DEFAULT_COORDINATOR_STATE = "/var/lib/gpufleet/coordinator"
-
-
-def _token_rows(items: list[auth.TokenInfo]) -> list[list[Any]]:
-    return [[t.display, t.name, t.role, t.created_at.strftime("%Y-%m-%d %H:%M"),
-             t.expires_at.strftime("%Y-%m-%d %H:%M") if t.expires_at else "-",
-             t.revoked_at.strftime("%Y-%m-%d %H:%M") if t.revoked_at else "-"] for t in items]
+def _token_rows(items: list[cpb.TokenInfo]) -> list[list[Any]]:
+    return [[f"gft_{t.id}…", t.name, t.role, _ts(t.created_at), _ts(t.expires_at), _ts(t.revoked_at)]
+            for t in items]
 
 
 TOKEN_COLUMNS = ["id", "name", "role", "created", "expires", "revoked"]
@@ -508,57 +486,40 @@ def tokens_create(
     name: Annotated[str, typer.Argument(help="who the token is for; owner of what it creates")],
     role: Annotated[str, typer.Option(help="admin, user (own models and jobs) or viewer (reads)")] = "user",
     expires_days: Annotated[float, typer.Option(help="expire after this many days (0: never)")] = 0,
-    database_url: DbUrl = "",
-    state_dir: StateDir = DEFAULT_COORDINATOR_STATE,
 ) -> None:
-    """Make a token; it is printed once, on stdout, and stored only as a salted hash."""
-    from datetime import timedelta
-
-    with _coordinator_db(database_url, state_dir) as eng:
-        token = auth.create_token(eng, name, role,
-                                  expires_in=timedelta(days=expires_days) if expires_days > 0 else None)
-        info = next(t for t in auth.list_tokens(eng) if t.id == token[4:16])
+    """Make a token (admin token needed); it is printed once, on stdout, and stored only as a salted hash."""
+    r = call(coord().CreateToken, cpb.CreateTokenRequest(name=name, role=role,
+                                                         expires_in_seconds=round(expires_days * 86400)))
     if CTX.output == "json":
-        print(json.dumps({"token": token, **info.as_dict()}, indent=2))
+        print(json.dumps({"token": r.token, **as_dict(r.info)}, indent=2))
         return
-    err.print(f"token {info.display} for [bold]{name}[/] (role {role}); shown only now. Give it to the CLI "
+    err.print(f"token gft_{r.info.id}… for [bold]{name}[/] (role {role}); shown only now. Give it to the CLI "
               "with GPUFLEET_TOKEN or --token-file:")
-    print(token)
+    print(r.token)
 
 
 @tokens_app.command("list")
 def tokens_list(
     all_: Annotated[bool, typer.Option("--all", help="include revoked tokens")] = False,
-    database_url: DbUrl = "",
-    state_dir: StateDir = DEFAULT_COORDINATOR_STATE,
 ) -> None:
-    """Tokens by id (their first characters), name and role; never the secret."""
-    with _coordinator_db(database_url, state_dir) as eng:
-        items = auth.list_tokens(eng, include_revoked=all_)
-    if CTX.output == "json":
-        print(json.dumps([t.as_dict() for t in items], indent=2))
-        return
-    _table("tokens", TOKEN_COLUMNS, _token_rows(items))
+    """Tokens by id (their first characters), name and role; never the secret (admin token needed)."""
+    r = call(coord().ListTokens, cpb.ListTokensRequest(include_revoked=all_))
+    emit(r, lambda: _table("tokens", TOKEN_COLUMNS, _token_rows(list(r.items))))
 
 
 @tokens_app.command("revoke")
 def tokens_revoke(
     ident: Annotated[str, typer.Argument(help="token id (as `tokens list` shows it), or a name: all its "
                                               "tokens")],
-    database_url: DbUrl = "",
-    state_dir: StateDir = DEFAULT_COORDINATOR_STATE,
 ) -> None:
-    """Revoke a token (or every token of a name); the coordinator refuses it within seconds."""
-    with _coordinator_db(database_url, state_dir) as eng:
-        ids = auth.revoke_token(eng, ident)
+    """Revoke a token (or every token of a name); the coordinator refuses it at once (admin token needed)."""
+    r = call(coord().RevokeToken, cpb.RevokeTokenRequest(ident=ident))
     if CTX.output == "json":
-        print(json.dumps({"revoked": ids}))
+        print(json.dumps({"revoked": list(r.ids)}))
         return
-    out.print(f"revoked {', '.join(f'{auth.TOKEN_PREFIX}{i}…' for i in ids)} "
-              f"(running coordinators stop accepting it within {auth.DEFAULT_TTL:.0f}s)")
+    out.print(f"revoked {', '.join(f'gft_{i}…' for i in r.ids)}")
 
 
-# -- demo ------------------------------------------------------------------------------------------
 @app.command()
 def demo(
     keep: Annotated[bool, typer.Option(help="leave the services running and say how to reach them")] = False,
