@@ -454,11 +454,17 @@ def certs_issue(
     host: Annotated[list[str] | None, typer.Option(help="address peers dial: IP or DNS (repeat)")] = None,
     ca_dir: Annotated[str, typer.Option(envvar="GPUFLEET_CA_DIR", help="the CA's folder")] = DEFAULT_CA_DIR,
     out_dir: Annotated[str, typer.Option(help="for NAME.crt, NAME.key, ca.crt (default: ./NAME)")] = "",
+    out_to: Annotated[str, typer.Option("--out", help="for ROLE.crt, ROLE.key, ca.crt, the deploy paths: "
+                                                   "--out /etc/gpufleet/tls writes agent.crt for role agent")] = "",
     days: Annotated[int, typer.Option(help="validity in days")] = 365,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing certificate and key")] = False,
 ) -> None:
-    """Sign a certificate for an agent, the coordinator or a client."""
+    """Sign a certificate for an agent, the coordinator or a client; refuses to overwrite one without --force."""
+    if out_to and out_dir:
+        raise typer.BadParameter("give one of --out (ROLE.crt) and --out-dir (NAME.crt)", param_hint="--out")
     with fleet_errors():
-        crt, key = tls.issue(os.path.expanduser(ca_dir), out_dir or name, name, role, host or [], days=days)
+        crt, key = tls.issue(os.path.expanduser(ca_dir), out_to or out_dir or name, name, role, host or [],
+                             days=days, stem=role if out_to else "", force=force)
     d = _cert_dict(crt, key)
     if CTX.output == "json":
         print(json.dumps(d, indent=2))

@@ -86,3 +86,28 @@ def test_certs_tokens_and_an_mtls_fleet(tmp_path: Path) -> None:
     finally:
         a.kill()
         c.kill()
+
+
+def test_certs_issue_out_force_and_an_agent_whose_certificate_misses_its_address(tmp_path: Path) -> None:
+    ca = tmp_path / "ca"
+    assert cli("certs", "init", str(ca)).returncode == 0
+    tls_dir = tmp_path / "etc" / "tls"
+    issue = ["certs", "issue", "gpu01", "--role", "agent", "--ca-dir", str(ca), "--out", str(tls_dir)]
+    r = cli(*issue)  # no --host: the certificate names only "gpu01"
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in tls_dir.iterdir()) == ["agent.crt", "agent.key", "ca.crt"]
+    again = cli(*issue)
+    assert again.returncode == 1 and "--force" in again.stderr and "Traceback" not in again.stderr
+    state = tmp_path / "agent-state"
+    agent = subprocess.run(
+        [sys.executable, "-P", "-m", "gpufleet.agent.main", "--listen", f"127.0.0.1:{free_port()}",
+         "--state-dir", str(state), "--runtime", "process", "--gpus", "fake:1", "--metrics-listen", "",
+         "--output-root", str(tmp_path / "o"), "--data-root", str(tmp_path / "d"),
+         "--coordinator", f"127.0.0.1:{free_port()}", "--tls-cert", str(tls_dir / "agent.crt"),
+         "--tls-key", str(tls_dir / "agent.key"), "--tls-ca", str(tls_dir / "ca.crt")],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert agent.returncode == 2, agent.stderr
+    assert "does not name '127.0.0.1'" in agent.stderr and "--host 127.0.0.1" in agent.stderr
+    assert "Traceback" not in agent.stderr and not state.exists()  # refused before creating anything
+    forced = cli(*issue, "--host", "127.0.0.1", "--force")
+    assert forced.returncode == 0, forced.stderr
