@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gpufleet import auth, tls
+from gpufleet.cli.reach import is_connection_failure, unreachable
 from gpufleet.errors import FleetError
 from gpufleet.v1 import coordinator_pb2_grpc
 
@@ -38,7 +39,7 @@ app.add_typer(nodes_app, name="nodes")
 app.add_typer(agent_app, name="agent")
 
 out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one line per message: greppable, never cut mid-word
 
 
 class Ctx:
@@ -86,10 +87,9 @@ def rpc_errors() -> Iterator[None]:
     except grpc.RpcError as exc:
         code = exc.code()
         name = code.name if code else "UNKNOWN"
-        if code == grpc.StatusCode.UNAVAILABLE:
-            hint = "; or check --tls-ca/--tls-cert/--tls-key" if CTX.tls_ca else ""
-            err.print(f"[red]error:[/] cannot reach {CTX.coordinator} ({exc.details()}); "
-                      f"is the service running?{hint}")
+        if code == grpc.StatusCode.UNAVAILABLE and is_connection_failure(exc.details() or ""):
+            err.print(f"[red]error:[/] {unreachable(CTX.coordinator, exc.details() or '', CTX.tls_ca, CTX.tls_cert)}",
+                      highlight=False)
         else:
             err.print(f"[red]error ({name}):[/] {exc.details()}")
         raise typer.Exit(1) from None
@@ -155,3 +155,23 @@ def fleet_errors() -> Iterator[None]:
     except FleetError as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None
+
+
+def poll(fetch: Callable[[], T | None], timeout: float, what: str, interval: float = 0.5) -> T:
+    """`fetch()` until it returns something, for up to `timeout` seconds; an unreachable coordinator
+    (not started yet) counts as "not yet". Exit 1 naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        try:
+            found = fetch()
+            if found is not None:
+                return found
+        except grpc.RpcError as exc:
+            if exc.code() not in RETRYABLE:
+                raise
+            last = f" (last: {exc.details()})"
+        if time.monotonic() >= deadline:
+            err.print(f"[red]error:[/] timed out after {timeout:g}s waiting for {what}{last}")
+            raise typer.Exit(1)
+        time.sleep(interval)

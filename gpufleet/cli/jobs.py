@@ -14,6 +14,7 @@ from gpufleet.cli.base import (
     coord,
     emit,
     jobs_app,
+    poll,
     rpc_errors,
 )
 from gpufleet.v1 import agent_pb2 as apb
@@ -44,6 +45,8 @@ def jobs_submit(
     request_id: Annotated[str, typer.Option(help="idempotency key: a submit repeating it returns the job the "
                                                  "first one made (default: a new one, kept across this "
                                                  "command's own retries)")] = "",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the job id (for scripts: "
+                                                              "JOB=$(gpufleet jobs submit -q -- ...))")] = False,
 ) -> None:
     """Submit a plain job: gpufleet jobs submit --gpus 1 -- python train.py"""
     envs = {}
@@ -61,6 +64,9 @@ def jobs_submit(
     spec = pb.JobSpec(command=argv, image=image, env=envs, output_dir=output_dir or default_dir)
     j = call_idempotent(coord().SubmitJob, cpb.SubmitJobRequest(
         spec=spec, gpus=gpus, priority=priority, name=name, max_retries=max_retries, request_id=rid))
+    if quiet:
+        print(j.job_id)
+        return
     show_job(j, "job submitted")
 
 
@@ -107,3 +113,23 @@ def jobs_metrics(job_id: str) -> None:
                 for row in r.rows])
 
     emit(r, table)
+
+
+FINAL_JOB_STATUSES = ("SUCCESS", "FAILED", "STOPPED", "CANCELED")
+
+
+@jobs_app.command("wait")
+def jobs_wait(
+    job_id: Annotated[str, typer.Argument(help="the job attempt's id")],
+    timeout: Annotated[float, typer.Option("--wait-timeout", help="give up after this many seconds")] = 600,
+) -> None:
+    """Wait until a job has ended and show it; exit 0 if it succeeded, 1 otherwise."""
+    def ended() -> cpb.Job | None:
+        j = coord().GetJob(cpb.JobRef(job_id=job_id), timeout=CTX.timeout)
+        return j if j.status_name in FINAL_JOB_STATUSES else None
+
+    with rpc_errors():
+        j = poll(ended, timeout, f"job {job_id} to end")
+    show_job(j, f"job {job_id}")
+    if j.status_name != "SUCCESS":
+        raise typer.Exit(1)

@@ -18,6 +18,7 @@ from gpufleet.cli.base import (
     err,
     nodes_app,
     out,
+    poll,
     rpc_errors,
 )
 from gpufleet.v1 import agent_pb2 as apb
@@ -80,6 +81,22 @@ def nodes_drain(name: str) -> None:
 def nodes_undrain(name: str) -> None:
     """Accept placements again."""
     show_node(call(coord().UndrainNode, cpb.NodeRef(name=name)), name)
+
+
+@nodes_app.command("wait")
+def nodes_wait(
+    names: Annotated[list[str], typer.Argument(help="node names (as in their certificates / --node-name)")],
+    timeout: Annotated[float, typer.Option("--wait-timeout", help="give up after this many seconds")] = 120,
+) -> None:
+    """Wait until these nodes have registered and are READY (the coordinator may still be starting)."""
+    def ready() -> list[cpb.Node] | None:
+        r = coord().ListNodes(cpb.ListNodesRequest(), timeout=CTX.timeout)
+        found = [n for n in r.nodes if n.name in names and n.state_name == "READY"]
+        return found if len(found) == len(set(names)) else None
+
+    with rpc_errors():
+        found = poll(ready, timeout, f"node(s) {', '.join(names)} to be READY")
+    emit(cpb.ListNodesResponse(nodes=found), lambda: _table("nodes", NODE_COLUMNS, node_rows(found)))
 
 
 # -- agent -----------------------------------------------------------------------------------------

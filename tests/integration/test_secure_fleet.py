@@ -82,7 +82,10 @@ def test_certs_tokens_and_an_mtls_fleet(tmp_path: Path) -> None:
         refused = nodes({"GPUFLEET_TOKEN": token})  # at once on the coordinator that revoked
         assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr
         plain = cli("-o", "json", "nodes", "list", env={"GPUFLEET_COORDINATOR": c.addr, "GPUFLEET_TOKEN": token})
-        assert plain.returncode == 1  # no client certificate: the TLS handshake itself refuses
+        assert plain.returncode == 1 and "TLS handshake refused" in plain.stderr  # not "nothing listens"
+        no_cert = cli("nodes", "list", env={"GPUFLEET_COORDINATOR": c.addr, "GPUFLEET_TOKEN": token,
+                                            "GPUFLEET_TLS_CA": str(tmp_path / "ops" / "ca.crt")})
+        assert no_cert.returncode == 1 and "give a client certificate (--tls-cert/--tls-key" in no_cert.stderr
     finally:
         a.kill()
         c.kill()
