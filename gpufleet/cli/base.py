@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gpufleet import auth, tls
-from gpufleet.cli.reach import is_connection_failure, unreachable
+from gpufleet.cli.reach import is_connection_failure, unreachable, with_default_port
 from gpufleet.errors import FleetError
 from gpufleet.v1 import coordinator_pb2_grpc
 
@@ -71,7 +71,7 @@ def main_options(
         raise typer.BadParameter("must be table or json", param_hint="--output")
     if bool(tls_cert) != bool(tls_key):
         raise typer.BadParameter("give both or neither", param_hint="--tls-cert/--tls-key")
-    CTX.coordinator, CTX.output, CTX.timeout = coordinator, output, timeout
+    CTX.coordinator, CTX.output, CTX.timeout = with_default_port(coordinator), output, timeout
     CTX.tls_ca, CTX.tls_cert, CTX.tls_key = tls_ca, tls_cert, tls_key
     try:
         CTX.token = auth.load_token(token_file)

@@ -38,3 +38,13 @@ def unreachable(address: str, details: str, tls_ca: str, client_cert: str) -> st
         return (f"TLS handshake refused at {address}: the server did not accept the client certificate "
                 f"{client_cert} (another CA's, expired, or not yet valid?)")
     return f"cannot reach {address} ({details}); is the service running?"
+
+
+DEFAULT_PORT = 50050
+
+
+def with_default_port(address: str, port: int = DEFAULT_PORT) -> str:
+    """`host` -> `host:50050` (gRPC would dial 443); `host:port` and `[v6]:port` unchanged."""
+    if address.endswith("]") or (":" not in address and address):
+        return f"{address}:{port}"
+    return address

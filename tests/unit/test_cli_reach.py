@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpufleet.cli.reach import is_connection_failure, unreachable
+from gpufleet.cli.reach import is_connection_failure, unreachable, with_default_port
 
 ADDR = "127.0.0.1:50050"
 CLOSED = "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:50050: Socket closed"
@@ -28,3 +28,9 @@ def test_each_failure_has_its_own_message(details: str, ca: str, cert: str, need
 
 def test_an_unavailable_answer_from_a_server_is_not_a_connection_failure() -> None:
     assert not is_connection_failure("the coordinator's database is unavailable; try again")
+
+
+def test_a_coordinator_without_a_port_gets_the_default_port_not_443() -> None:
+    assert with_default_port("localhost") == "localhost:50050"
+    assert with_default_port("[::1]") == "[::1]:50050"
+    assert with_default_port("coord.example:6000") == "coord.example:6000"
