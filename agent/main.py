@@ -98,6 +98,8 @@ def run(argv: list[str] | None = None) -> int:
         raise InvalidArgument("--tls-ca", "TLS on the agent is mutual: give the fleet CA, so that only the "
                               "coordinator's certificate may call it")
     check_listen_security(opts.listen, opts.insecure, tls)
+    if tls and opts.coordinator:  # the coordinator verifies the certificate against the address it dials
+        fleet_tls.check_names_address(opts.tls_cert, opts.advertise or opts.listen)
     state_dir = config.state_path(opts.state_dir)
     roots = Roots(config.state_path(opts.output_root), config.state_path(opts.data_root), state_dir / "jobs")
     for p in (state_dir, roots.output_root, roots.data_root, roots.jobs_root):

@@ -8,6 +8,8 @@ import logging
 import sys
 import time
 
+from gpufleet.coordinator import token_cli
+from gpufleet.coordinator import tokens as coord_tokens
 from gpufleet.coordinator.agents import AgentPool
 from gpufleet.coordinator.capacity import UserCapacityInterceptor
 from gpufleet.coordinator.db import engine as dbengine
@@ -18,7 +20,7 @@ from gpufleet.coordinator.reconciler import Reconciler
 from gpufleet.coordinator.scheduler import Scheduler
 from gpufleet.coordinator.service import CoordinatorService, FleetService, add_to_server
 
-from gpufleet import auth, config
+from gpufleet import config
 from gpufleet import log as flog
 from gpufleet import tls as fleet_tls
 from gpufleet.daemon import main_wrapper, serve_until_signalled, start_metrics, tune_for_latency
@@ -63,6 +65,8 @@ OPTIONS = [
 
 def run(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "tokens":  # the first admin token, on the coordinator host
+        return token_cli.run(argv[1:])
     migrate_only = bool(argv) and argv[0] == "migrate"
     if migrate_only:
         argv = argv[1:]
@@ -93,7 +97,7 @@ def run(argv: list[str] | None = None) -> int:
     if not auth_on and not loopback:
         flog.event(log, "auth.off", logging.WARNING, listen=opts.listen,
                    detail="--auth off on a non-loopback address: anyone who reaches it is admin")
-    auth_interceptors = [auth.CoordinatorAuth(engine, agent_certs=tls)] if auth_on else []
+    auth_interceptors = [coord_tokens.CoordinatorAuth(engine, agent_certs=tls)] if auth_on else []
 
     tune_for_latency()
     agents = AgentPool(fleet_tls.channel_credentials(opts.tls_ca, opts.tls_cert, opts.tls_key) if tls else None)

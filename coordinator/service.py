@@ -12,6 +12,7 @@ from gpufleet.coordinator.fleet import Digest, Fleet
 from gpufleet.coordinator.lifecycle import Lifecycle, check_job_id
 from gpufleet.coordinator.reports import Entry
 from gpufleet.coordinator.states import JobStatus
+from gpufleet.coordinator.token_rpc import TokenAdmin
 from sqlalchemy.engine import Engine
 
 from gpufleet.errors import InvalidArgument, Unavailable, Upstream, rpc, rpc_stream
@@ -31,7 +32,7 @@ def _page(page: int, size: int) -> tuple[int, int]:
     return page, size or 20
 
 
-class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
+class CoordinatorService(TokenAdmin, coordinator_pb2_grpc.CoordinatorServicer):
     def __init__(self, engine: Engine, life: Lifecycle, agents: AgentPool) -> None:
         self.engine = engine
         self.life = life

@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 WINGS = {"agent": "gpufleet.agent", "coordinator": "gpufleet.coordinator", "gpufleet": "gpufleet"}
 DAEMONS = ("gpufleet.agent", "gpufleet.coordinator")
 
-# Removed when the token RPC lands (issue 11, item 2): the CLI and auth still open the coordinator's token
-# store themselves. The test also fails when one of these stops breaching, so the list cannot rot.
-KNOWN_BREACHES = {"gpufleet.auth", "gpufleet.cli"}
+# Modules allowed to breach a wall for now (none since the token RPC landed). The test also fails when
+# one of these stops breaching, so the list cannot rot.
+KNOWN_BREACHES: set[str] = set()
 
 
 def _modules() -> Iterator[tuple[str, Path]]:
