@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import grpc
 from fastapi import Depends, FastAPI, Header, Query, Request
@@ -29,6 +29,8 @@ HTTP_OF = {
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
 TIMEOUT = 10.0
+Page = Annotated[int, Query(ge=0, le=1_000_000)]
+Size = Annotated[int, Query(ge=1, le=500)]
 MODEL_ACTIONS = {"run": "RunTrain", "restart": "RestartTrain", "resume": "ResumeTrain", "cancel": "CancelTrain",
                  "cancel-test": "CancelTest", "sync": "SyncStatus"}
 
@@ -61,12 +63,13 @@ def create_app(coordinator: str, tls_ca: str = "", tls_cert: str = "", tls_key: 
     app = FastAPI(title="gpufleet", version="1", openapi_url="/api/openapi.json", docs_url="/api/docs")
     channel = tls.dial(coordinator, tls_ca, tls_cert, tls_key)
 
-    def stub(authorization: str = Header("", include_in_schema=False)) -> coordinator_pb2_grpc.CoordinatorStub:
+    def stub(authorization: Annotated[str, Header(include_in_schema=False)] = "",
+             ) -> coordinator_pb2_grpc.CoordinatorStub:
         """The caller's bearer token is passed through: the coordinator decides what a role may do."""
         token = authorization.removeprefix("Bearer ").strip() or None
         return coordinator_pb2_grpc.CoordinatorStub(auth.with_token(channel, token))
 
-    Stub = coordinator_pb2_grpc.CoordinatorStub
+    Stub = Annotated[coordinator_pb2_grpc.CoordinatorStub, Depends(stub)]
 
     @app.exception_handler(grpc.RpcError)
     async def rpc_error(_: Request, exc: grpc.RpcError) -> JSONResponse:
@@ -82,15 +85,15 @@ def create_app(coordinator: str, tls_ca: str = "", tls_cert: str = "", tls_key: 
         return as_dict(fn(req, timeout=TIMEOUT))
 
     @app.get("/api/models")
-    def list_models(status: str = "", model_no: str = "", page: int = Query(0, ge=0, le=1_000_000),
-                    size: int = Query(20, ge=1, le=500), s: Stub = Depends(stub)) -> dict[str, Any]:
+    def list_models(s: Stub, status: str = "", model_no: str = "", page: Page = 0,
+                    size: Size = 20) -> dict[str, Any]:
         st = enum_value(cpb.ModelStatus, "MODEL_STATUS_", status)
         r = s.ListModels(cpb.ListModelsRequest(status=st, model_no=model_no, page=page, size=size),  # type: ignore[arg-type]
                          timeout=TIMEOUT)
         return page_of(list(r.items), r.total_elements, page, size)
 
     @app.post("/api/models", status_code=201)
-    def create_model(body: dict[str, Any], s: Stub = Depends(stub)) -> dict[str, Any]:
+    def create_model(body: dict[str, Any], s: Stub) -> dict[str, Any]:
         try:
             req = json_format.ParseDict(body, cpb.CreateModelRequest())
         except (json_format.ParseError, TypeError, ValueError) as exc:
@@ -98,15 +101,15 @@ def create_app(coordinator: str, tls_ca: str = "", tls_cert: str = "", tls_key: 
         return call(s.CreateModel, req)
 
     @app.get("/api/models/{uuid}")
-    def get_model(uuid: str, s: Stub = Depends(stub)) -> dict[str, Any]:
+    def get_model(uuid: str, s: Stub) -> dict[str, Any]:
         return call(s.GetModel, cpb.ModelRef(uuid=uuid))
 
     @app.post("/api/models/{uuid}/test")
-    def test_model(uuid: str, epoch: int = Query(ge=0, le=2**31 - 1), s: Stub = Depends(stub)) -> dict[str, Any]:
+    def test_model(uuid: str, epoch: Annotated[int, Query(ge=0, le=2**31 - 1)], s: Stub) -> dict[str, Any]:
         return call(s.RunTest, cpb.RunTestRequest(uuid=uuid, epoch=epoch))
 
     @app.post("/api/models/{uuid}/{action}")
-    def model_action(uuid: str, action: str, s: Stub = Depends(stub)) -> dict[str, Any]:
+    def model_action(uuid: str, action: str, s: Stub) -> dict[str, Any]:
         """run, restart, resume, cancel, cancel-test, sync: the action matrix is the coordinator's (409)."""
         rpc = MODEL_ACTIONS.get(action)
         if rpc is None:
@@ -115,35 +118,35 @@ def create_app(coordinator: str, tls_ca: str = "", tls_cert: str = "", tls_key: 
         return call(getattr(s, rpc), cpb.ModelRef(uuid=uuid))
 
     @app.get("/api/jobs")
-    def list_jobs(status: str = "", model: str = "", node: str = "", page: int = Query(0, ge=0, le=1_000_000),
-                  size: int = Query(20, ge=1, le=500), s: Stub = Depends(stub)) -> dict[str, Any]:
+    def list_jobs(s: Stub, status: str = "", model: str = "", node: str = "", page: Page = 0,
+                  size: Size = 20) -> dict[str, Any]:
         st = enum_value(cpb.JobStatusCode, "JOB_STATUS_CODE_", status)
         r = s.ListJobs(cpb.ListJobsQuery(status=st, model_uuid=model, node=node, page=page, size=size),  # type: ignore[arg-type]
                        timeout=TIMEOUT)
         return page_of(list(r.jobs), r.total_elements, page, size)
 
     @app.get("/api/jobs/{job_id}")
-    def get_job(job_id: str, s: Stub = Depends(stub)) -> dict[str, Any]:
+    def get_job(job_id: str, s: Stub) -> dict[str, Any]:
         return call(s.GetJob, cpb.JobRef(job_id=job_id))
 
     @app.post("/api/jobs/{job_id}/cancel")
-    def cancel_job(job_id: str, s: Stub = Depends(stub)) -> dict[str, Any]:
+    def cancel_job(job_id: str, s: Stub) -> dict[str, Any]:
         return call(s.CancelJob, cpb.JobRef(job_id=job_id))
 
     @app.get("/api/jobs/{job_id}/metrics")
-    def job_metrics(job_id: str, s: Stub = Depends(stub)) -> dict[str, Any]:
+    def job_metrics(job_id: str, s: Stub) -> dict[str, Any]:
         return call(s.GetJobMetrics, cpb.JobRef(job_id=job_id))
 
     @app.get("/api/nodes")
-    def list_nodes(s: Stub = Depends(stub)) -> dict[str, Any]:
+    def list_nodes(s: Stub) -> dict[str, Any]:
         return call(s.ListNodes, cpb.ListNodesRequest())
 
     @app.post("/api/nodes/{name}/drain")
-    def drain(name: str, s: Stub = Depends(stub)) -> dict[str, Any]:
+    def drain(name: str, s: Stub) -> dict[str, Any]:
         return call(s.DrainNode, cpb.NodeRef(name=name))
 
     @app.post("/api/nodes/{name}/undrain")
-    def undrain(name: str, s: Stub = Depends(stub)) -> dict[str, Any]:
+    def undrain(name: str, s: Stub) -> dict[str, Any]:
         return call(s.UndrainNode, cpb.NodeRef(name=name))
 
     return app
