@@ -59,17 +59,19 @@ class BadInput(Exception):
     pass
 
 
+def stub(request: Request, authorization: Annotated[str, Header(include_in_schema=False)] = "",
+         ) -> coordinator_pb2_grpc.CoordinatorStub:
+    """The caller's bearer token is passed through: the coordinator decides what a role may do."""
+    token = authorization.removeprefix("Bearer ").strip() or None
+    return coordinator_pb2_grpc.CoordinatorStub(auth.with_token(request.app.state.channel, token))
+
+
+Stub = Annotated[coordinator_pb2_grpc.CoordinatorStub, Depends(stub)]
+
+
 def create_app(coordinator: str, tls_ca: str = "", tls_cert: str = "", tls_key: str = "") -> FastAPI:
     app = FastAPI(title="gpufleet", version="1", openapi_url="/api/openapi.json", docs_url="/api/docs")
-    channel = tls.dial(coordinator, tls_ca, tls_cert, tls_key)
-
-    def stub(authorization: Annotated[str, Header(include_in_schema=False)] = "",
-             ) -> coordinator_pb2_grpc.CoordinatorStub:
-        """The caller's bearer token is passed through: the coordinator decides what a role may do."""
-        token = authorization.removeprefix("Bearer ").strip() or None
-        return coordinator_pb2_grpc.CoordinatorStub(auth.with_token(channel, token))
-
-    Stub = Annotated[coordinator_pb2_grpc.CoordinatorStub, Depends(stub)]
+    app.state.channel = tls.dial(coordinator, tls_ca, tls_cert, tls_key)
 
     @app.exception_handler(grpc.RpcError)
     async def rpc_error(_: Request, exc: grpc.RpcError) -> JSONResponse:
