@@ -3,17 +3,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import grpc
 from fastapi import Depends, FastAPI, Header, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from gpufleet import auth, tls
 from gpufleet.v1 import coordinator_pb2 as cpb
 from gpufleet.v1 import coordinator_pb2_grpc
+from gpufleet.web.live import Poller
+
+STATIC = Path(__file__).parent / "static"
 
 # How a refusal reads over HTTP; anything else from the coordinator is its fault: 502.
 HTTP_OF = {
@@ -69,9 +74,41 @@ def stub(request: Request, authorization: Annotated[str, Header(include_in_schem
 Stub = Annotated[coordinator_pb2_grpc.CoordinatorStub, Depends(stub)]
 
 
-def create_app(coordinator: str, tls_ca: str = "", tls_cert: str = "", tls_key: str = "") -> FastAPI:
+def role_of(s: coordinator_pb2_grpc.CoordinatorStub) -> str:
+    """There is no WhoAmI RPC: probe with requests that are refused as bad input after the role check,
+    so they change nothing (drain is for admins, cancel for users; a viewer is refused both)."""
+    for role, probe in (("admin", lambda: s.DrainNode(cpb.NodeRef(name=""), timeout=TIMEOUT)),
+                        ("user", lambda: s.CancelJob(cpb.JobRef(job_id=""), timeout=TIMEOUT))):
+        try:
+            probe()
+            return role
+        except grpc.RpcError as exc:
+            if exc.code() not in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):  # type: ignore[attr-defined]
+                return role
+    return "viewer"
+
+
+def create_app(coordinator: str, tls_ca: str = "", tls_cert: str = "", tls_key: str = "",
+               poll_token: str | None = None) -> FastAPI:
+    """`poll_token` is the web process's own (viewer) token for the live-update poller."""
     app = FastAPI(title="gpufleet", version="1", openapi_url="/api/openapi.json", docs_url="/api/docs")
     app.state.channel = tls.dial(coordinator, tls_ca, tls_cert, tls_key)
+    poller = Poller(coordinator_pb2_grpc.CoordinatorStub(auth.with_token(app.state.channel, poll_token)))
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/api/events", include_in_schema=False)
+    async def events() -> StreamingResponse:
+        """Server-sent events: a message whenever models, jobs or nodes change."""
+        return StreamingResponse(poller.stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store"})
+
+    @app.get("/api/whoami")
+    def whoami(s: Stub) -> dict[str, str]:
+        return {"role": role_of(s)}
 
     @app.exception_handler(grpc.RpcError)
     async def rpc_error(_: Request, exc: grpc.RpcError) -> JSONResponse:

@@ -86,3 +86,12 @@ def test_nodes_list_and_drain(api: tuple[TestClient, Any]) -> None:
     assert r.status_code == 200 and r.json()["state_name"] == "DRAINING" or "DRAIN" in str(r.json().get("state"))
     assert client.post(f"/api/nodes/{agent.node_name}/undrain").status_code == 200
     assert client.post("/api/nodes/ghost/drain").status_code == 404
+
+
+def test_whoami_without_tokens_is_admin_and_the_console_is_served(api: tuple[TestClient, Any]) -> None:
+    client, _ = api
+    assert client.get("/api/whoami").json() == {"role": "admin"}  # a coordinator without tokens allows all
+    page = client.get("/")
+    assert page.status_code == 200 and "/static/app.js" in page.text
+    assert "EventSource" in client.get("/static/app.js").text
+    assert "/api/models" in client.get("/api/openapi.json").json()["paths"]
