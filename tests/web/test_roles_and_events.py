@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from gpufleet.coordinator.db import engine as dbengine
 
 from gpufleet import auth
-from gpufleet.coordinator.db import engine as dbengine
 from tests.harness import wait_for
 
 
