@@ -75,7 +75,7 @@ async function modelView(uuid) {
   for (const j of jobs.content) rows = rows.concat((await api(`/api/jobs/${j.job_id}/metrics`)).rows || []);
   const keys = [...new Set(rows.flatMap((r) => Object.keys(r.values || {})))].slice(0, 4);
   return `<h2>Model ${esc(m.model_no)} <span class="status">${badge(m.status_name)}</span></h2><p id="msg" class="err"></p>
-    <p>step 1 ${badge(m.step1_state_name)} ${esc(m.step1_duration)} · step 2 ${badge(m.step2_state_name)} ${esc(m.step2_duration)}
+    <p>step 1 ${badge(m.step1_state_name)} ${esc(m.step1_duration)} · step 2 <span class="step2">${badge(m.step2_state_name)}</span> ${esc(m.step2_duration)}
     · best epoch <b id="best">${esc(m.best_epoch || "-")}</b></p><p>${buttons(m)}</p><p class="err">${esc(m.last_error)}</p>
     <div id="charts">${keys.map((k) => chart(rows, k)).join(" ")}</div>
     <h3>Attempts</h3><table><tr><th>job</th><th>status</th><th>node</th><th>exit</th><th>error</th></tr>
