@@ -5,6 +5,7 @@ import argparse
 
 import uvicorn
 
+from gpufleet import auth
 from gpufleet.web.api import create_app
 
 
@@ -15,10 +16,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tls-ca", default="")
     p.add_argument("--tls-cert", default="")
     p.add_argument("--tls-key", default="")
+    p.add_argument("--token-file", default="",
+                   help="a viewer token for the live-update poller (or GPUFLEET_TOKEN / GPUFLEET_TOKEN_FILE)")
     a = p.parse_args(argv)
     host, _, port = a.listen.rpartition(":")
-    uvicorn.run(create_app(a.coordinator, a.tls_ca, a.tls_cert, a.tls_key), host=host, port=int(port),
-                log_level="warning")
+    app = create_app(a.coordinator, a.tls_ca, a.tls_cert, a.tls_key, auth.load_token(a.token_file))
+    uvicorn.run(app, host=host, port=int(port), log_level="warning")
 
 
 if __name__ == "__main__":
