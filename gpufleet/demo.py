@@ -15,8 +15,8 @@ import socket
 import subprocess
 import sys
 import tempfile
-import urllib.request
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc

@@ -3,6 +3,7 @@ waits on it, so a hundred open tabs cost the coordinator what one does."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 from collections.abc import AsyncIterator
 
@@ -51,6 +52,9 @@ class Poller:
                     self.changed.notify_all()
             await asyncio.sleep(INTERVAL)
 
+    def moved_since(self, seen: int) -> bool:
+        return self.version != seen
+
     async def stream(self) -> AsyncIterator[str]:
         self.ensure_started()
         seen = self.version
@@ -58,7 +62,7 @@ class Poller:
         while True:
             async with self.changed:
                 try:
-                    await asyncio.wait_for(self.changed.wait_for(lambda s=seen: self.version != s), 15)
+                    await asyncio.wait_for(self.changed.wait_for(functools.partial(self.moved_since, seen)), 15)
                 except TimeoutError:
                     yield ": keep-alive\n\n"  # comments keep proxies from closing an idle stream
                     continue
