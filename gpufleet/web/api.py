@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,6 +14,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from gpufleet import auth, tls
+from gpufleet.v1 import agent_pb2 as apb
 from gpufleet.v1 import coordinator_pb2 as cpb
 from gpufleet.v1 import coordinator_pb2_grpc
 from gpufleet.web.live import Poller
@@ -175,6 +176,25 @@ def create_app(coordinator: str, tls_ca: str = "", tls_cert: str = "", tls_key: 
     @app.get("/api/jobs/{job_id}/metrics")
     def job_metrics(job_id: str, s: Stub) -> dict[str, Any]:
         return call(s.GetJobMetrics, cpb.JobRef(job_id=job_id))
+
+    @app.get("/api/jobs/{job_id}/logs", response_class=StreamingResponse)
+    def job_logs(job_id: str, s: Stub, follow: bool = False,
+                 tail: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> StreamingResponse:
+        """The job's output, proxied from its agent; `follow` streams until the job ends."""
+        chunks = s.StreamJobLogs(apb.StreamLogsRequest(job_id=job_id, follow=follow, tail_lines=tail),
+                                 timeout=None if follow else TIMEOUT)
+        first = next(chunks, None)  # the first read raises a refusal while a status can still be sent
+
+        def rest() -> Iterator[bytes]:
+            if first is not None:
+                yield first.data
+            try:
+                for c in chunks:
+                    yield c.data
+            except grpc.RpcError:
+                return  # the stream broke after the headers went out: end the body
+
+        return StreamingResponse(rest(), media_type="text/plain; charset=utf-8")
 
     @app.get("/api/nodes")
     def list_nodes(s: Stub) -> dict[str, Any]:

@@ -71,6 +71,9 @@ def test_train_then_test_at_best_epoch_over_http(api: tuple[TestClient, Any]) ->
     assert job["status_name"] == "SUCCESS" and job["node"] == agent.node_name
     rows = client.get(f"/api/jobs/{job_id}/metrics").json()["rows"]
     assert {r["split"] for r in rows} >= {"train", "val"}
+    log = client.get(f"/api/jobs/{job_id}/logs")
+    assert log.status_code == 200 and log.text
+    assert client.get("/api/jobs/0123456789abcdef/logs").status_code in (404, 422)
     jobs = client.get("/api/jobs", params={"model": m["uuid"]}).json()
     assert jobs["totalElements"] == 1 and jobs["content"][0]["job_id"] == job_id
     r = client.post(f"/api/models/{m['uuid']}/test", params={"epoch": m["best_epoch"]})
