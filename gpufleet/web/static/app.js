@@ -96,7 +96,7 @@ async function nodesView() {
     ${role === "admin" ? `<button data-node="${esc(n.name)}" data-op="drain">drain</button><button data-node="${esc(n.name)}" data-op="undrain">undrain</button>` : ""}</h3>
     <p>${esc(Object.entries(n.labels || {}).map(([k, v]) => k + "=" + v).join(" "))}</p>
     <table><tr><th>GPU</th><th>name</th><th>util %</th><th>memory</th><th>temp °C</th><th>power W</th><th>health</th><th>job</th></tr>
-    ${(n.gpus || []).map((g) => `<tr><td>${esc(g.index)}</td><td>${esc(g.name)}</td><td>${esc(g.utilization_gpu ?? 0)}</td>
+    ${(n.gpus || []).map((g) => `<tr><td>${esc(g.index ?? 0)}</td><td>${esc(g.name)}</td><td>${esc(g.utilization_gpu ?? 0)}</td>
       <td>${esc(Math.round((g.memory_used_bytes || 0) / 2 ** 20))} / ${esc(Math.round((g.memory_total_bytes || 0) / 2 ** 20))} MiB</td><td>${esc(g.temperature_c)}</td><td>${esc(g.power_w)}</td>
       <td>${esc(g.healthy ? "ok" : "unhealthy " + (g.health_reason || ""))}</td><td>${esc(g.assigned_job_id)}</td></tr>`).join("")}</table>`).join("");
 }
