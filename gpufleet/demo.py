@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -41,7 +42,7 @@ def _wait(what: str, fn, timeout: float, logs: list[Path]):  # type: ignore[no-u
             r = fn()
             if r:
                 return r
-        except grpc.RpcError:
+        except (grpc.RpcError, OSError):  # OSError: the console not listening yet
             pass
         time.sleep(0.2)
     tails = "\n".join(f"--- {p}:\n" + "\n".join(p.read_text(errors="replace").splitlines()[-15:])
@@ -101,6 +102,12 @@ def run_demo(out: Console, *, keep: bool, epochs: int, epoch_seconds: float, sta
             return 1
         _report(out, stub, m, train_job)
         if keep:
+            waddr = f"127.0.0.1:{_port()}"
+            spawn(["gpufleet.web.main", "--coordinator", caddr, "--listen", waddr], root / "web.log")
+            # Loopback plaintext: the coordinator runs without tokens, so the console needs no sign-in.
+            _wait("the console", lambda: urllib.request.urlopen(f"http://{waddr}/api/nodes", timeout=2).status
+                  == 200, 60, [root / "web.log"])
+            out.print(f"  console  http://{waddr}/")
             out.print("\nThe services keep running. Talk to them with:")
             out.print(f"  export GPUFLEET_COORDINATOR={caddr}")
             out.print("  gpufleet models list; gpufleet nodes show demo-node; gpufleet jobs list")
