@@ -43,7 +43,7 @@ def spec_from_pb(s: pb.JobSpec) -> JobSpec:
         mounts=[MountSpec(m.source, m.target) for m in s.mounts], total_epoch=s.total_epoch,
         val_interval=s.val_interval, params_json=s.params_json, job_type=job_type,
         shm_size_bytes=s.shm_size_bytes, cpu_millis=s.resources.cpu_millis,
-        memory_bytes=s.resources.memory_bytes, workdir=s.workdir, user=s.user,
+        memory_bytes=s.resources.memory_bytes, workdir=s.workdir, user=s.user, dataset=s.dataset,
     )
 
 
@@ -54,7 +54,7 @@ def spec_to_pb(s: JobSpec) -> pb.JobSpec:
         val_interval=s.val_interval, params_json=s.params_json,
         job_type=_JOB_TYPES_PB.get(s.job_type, pb.JOB_TYPE_UNSPECIFIED), shm_size_bytes=s.shm_size_bytes,
         resources=pb.Resources(cpu_millis=s.cpu_millis, memory_bytes=s.memory_bytes),
-        workdir=s.workdir, user=s.user,
+        workdir=s.workdir, user=s.user, dataset=s.dataset,
     )
 
 

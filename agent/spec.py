@@ -20,6 +20,8 @@ from gpufleet.errors import InvalidArgument
 from gpufleet.paths import relative_under
 
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+DATASET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # staging's stage id
+DATASET_TARGET = "/dataset"
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")
 # Docker image references: [registry[:port]/]name[:tag][@digest], lower-case path components.
 IMAGE_RE = re.compile(
@@ -57,6 +59,7 @@ class JobSpec:
     memory_bytes: int = 0
     workdir: str = ""
     user: str = ""
+    dataset: str = ""  # stage id: <data-root>/tmp/<dataset> handed to the job read-only
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,6 +138,9 @@ def check_portable(spec: JobSpec, runtime: str = "") -> None:
         _check_text(v, f"spec.env[{k!r}]", MAX_ENV_VALUE)
         _check_exec_string(f"{k}={v}", f"spec.env[{k!r}]")
     _check_relative(spec.output_dir, "spec.output_dir")
+    if spec.dataset and not DATASET_RE.fullmatch(spec.dataset):
+        raise InvalidArgument("spec.dataset",
+                              f"must be a stage id matching {DATASET_RE.pattern}: {spec.dataset[:80]!r}")
     for i, m in enumerate(spec.mounts):
         _check_relative(m.source, f"spec.mounts[{i}].source")
         target = m.target or "/data/" + m.source.strip("/")
@@ -217,6 +223,7 @@ def validate(
         if not exists:
             raise InvalidArgument(f"spec.mounts[{i}].source", f"{m.source!r} does not exist under the data root")
         mounts.append((src, target))
+    dataset_dir = _staged_dataset(roots.data_root, spec.dataset)
     if spec.workdir:
         if runtime == "process":
             relative_under(output_dir, spec.workdir, "spec.workdir")
@@ -244,6 +251,13 @@ def validate(
         "GPUFLEET_JOB_TYPE": spec.job_type or "TRAIN",
         "GPUFLEET_TOTAL_EPOCH": str(spec.total_epoch),
     })
+    if dataset_dir is not None:
+        if runtime == "docker":
+            if all(t != DATASET_TARGET for _, t in mounts):
+                mounts.append((dataset_dir, DATASET_TARGET))
+            env["GPUFLEET_DATASET_DIR"] = DATASET_TARGET
+        else:
+            env["GPUFLEET_DATASET_DIR"] = str(dataset_dir)
     return LaunchPlan(
         job_id=job_id,
         attempt=attempt,
@@ -262,3 +276,17 @@ def validate(
         user=spec.user,
         log_max_bytes=log_max_bytes,
     )
+
+
+def _staged_dataset(data_root: Path, dataset: str) -> Path | None:
+    """<data-root>/tmp/<dataset> when it was staged on this node (a real folder), else None."""
+    if not dataset:
+        return None
+    folder = data_root / "tmp" / dataset
+    try:
+        if folder.is_symlink() or not folder.is_dir():
+            return None
+        resolved = folder.resolve()
+    except OSError:
+        return None
+    return resolved if resolved.parent == (data_root / "tmp").resolve() else None
