@@ -199,6 +199,7 @@ def validate(
     real_gpus: bool,
     base_env: dict[str, str],
     log_max_bytes: int,
+    gpu_uuids: dict[int, str] | None = None,
 ) -> LaunchPlan:
     """Check a launch request and resolve it into a LaunchPlan. Creates nothing."""
     check_job_id(job_id)
@@ -236,14 +237,24 @@ def validate(
             raise InvalidArgument("gpu_indices", f"GPU {idx} does not exist on this host (have {sorted(known_gpus)})")
 
     visible = ",".join(str(i) for i in gpu_indices)
+    uuids = [(gpu_uuids or {}).get(i, "") for i in gpu_indices]
+    by_uuid = real_gpus and bool(gpu_indices) and all(uuids)
     # Inside a container that got real GPUs through a device request they are renumbered 0..n-1.
     cuda = ",".join(str(i) for i in range(len(gpu_indices))) if runtime == "docker" and real_gpus else visible
+    if by_uuid:
+        # By identity (issue 15): CUDA numbers devices fastest-first, NVML by PCI bus, so an index
+        # can name another GPU on a mixed host; a UUID cannot (in a container too: the device
+        # request passes the same UUIDs).
+        cuda = visible = ",".join(uuids)
     # A container keeps its image's PATH/HOME: only process jobs start from the agent's base env.
     env = dict(base_env) if runtime == "process" else {}
     env.update(spec.env)
     env.update({
         "CUDA_VISIBLE_DEVICES": cuda,
         "NVIDIA_VISIBLE_DEVICES": visible if visible else "void",
+        # Where a job still numbers devices itself: the same order as NVML and nvidia-smi.
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+        "GPUFLEET_GPU_UUIDS": ",".join(u for u in uuids if u),
         "GPUFLEET_JOB_ID": job_id,
         "GPUFLEET_ATTEMPT": str(attempt),
         "GPUFLEET_OUTPUT_DIR": str(output_dir) if runtime == "process" else "/output",

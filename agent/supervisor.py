@@ -179,6 +179,7 @@ class Supervisor:
                 job_id, attempt, spec, gpu_indices, runtime=self.runtime.name, roots=self.roots,
                 known_gpus={s.index for s in samples}, real_gpus=self.gpus.source.real,
                 base_env=self.base_env, log_max_bytes=self.log_max_bytes,
+                gpu_uuids={s.index: s.uuid for s in samples},
             )
             unhealthy = [s for s in samples if s.index in gpu_indices and not s.healthy]
             if unhealthy:
@@ -234,6 +235,7 @@ class Supervisor:
                     job.job_id, job.attempt, JobSpec.from_dict(job.spec), job.gpu_indices,
                     runtime=self.runtime.name, roots=self.roots, known_gpus={s.index for s in samples},
                     real_gpus=self.gpus.source.real, base_env=self.base_env, log_max_bytes=self.log_max_bytes,
+                    gpu_uuids={s.index: s.uuid for s in samples},
                 )
                 plan.output_dir.mkdir(parents=True, exist_ok=True)
             except (InvalidArgument, FailedPrecondition, OSError) as exc:
