@@ -120,7 +120,6 @@ def run(argv: list[str] | None = None) -> int:
     sup = Supervisor(store, runtime, monitor, roots, base_env=base_env(), poll_interval=opts.poll_interval,
                      log_max_bytes=opts.log_max_bytes)
     sup.restore()
-    monitor.held = lambda: set(sup.held_gpus())  # fake GPUs read idle unless a job holds them
 
     registry = new_registry()
     registry.register(AgentCollector(sup, monitor, node_name))

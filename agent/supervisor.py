@@ -73,6 +73,7 @@ class Supervisor:
         self.store = store
         self.runtime = runtime
         self.gpus = gpus
+        gpus.held = lambda: set(self.held_gpus())  # fake GPUs read idle unless a job holds them
         self.roots = roots
         self.base_env = base_env or {}
         self.poll_interval = poll_interval
