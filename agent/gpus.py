@@ -25,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from gpufleet.agent.exclusivity import GpuProcess, Owner, fake_processes, judge
+
 from gpufleet.errors import FailedPrecondition, InvalidArgument, NotFound
 from gpufleet.log import event
 
@@ -76,6 +78,8 @@ class GpuSample:
     ecc_errors: int
     healthy: bool
     health_reason: str = ""
+    # Compute processes on the GPU (NVML, or the fake-control file); attributed by exclusivity.judge.
+    processes: tuple[GpuProcess, ...] = ()
 
 
 class GpuSource(Protocol):
@@ -215,6 +219,7 @@ class FakeGpus:
             ecc_errors=0,
             healthy=gpu.healthy,
             health_reason=gpu.reason,
+            processes=fake_processes(index),
         )
 
     def sample(self) -> list[GpuSample]:
@@ -399,6 +404,8 @@ class NvmlGpus:
         limit_mw = field("power limit", lambda: nvml.nvmlDeviceGetEnforcedPowerLimit(h))
         ecc = field("ecc", lambda: nvml.nvmlDeviceGetTotalEccErrors(
             h, nvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, nvml.NVML_VOLATILE_ECC))
+        list_procs = getattr(nvml, "nvmlDeviceGetComputeRunningProcesses", None)  # absent in old pynvml
+        procs = field("processes", lambda: list_procs(h)) if list_procs is not None else None
         ecc_errors = int(ecc or 0)
         if ecc is not None:
             # The first reading is the baseline: an agent restart must not re-flag old errors.
@@ -423,6 +430,8 @@ class NvmlGpus:
             ecc_errors=ecc_errors,
             healthy=not reason,
             health_reason=reason,
+            processes=tuple(GpuProcess(int(p.pid), int(getattr(p, "usedGpuMemory", 0) or 0))
+                            for p in procs or ()),
         )
 
     def sample(self) -> list[GpuSample]:
@@ -516,6 +525,8 @@ class GpuMonitor:
         self.samples_taken = 0
         # Which GPU indices jobs hold now (the supervisor's assignments); fake GPUs show load there.
         self.held: Callable[[], set[int]] | None = None
+        # The live jobs that may own GPU processes (the supervisor's records), for exclusivity.
+        self.owners: Callable[[], list[Owner]] | None = None
 
     def start(self) -> None:
         """Take a first sample here (so readers find one), then sample on a daemon thread."""
@@ -550,6 +561,8 @@ class GpuMonitor:
                     event(log, "gpu.held_unknown", logging.WARNING, error=f"{type(exc).__name__}: {exc}")
             try:
                 samples = sorted(self.source.sample(), key=lambda s: s.index)
+                if self.owners is not None and any(s.processes for s in samples):
+                    samples = judge(samples, self.owners())
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 if error != self.last_error:

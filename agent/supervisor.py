@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from gpufleet.agent import exclusivity
 from gpufleet.agent import probe as probe_mod
 from gpufleet.agent.gpus import GpuMonitor
 from gpufleet.agent.progress import ProgressState, ProgressTracker
@@ -74,6 +75,7 @@ class Supervisor:
         self.runtime = runtime
         self.gpus = gpus
         gpus.held = lambda: set(self.held_gpus())  # fake GPUs read idle unless a job holds them
+        gpus.owners = lambda: exclusivity.owners_from(self.jobs())  # who may own GPU processes
         self.roots = roots
         self.base_env = base_env or {}
         self.poll_interval = poll_interval
