@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from gpufleet.agent.accounting import Accounting
 from gpufleet.agent.exclusivity import GpuProcess, Owner, fake_processes, judge
 
 from gpufleet.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -524,7 +525,9 @@ class GpuMonitor:
         self.last_success = 0.0
         self.samples_taken = 0
         # Which GPU indices jobs hold now (the supervisor's assignments); fake GPUs show load there.
-        self.held: Callable[[], set[int]] | None = None
+        # (A dict of index -> job id also names the jobs, for per-job GPU accounting.)
+        self.held: Callable[[], set[int] | dict[int, str]] | None = None
+        self.accounting = Accounting()
         # The live jobs that may own GPU processes (the supervisor's records), for exclusivity.
         self.owners: Callable[[], list[Owner]] | None = None
 
@@ -554,9 +557,13 @@ class GpuMonitor:
     def _sample(self) -> list[GpuSample]:
         with self._sampling:
             set_held = getattr(self.source, "set_held", None)
-            if self.held is not None and set_held is not None:
+            holders: dict[int, str] = {}
+            if self.held is not None:
                 try:
-                    set_held(self.held())
+                    held = self.held()
+                    holders = dict(held) if isinstance(held, dict) else dict.fromkeys(held, "")
+                    if set_held is not None:
+                        set_held(set(holders))
                 except Exception as exc:  # noqa: BLE001 - a load picture must not stop sampling
                     event(log, "gpu.held_unknown", logging.WARNING, error=f"{type(exc).__name__}: {exc}")
             try:
@@ -571,6 +578,7 @@ class GpuMonitor:
                 raise
             with self._lock:
                 self._samples, self._sampled_at, self._ever = samples, self._clock(), True
+            self.accounting.add(samples, holders, self._monotonic())
             if self.last_error:
                 event(log, "gpu.sample_recovered", previous_error=self.last_error)
             self.last_error = ""

@@ -74,7 +74,7 @@ class Supervisor:
         self.store = store
         self.runtime = runtime
         self.gpus = gpus
-        gpus.held = lambda: set(self.held_gpus())  # fake GPUs read idle unless a job holds them
+        gpus.held = self.held_gpus  # fake GPUs read idle unless a job holds them; per-job accounting
         gpus.owners = lambda: exclusivity.owners_from(self.jobs())  # who may own GPU processes
         self.roots = roots
         self.base_env = base_env or {}
