@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -116,9 +117,13 @@ def test_a_concurrent_reader_never_sees_a_half_extracted_folder(root: Path) -> N
     t = threading.Thread(target=reader)
     t.start()
     try:
-        for v in range(6):
+        # At least 6 swaps, and on until the reader had its turns (a loaded machine may starve it).
+        deadline = time.monotonic() + 120
+        v = 0
+        while v < 6 or (len(seen) < 10 and time.monotonic() < deadline):
             make_zip(z, versions[(v + 1) % 2])
             stage_dataset(root, "u1", [link])
+            v += 1
     finally:
         stop.set()
         t.join(timeout=60)
