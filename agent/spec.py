@@ -21,6 +21,8 @@ from gpufleet.jobspec import MountSpec as MountSpec
 from gpufleet.jobspec import check_attempt, check_job_id, check_portable
 from gpufleet.paths import relative_under
 
+DATASET_TARGET = "/dataset"
+
 
 @dataclass(frozen=True)
 class Roots:
@@ -41,6 +43,7 @@ def validate(
     real_gpus: bool,
     base_env: dict[str, str],
     log_max_bytes: int,
+    gpu_uuids: dict[int, str] | None = None,
 ) -> LaunchPlan:
     """Check a launch request and resolve it into a LaunchPlan. Creates nothing."""
     check_job_id(job_id)
@@ -65,6 +68,7 @@ def validate(
         if not exists:
             raise InvalidArgument(f"spec.mounts[{i}].source", f"{m.source!r} does not exist under the data root")
         mounts.append((src, target))
+    dataset_dir = _staged_dataset(roots.data_root, spec.dataset)
     if spec.workdir:
         if runtime == "process":
             relative_under(output_dir, spec.workdir, "spec.workdir")
@@ -77,14 +81,24 @@ def validate(
             raise InvalidArgument("gpu_indices", f"GPU {idx} does not exist on this host (have {sorted(known_gpus)})")
 
     visible = ",".join(str(i) for i in gpu_indices)
+    uuids = [(gpu_uuids or {}).get(i, "") for i in gpu_indices]
+    by_uuid = real_gpus and bool(gpu_indices) and all(uuids)
     # Inside a container that got real GPUs through a device request they are renumbered 0..n-1.
     cuda = ",".join(str(i) for i in range(len(gpu_indices))) if runtime == "docker" and real_gpus else visible
+    if by_uuid:
+        # By identity (issue 15): CUDA numbers devices fastest-first, NVML by PCI bus, so an index
+        # can name another GPU on a mixed host; a UUID cannot (in a container too: the device
+        # request passes the same UUIDs).
+        cuda = visible = ",".join(uuids)
     # A container keeps its image's PATH/HOME: only process jobs start from the agent's base env.
     env = dict(base_env) if runtime == "process" else {}
     env.update(spec.env)
     env.update({
         "CUDA_VISIBLE_DEVICES": cuda,
         "NVIDIA_VISIBLE_DEVICES": visible if visible else "void",
+        # Where a job still numbers devices itself: the same order as NVML and nvidia-smi.
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+        "GPUFLEET_GPU_UUIDS": ",".join(u for u in uuids if u),
         "GPUFLEET_JOB_ID": job_id,
         "GPUFLEET_ATTEMPT": str(attempt),
         "GPUFLEET_OUTPUT_DIR": str(output_dir) if runtime == "process" else "/output",
@@ -92,6 +106,13 @@ def validate(
         "GPUFLEET_JOB_TYPE": spec.job_type or "TRAIN",
         "GPUFLEET_TOTAL_EPOCH": str(spec.total_epoch),
     })
+    if dataset_dir is not None:
+        if runtime == "docker":
+            if all(t != DATASET_TARGET for _, t in mounts):
+                mounts.append((dataset_dir, DATASET_TARGET))
+            env["GPUFLEET_DATASET_DIR"] = DATASET_TARGET
+        else:
+            env["GPUFLEET_DATASET_DIR"] = str(dataset_dir)
     return LaunchPlan(
         job_id=job_id,
         attempt=attempt,
@@ -110,3 +131,17 @@ def validate(
         user=spec.user,
         log_max_bytes=log_max_bytes,
     )
+
+
+def _staged_dataset(data_root: Path, dataset: str) -> Path | None:
+    """<data-root>/tmp/<dataset> when it was staged on this node (a real folder), else None."""
+    if not dataset:
+        return None
+    folder = data_root / "tmp" / dataset
+    try:
+        if folder.is_symlink() or not folder.is_dir():
+            return None
+        resolved = folder.resolve()
+    except OSError:
+        return None
+    return resolved if resolved.parent == (data_root / "tmp").resolve() else None

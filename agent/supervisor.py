@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from gpufleet.agent import exclusivity
 from gpufleet.agent import probe as probe_mod
 from gpufleet.agent.exits import ExitWatcher
 from gpufleet.agent.gpus import GpuMonitor
@@ -74,6 +75,8 @@ class Supervisor:
         self.store = store
         self.runtime = runtime
         self.gpus = gpus
+        gpus.held = self.held_gpus  # fake GPUs read idle unless a job holds them; per-job accounting
+        gpus.owners = lambda: exclusivity.owners_from(self.jobs())  # who may own GPU processes
         self.roots = roots
         self.base_env = base_env or {}
         self.poll_interval = poll_interval
@@ -186,6 +189,7 @@ class Supervisor:
                 job_id, attempt, spec, gpu_indices, runtime=self.runtime.name, roots=self.roots,
                 known_gpus={s.index for s in samples}, real_gpus=self.gpus.source.real,
                 base_env=self.base_env, log_max_bytes=self.log_max_bytes,
+                gpu_uuids={s.index: s.uuid for s in samples},
             )
             unhealthy = [s for s in samples if s.index in gpu_indices and not s.healthy]
             if unhealthy:
@@ -241,6 +245,7 @@ class Supervisor:
                     job.job_id, job.attempt, JobSpec.from_dict(job.spec), job.gpu_indices,
                     runtime=self.runtime.name, roots=self.roots, known_gpus={s.index for s in samples},
                     real_gpus=self.gpus.source.real, base_env=self.base_env, log_max_bytes=self.log_max_bytes,
+                    gpu_uuids={s.index: s.uuid for s in samples},
                 )
                 plan.output_dir.mkdir(parents=True, exist_ok=True)
             except (InvalidArgument, FailedPrecondition, OSError) as exc:

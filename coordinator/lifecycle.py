@@ -173,6 +173,8 @@ class Lifecycle:
         spec["job_type"] = job_type.value
         # Each training run from scratch gets its own folder; resume and test reuse it.
         spec["output_dir"] = output_dir or f"{spec.get('output_dir') or 'models'}/{model.uuid}/{job_id}"
+        if not spec.get("dataset") and repo.get_dataset_counts(conn, model.uuid):
+            spec["dataset"] = model.uuid  # staged with StageDataset: handed to the job (agent/spec.py)
         return repo.create_job(conn, spec=spec, gpus=model.gpus, priority=model.priority,
                                constraints=model.constraints, max_retries=model.max_retries,
                                resume_on_retry=job_type is JobType.TRAIN, name=f"{model.model_no}-{job_type.value}",

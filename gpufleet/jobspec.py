@@ -25,6 +25,7 @@ IMAGE_RE = re.compile(
     r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
 )
+DATASET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # staging's stage id
 USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,31})?$")
 MAX_ARGS = 4096
 MAX_ARG_LEN = 128 * 1024
@@ -56,6 +57,7 @@ class JobSpec:
     memory_bytes: int = 0
     workdir: str = ""
     user: str = ""
+    dataset: str = ""  # stage id: <data-root>/tmp/<dataset> handed to the job read-only
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,6 +102,9 @@ def check_portable(spec: JobSpec, runtime: str = "") -> None:
 
     `runtime` "" means "not known yet": an image or a command must be given.
     """
+    if spec.dataset and not DATASET_RE.fullmatch(spec.dataset):
+        raise InvalidArgument("spec.dataset",
+                              f"must be a stage id matching {DATASET_RE.pattern}: {spec.dataset[:80]!r}")
     if runtime == "docker" or (runtime == "" and spec.image):
         if not spec.image:
             raise InvalidArgument("spec.image", "is required by the docker runtime")
@@ -192,7 +197,7 @@ def spec_from_pb(s: pb.JobSpec) -> JobSpec:
         mounts=[MountSpec(m.source, m.target) for m in s.mounts], total_epoch=s.total_epoch,
         val_interval=s.val_interval, params_json=s.params_json, job_type=job_type,
         shm_size_bytes=s.shm_size_bytes, cpu_millis=s.resources.cpu_millis,
-        memory_bytes=s.resources.memory_bytes, workdir=s.workdir, user=s.user,
+        memory_bytes=s.resources.memory_bytes, workdir=s.workdir, user=s.user, dataset=s.dataset,
     )
 
 
@@ -203,5 +208,5 @@ def spec_to_pb(s: JobSpec) -> pb.JobSpec:
         val_interval=s.val_interval, params_json=s.params_json,
         job_type=job_type_to_pb(s.job_type), shm_size_bytes=s.shm_size_bytes,  # type: ignore[arg-type]
         resources=pb.Resources(cpu_millis=s.cpu_millis, memory_bytes=s.memory_bytes),
-        workdir=s.workdir, user=s.user,
+        workdir=s.workdir, user=s.user, dataset=s.dataset,
     )

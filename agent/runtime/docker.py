@@ -317,7 +317,7 @@ class DockerRuntime:
         device_requests = None
         if plan.real_gpus and plan.gpu_indices:
             device_requests = [
-                DeviceRequest(device_ids=[str(i) for i in plan.gpu_indices], capabilities=[["gpu"]])
+                DeviceRequest(device_ids=_device_ids(plan), capabilities=[["gpu"]])
             ]
         # plan.log_max_bytes is the per-job rotation size the supervisor chose; the
         # constructor's value is the fallback when a plan leaves it at 0.
@@ -586,3 +586,9 @@ class DockerRuntime:
             with contextlib.suppress(Exception):
                 self._events.close()
         self.client.close()
+
+
+def _device_ids(plan: LaunchPlan) -> list[str]:
+    """The GPUs to request by UUID (their identity) when the plan knows them all, else by index."""
+    uuids = [u for u in plan.env.get("GPUFLEET_GPU_UUIDS", "").split(",") if u]
+    return uuids if len(uuids) == len(plan.gpu_indices) else [str(i) for i in plan.gpu_indices]

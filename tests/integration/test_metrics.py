@@ -130,7 +130,14 @@ def test_in_process_scrape_shows_dcgm_gauges_with_the_job_on_its_gpu(inproc: InP
         assert held[0]["modelName"] == "Fake GPU"
         free = [lab for _, lab, _ in series if lab["gpu"] != "1"]
         assert all(lab["job_id"] == "" and lab["attempt"] == "" for lab in free)
-    used = values(m, "DCGM_FI_DEV_FB_USED", gpu="1")[0]
+    # Fake GPUs show load from the first sample after a job holds them (issue 15: idle reads idle).
+    used = wait_for(lambda: values(scrape(inproc.metrics_port), "DCGM_FI_DEV_FB_USED", gpu="1")[0] or None,
+                    what="load on the held fake GPU")
+    assert values(m, "DCGM_FI_DEV_FB_USED", gpu="0") == [0.0]
+    # Per-job GPU accounting (issue 15) and the exclusivity counts are in the same scrape.
+    wait_for(lambda: (v := values(scrape(inproc.metrics_port), "gpufleet_job_gpu_seconds", job_id="metrics-job"))
+             and v[0] > 0, what="GPU-seconds of the running job")
+    assert values(m, "gpufleet_gpu_processes", gpu="0", kind="foreign") == [0.0]
     assert 512 <= used <= 80 * 1024  # MiB of an 80 GiB fake GPU
     assert values(m, "gpufleet_agent_runtime_up") == [1.0]
     assert values(m, "gpufleet_agent_last_tick_age_seconds")[0] < 10
