@@ -11,7 +11,9 @@ import socket
 import time
 from pathlib import Path
 
+from gpufleet.agent import jobuser
 from gpufleet.agent.gpus import GpuMonitor, open_gpu_source
+from gpufleet.agent.jobuser import JobUser
 from gpufleet.agent.metrics import AgentCollector
 from gpufleet.agent.runtime.base import Runtime
 from gpufleet.agent.service import AgentService, add_to_server
@@ -43,6 +45,10 @@ OPTIONS = [
     config.Option("docker-host", "", "Docker engine URL (default: DOCKER_HOST or the local socket)"),
     config.Option("container-user", "", "user (name or uid:gid) containers run as unless the spec names one "
                   "(default: the image's user)"),
+    config.Option("job-user", "gpufleet-job", "local account process-runtime jobs run as (name, uid or uid:gid); "
+                  "never root unless --allow-root-jobs"),
+    config.Option("allow-root-jobs", False, "let process-runtime jobs run as root (only if every job on this node "
+                  "is trusted)", bool),
     config.Option("gpus", "auto", "auto (NVML when present, else none), none, nvml, or fake:N"),
     config.Option("gpu-sample-interval", 5.0, "seconds between GPU samples", float),
     config.Option("output-root", "/var/lib/gpufleet/output", "the only host folder jobs may write to"),
@@ -63,14 +69,15 @@ OPTIONS = [
 ]
 
 
-def choose_runtime(name: str, state_dir: Path, node_name: str, docker_host: str, container_user: str = "") -> Runtime:
+def choose_runtime(name: str, state_dir: Path, node_name: str, docker_host: str, container_user: str = "",
+                   job_user: JobUser | None = None, output_root: Path | None = None) -> Runtime:
     from gpufleet.agent.runtime.process import ProcessRuntime
 
     if name not in ("auto", "docker", "process"):
         raise InvalidArgument("--runtime", f"must be docker, process or auto, got {name!r}")
     jobs_root = state_dir / "jobs"
     if name == "process":
-        return ProcessRuntime(jobs_root)
+        return ProcessRuntime(jobs_root, job_user, output_root)
     from gpufleet.agent.runtime.docker import DockerRuntime
 
     url = docker_host or None
@@ -79,7 +86,7 @@ def choose_runtime(name: str, state_dir: Path, node_name: str, docker_host: str,
     if name == "docker":
         raise InvalidArgument("--runtime", "docker was asked for but no Docker engine answers")
     log.info("runtime.auto", extra={"fields": {"chosen": "process", "why": "no Docker engine answers"}})
-    return ProcessRuntime(jobs_root)
+    return ProcessRuntime(jobs_root, job_user, output_root)
 
 
 def base_env() -> dict[str, str]:
@@ -100,8 +107,12 @@ def run(argv: list[str] | None = None) -> int:
     check_listen_security(opts.listen, opts.insecure, tls)
     state_dir = config.state_path(opts.state_dir)
     roots = Roots(config.state_path(opts.output_root), config.state_path(opts.data_root), state_dir / "jobs")
+    # Refuses root and a missing account (a docker-only node never runs host processes).
+    job_user = None if opts.runtime == "docker" else jobuser.for_agent(opts.job_user, opts.allow_root_jobs)
     for p in (state_dir, roots.output_root, roots.data_root, roots.jobs_root):
         p.mkdir(parents=True, exist_ok=True)
+    for p in (state_dir, roots.jobs_root):
+        os.chmod(p, 0o700)  # the agent's files (database, job records, logs): no one else's business
     node_name = opts.node_name or socket.gethostname()
     if tls:
         # The coordinator accepts heartbeats only for the name in the agent's certificate.
@@ -116,7 +127,10 @@ def run(argv: list[str] | None = None) -> int:
     store = Store(state_dir / "agent.db")
     monitor = GpuMonitor(open_gpu_source(opts.gpus), interval=opts.gpu_sample_interval)
     monitor.start()
-    runtime = choose_runtime(opts.runtime, state_dir, node_name, opts.docker_host, opts.container_user)
+    runtime = choose_runtime(opts.runtime, state_dir, node_name, opts.docker_host, opts.container_user,
+                             job_user, roots.output_root)
+    if runtime.name == "process" and job_user is not None:
+        flog.event(log, "agent.job_user", user=job_user.name, uid=job_user.uid, gid=job_user.gid)
     sup = Supervisor(store, runtime, monitor, roots, base_env=base_env(), poll_interval=opts.poll_interval,
                      log_max_bytes=opts.log_max_bytes)
     sup.restore()
