@@ -37,7 +37,8 @@ _have_openat2: bool | None = None
 
 def _openat2(dirfd: int, rel: str, flags: int, mode: int) -> int:
     # openat2 refuses a mode without O_CREAT/O_TMPFILE (EINVAL).
-    mode = mode if flags & (os.O_CREAT | getattr(os, "O_TMPFILE", 0)) else 0
+    tmpfile = getattr(os, "O_TMPFILE", 0)  # includes O_DIRECTORY's bit: compare the whole mask
+    mode = mode if flags & os.O_CREAT or (tmpfile and flags & tmpfile == tmpfile) else 0
     how = _OpenHow(flags | os.O_CLOEXEC, mode, _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS)
     fd = _libc.syscall(_SYS_OPENAT2, dirfd, os.fsencode(rel), ctypes.byref(how), ctypes.sizeof(how))
     if fd < 0:
