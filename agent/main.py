@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from gpufleet.agent import jobuser
+from gpufleet.agent.control import LocalControl, write_secret
 from gpufleet.agent.gpus import GpuMonitor, open_gpu_source
 from gpufleet.agent.jobuser import JobUser
 from gpufleet.agent.metrics import AgentCollector
@@ -137,12 +138,17 @@ def run(argv: list[str] | None = None) -> int:
 
     registry = new_registry()
     registry.register(AgentCollector(sup, monitor, node_name))
-    server, hs = build_server(interceptors=[RpcMetricsInterceptor(registry), *auth.interceptors_for_agent(tls)])
+    # Plaintext (loopback or --insecure): only root, the agent's user or the secret's holder controls it.
+    local_control = None if tls else LocalControl(write_secret(state_dir), allow_remote=opts.insecure)
+    server, hs = build_server(interceptors=[RpcMetricsInterceptor(registry), *auth.interceptors_for_agent(tls),
+                                            *([local_control] if local_control else [])])
     service = AgentService(sup, monitor, node_name)
     add_to_server(service, server)
     enable_reflection(server, [SERVICE])
     creds = fleet_tls.server_credentials(opts.tls_cert, opts.tls_key, opts.tls_ca) if tls else None
     port = bind(server, opts.listen, creds)
+    if local_control is not None:
+        local_control.server_port = port
     server.start()
     sup.start()
     set_health(hs, [SERVICE], True)
