@@ -104,6 +104,7 @@ class LocalControl(grpc.ServerInterceptor):
     """Agent calls over plaintext: local callers must be root or the agent's user, or hold the secret."""
 
     def __init__(self, secret: str, allow_remote: bool) -> None:
+        self.secret = secret
         self._secret = secret.encode()
         self.allow_remote = allow_remote
         self.server_port = 0  # set once bound
@@ -146,6 +147,35 @@ class LocalControl(grpc.ServerInterceptor):
                            f"<state-dir>/{SECRET_FILE}) or use mTLS", method=full)
 
         return auth._wrap(handler, check)
+
+
+class SecretInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Client side: every call carries the agent's control secret (the coordinator, `agent status`)."""
+
+    def __init__(self, secret: str) -> None:
+        self._md = (SECRET_HEADER, secret)
+
+    def _details(self, d: Any) -> Any:
+        md = [m for m in (d.metadata or ()) if m[0].lower() != SECRET_HEADER] + [self._md]
+        return auth._CallDetails(d.method, d.timeout, md, d.credentials, d.wait_for_ready, d.compression)
+
+    def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return continuation(self._details(client_call_details), request)
+
+    def __repr__(self) -> str:  # never print the secret
+        return "SecretInterceptor(<secret>)"
+
+
+def secret_from(metadata: Any) -> str:
+    """The control secret an agent sent with Register ("" when none)."""
+    for key, value in metadata or ():
+        if key.lower() == SECRET_HEADER:
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            return text.strip()[:256]
+    return ""
 
 
 def secret_metadata(state_dir: Path | str) -> list[tuple[str, str]]:

@@ -164,7 +164,8 @@ def run(argv: list[str] | None = None) -> int:
 
         dial_creds = fleet_tls.channel_credentials(opts.tls_ca, opts.tls_cert, opts.tls_key) if tls else None
         registrar = Registrar(opts.coordinator, service, advertise=opts.advertise or f"{host}:{port}",
-                              labels=opts.labels, credentials=dial_creds)
+                              labels=opts.labels, credentials=dial_creds,
+                              control_secret=local_control.secret if local_control else "")
         registrar.start()
 
     serve_until_signalled(

@@ -116,7 +116,7 @@ def run(argv: list[str] | None = None) -> int:
     registry = new_registry()
     registry.register(CoordinatorCollector(engine, scheduler, reconciler, fleet))
     server, hs = build_server(interceptors=[RpcMetricsInterceptor(registry), *auth_interceptors])
-    add_to_server(CoordinatorService(engine, life, agents), FleetService(fleet), server)
+    add_to_server(CoordinatorService(engine, life, agents), FleetService(fleet, agents), server)
     enable_reflection(server, SERVICES)
     creds = fleet_tls.server_credentials(opts.tls_cert, opts.tls_key, opts.tls_ca) if tls else None
     port = bind(server, opts.listen, creds)

@@ -5,6 +5,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
+from gpufleet.agent.control import secret_from
 from gpufleet.coordinator import convert
 from gpufleet.coordinator.agents import AgentPool
 from gpufleet.coordinator.db import repo
@@ -219,14 +220,17 @@ def _tail(data: bytes, lines: int) -> bytes:
 
 
 class FleetService(coordinator_pb2_grpc.FleetServicer):
-    def __init__(self, fleet: Fleet) -> None:
+    def __init__(self, fleet: Fleet, agents: AgentPool | None = None) -> None:
         self.fleet = fleet
+        self.agents = agents
 
     @rpc
     def Register(self, request: cpb.RegisterRequest, context: Any) -> cpb.RegisterResponse:
         interval = self.fleet.register(request.node_name, request.address, dict(request.labels),
                                        request.agent_version, request.runtime,
                                        [convert.gpu_from_pb(g) for g in request.gpus])
+        if self.agents is not None:  # a plaintext agent's control secret: used on every call to it
+            self.agents.remember_secret(request.address, secret_from(context.invocation_metadata()))
         return cpb.RegisterResponse(node_name=request.node_name, heartbeat_interval_seconds=interval)
 
     @rpc

@@ -77,3 +77,26 @@ def test_peer_addresses_parse() -> None:
     got = parse_peer("ipv6:[::ffff:127.0.0.1]:6000")
     assert got is not None and str(got[0]) == "127.0.0.1" and got[1] == 6000
     assert parse_peer("unix:/x") is None and parse_peer("ipv4:junk") is None
+
+
+POOL_CLIENT = textwrap.dedent("""
+    import json, sys
+    from gpufleet.coordinator.agents import AgentPool
+    addr, secret = sys.argv[1:3]
+    pool = AgentPool()
+    out = {"without": pool.list_live(addr) is not None}
+    pool.remember_secret(addr, secret)
+    out["with"] = pool.list_live(addr) is not None
+    pool.close()
+    print(json.dumps(out))
+""")
+
+
+def test_a_coordinator_that_is_not_root_uses_the_secret_the_agent_registered(agent: AgentProc) -> None:
+    """The agent sends its secret with Register; the coordinator's AgentPool puts it on every call."""
+    secret = (agent.state_dir / SECRET_FILE).read_text().strip()
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": os.pathsep.join(sys.path)}
+    r = subprocess.run([PY, "-c", POOL_CLIENT, agent.addr, secret], capture_output=True, text=True, timeout=120,
+                       user=65534, group=65534, extra_groups=[], env=env, cwd="/")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == {"without": False, "with": True}
