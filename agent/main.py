@@ -11,7 +11,7 @@ import socket
 import time
 from pathlib import Path
 
-from gpufleet.agent import jobuser
+from gpufleet.agent import jobuser, statecheck
 from gpufleet.agent.control import LocalControl, write_secret
 from gpufleet.agent.gpus import GpuMonitor, open_gpu_source
 from gpufleet.agent.jobuser import JobUser
@@ -19,10 +19,9 @@ from gpufleet.agent.metrics import AgentCollector
 from gpufleet.agent.runtime.base import Runtime
 from gpufleet.agent.service import AgentService, add_to_server
 from gpufleet.agent.spec import Roots
-from gpufleet.agent.store import Store
 from gpufleet.agent.supervisor import Supervisor
 
-from gpufleet import auth, config
+from gpufleet import auth, config, startup
 from gpufleet import log as flog
 from gpufleet import tls as fleet_tls
 from gpufleet.daemon import main_wrapper, serve_until_signalled, start_metrics, tune_for_latency
@@ -50,6 +49,8 @@ OPTIONS = [
                   "never root unless --allow-root-jobs"),
     config.Option("allow-root-jobs", False, "let process-runtime jobs run as root (only if every job on this node "
                   "is trusted)", bool),
+    config.Option("adopt", False, "start with a fresh store when agent.db is missing or corrupt, killing the "
+                  "jobs it cannot account for (otherwise the agent refuses to start)", bool),
     config.Option("gpus", "auto", "auto (NVML when present, else none), none, nvml, or fake:N"),
     config.Option("gpu-sample-interval", 5.0, "seconds between GPU samples", float),
     config.Option("output-root", "/var/lib/gpufleet/output", "the only host folder jobs may write to"),
@@ -101,10 +102,7 @@ def base_env() -> dict[str, str]:
 def run(argv: list[str] | None = None) -> int:
     opts = config.parse("gpufleet-agent", "gpufleet agent: runs jobs on this GPU host", OPTIONS, argv)
     flog.setup(opts.log_level)
-    tls = bool(opts.tls_cert and opts.tls_key)
-    if tls and not opts.tls_ca:
-        raise InvalidArgument("--tls-ca", "TLS on the agent is mutual: give the fleet CA, so that only the "
-                              "coordinator's certificate may call it")
+    tls = startup.check_tls_flags(opts.tls_cert, opts.tls_key, opts.tls_ca, "agent")
     check_listen_security(opts.listen, opts.insecure, tls)
     state_dir = config.state_path(opts.state_dir)
     roots = Roots(config.state_path(opts.output_root), config.state_path(opts.data_root), state_dir / "jobs")
@@ -113,7 +111,7 @@ def run(argv: list[str] | None = None) -> int:
     for p in (state_dir, roots.output_root, roots.data_root, roots.jobs_root):
         p.mkdir(parents=True, exist_ok=True)
     for p in (state_dir, roots.jobs_root):
-        os.chmod(p, 0o700)  # the agent's files (database, job records, logs): no one else's business
+        startup.private_dir(p)  # the agent's files (database, job records, logs): no one else's business
     node_name = opts.node_name or socket.gethostname()
     if tls:
         # The coordinator accepts heartbeats only for the name in the agent's certificate.
@@ -125,7 +123,7 @@ def run(argv: list[str] | None = None) -> int:
         node_name = cert_name
 
     tune_for_latency()
-    store = Store(state_dir / "agent.db")
+    store = statecheck.open_store(state_dir, opts.adopt)  # refuses a missing or corrupt agent.db
     monitor = GpuMonitor(open_gpu_source(opts.gpus), interval=opts.gpu_sample_interval)
     monitor.start()
     runtime = choose_runtime(opts.runtime, state_dir, node_name, opts.docker_host, opts.container_user,
@@ -135,6 +133,8 @@ def run(argv: list[str] | None = None) -> int:
     sup = Supervisor(store, runtime, monitor, roots, base_env=base_env(), poll_interval=opts.poll_interval,
                      log_max_bytes=opts.log_max_bytes)
     sup.restore()
+    if opts.adopt:
+        statecheck.kill_orphans(runtime, store, roots.jobs_root)
 
     registry = new_registry()
     registry.register(AgentCollector(sup, monitor, node_name))
