@@ -95,6 +95,8 @@ def ensure_job_user() -> None:
     """The unprivileged account process-runtime jobs run as (as scripts/setup-dev.sh makes it)."""
     import pwd
 
+    if os.geteuid() != 0:
+        return  # an agent that is not root runs jobs as itself
     try:
         pwd.getpwnam(JOB_USER)
     except KeyError:
