@@ -14,6 +14,7 @@ import time
 
 import grpc
 from gpufleet.agent import convert
+from gpufleet.agent.control import SECRET_HEADER
 from gpufleet.agent.reporter import Reporter
 from gpufleet.agent.service import AgentService
 
@@ -38,7 +39,10 @@ def parse_labels(text: str) -> dict[str, str]:
 
 class Registrar:
     def __init__(self, coordinator: str, service: AgentService, advertise: str, labels: str = "",
-                 interval: float = 2.0, credentials: grpc.ChannelCredentials | None = None) -> None:
+                 interval: float = 2.0, credentials: grpc.ChannelCredentials | None = None,
+                 control_secret: str = "") -> None:
+        # Sent with Register so that the coordinator can call this agent's plaintext API (agent/control.py).
+        self.register_metadata = [(SECRET_HEADER, control_secret)] if control_secret else None
         self.service = service
         self.advertise = advertise
         self.labels = parse_labels(labels)
@@ -70,7 +74,7 @@ class Registrar:
         r = self.stub.Register(cpb.RegisterRequest(
             node_name=node.node_name, address=self.advertise, labels=self.labels,
             agent_version=node.agent_version, runtime=node.runtime, gpus=node.gpus,
-        ), timeout=5)
+        ), timeout=5, metadata=self.register_metadata)
         if r.heartbeat_interval_seconds > 0:
             self.interval = r.heartbeat_interval_seconds
         self.registered = True

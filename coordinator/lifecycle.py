@@ -54,6 +54,7 @@ class Lifecycle:
         template.params_json = params_json or template.params_json
         check_epoch_params(template.params_json, "params_json" if params_json else "spec.params_json")
         check_portable(template)
+        self._check_runtime_exists(template.to_dict())
         check_job_size(template.to_dict(), constraints)
         with self.engine.begin() as conn:
             return repo.create_model(conn, model_no=model_no, version=version, train_type=train_type, memo=memo,
@@ -197,6 +198,7 @@ class Lifecycle:
                    lost_after_seconds: int = 0) -> JobRow:
         _check_gpus(gpus)
         check_portable(JobSpec.from_dict(spec))
+        self._check_runtime_exists(spec)
         check_job_size(spec, constraints)
         check_epoch_params(str(spec.get("params_json") or ""), "spec.params_json", lenient=True)
         fingerprint = ""
@@ -221,6 +223,19 @@ class Lifecycle:
         event(log, "job.submitted", job_id=job.id, gpus=gpus, priority=priority)
         self.wake_scheduler()
         return job
+
+    def _check_runtime_exists(self, spec: dict[str, Any]) -> None:
+        """An image needs a docker node: refused at submit when the fleet has none, instead of the
+        image being ignored and the command run on a host (a process node never gets it either)."""
+        if not spec.get("image"):
+            return
+        with self.engine.connect() as conn:
+            runtimes = repo.node_runtimes(conn)
+        if "docker" not in runtimes:
+            raise FailedPrecondition(
+                "spec.image: no node in this fleet runs the docker runtime (nodes: "
+                f"{', '.join(sorted(runtimes)) or 'none registered'}); a process-runtime node never runs an "
+                "image. Submit an argv command without --image, or add a docker node")
 
     def _submitted(self, request_id: str, fingerprint: str) -> JobRow | None:
         """The job an earlier SubmitJob with this request_id created (a client's retry), or None."""

@@ -5,8 +5,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
+from pathlib import Path
 
 from gpufleet.coordinator import token_cli
 from gpufleet.coordinator import tokens as coord_tokens
@@ -19,12 +21,13 @@ from gpufleet.coordinator.metrics import CoordinatorCollector
 from gpufleet.coordinator.reconciler import Reconciler
 from gpufleet.coordinator.scheduler import Scheduler
 from gpufleet.coordinator.service import CoordinatorService, FleetService, add_to_server
+from sqlalchemy import exc as sa_exc
 
-from gpufleet import config
+from gpufleet import config, startup
 from gpufleet import log as flog
 from gpufleet import tls as fleet_tls
 from gpufleet.daemon import main_wrapper, serve_until_signalled, start_metrics, tune_for_latency
-from gpufleet.errors import InvalidArgument
+from gpufleet.errors import FailedPrecondition, InvalidArgument
 from gpufleet.metrics import RpcMetricsInterceptor, new_registry, stop_http
 from gpufleet.server import (
     bind,
@@ -77,18 +80,26 @@ def run(argv: list[str] | None = None) -> int:
         raise InvalidArgument("--on-restart", f"must be keep or stop, got {opts.on_restart!r}")
     if opts.node_timeout <= 0:
         raise InvalidArgument("--node-timeout", "must be > 0")
+    # Before anything is made on disk: a certificate without its key never falls back to plaintext.
+    tls = startup.check_tls_flags(opts.tls_cert, opts.tls_key, opts.tls_ca, "coordinator")
     state_dir = config.state_path(opts.state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True)
+    startup.private_dir(state_dir)
     url = opts.database_url or dbengine.default_sqlite_url(state_dir)
+    if url.startswith("sqlite:///"):
+        db_file = Path(url.removeprefix("sqlite:///").split("?", 1)[0])
+        if not db_file.exists():  # created 0600, not 0644: it holds env secrets and log tails
+            os.close(os.open(db_file, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
     engine = dbengine.make_engine(url)
-    status = dbengine.migrate(engine)
+    try:
+        startup.check_sqlite_readable(engine)
+        status = dbengine.migrate(engine)
+    except sa_exc.DatabaseError as exc:
+        raise FailedPrecondition(f"the database cannot be used: {str(exc.orig or exc).splitlines()[0][:200]}; "
+                                 "restore it from a backup") from None
+    startup.private_sqlite(url)
     flog.event(log, "db.migrated", dialect=engine.dialect.name, status=str(status))
     if migrate_only:
         return 0
-    tls = bool(opts.tls_cert and opts.tls_key)
-    if tls and not opts.tls_ca:
-        raise InvalidArgument("--tls-ca", "TLS on the coordinator is mutual: give the fleet CA (agents and "
-                              "clients present certificates it signed)")
     check_listen_security(opts.listen, opts.insecure, tls)
     if opts.auth not in ("auto", "on", "off"):
         raise InvalidArgument("--auth", f"must be auto, on or off, got {opts.auth!r}")
@@ -125,7 +136,7 @@ def run(argv: list[str] | None = None) -> int:
     registry.register(CoordinatorCollector(engine, scheduler, reconciler, fleet))
     server, hs = build_server(interceptors=[RpcMetricsInterceptor(registry), *auth_interceptors,
                                             UserCapacityInterceptor()])
-    add_to_server(CoordinatorService(engine, life, agents), FleetService(fleet), server)
+    add_to_server(CoordinatorService(engine, life, agents), FleetService(fleet, agents), server)
     enable_reflection(server, SERVICES)
     creds = fleet_tls.server_credentials(opts.tls_cert, opts.tls_key, opts.tls_ca) if tls else None
     port = bind(server, opts.listen, creds)

@@ -49,6 +49,7 @@ class NodeView:
     labels: Mapping[str, str]
     healthy_gpus: set[int]
     used: set[int] = field(default_factory=set)
+    runtime: str = ""
 
     @property
     def free(self) -> list[int]:
@@ -79,8 +80,14 @@ def choose(gpus: int, constraints: Mapping[str, str], nodes: Sequence[NodeView],
 
 def node_views(nodes: Sequence[Any], in_use: Mapping[str, set[int]], fresh_names: set[str]) -> list[NodeView]:
     """Placeable views of nodes (repo.PlaceableNode: healthy GPU indices in `healthy`): READY and fresh."""
-    return [NodeView(n.name, n.address, n.labels, set(n.healthy), set(in_use.get(n.name, set())))
+    return [NodeView(n.name, n.address, n.labels, set(n.healthy), set(in_use.get(n.name, set())),
+                     getattr(n, "runtime", ""))
             for n in nodes if n.state is NodeState.READY and n.name in fresh_names]
+
+
+def runtime_for(spec: Mapping[str, Any]) -> str:
+    """The runtime a job needs: an image runs only in a container, never as a host process."""
+    return "docker" if spec.get("image") else "process"
 
 
 @dataclass
@@ -150,9 +157,10 @@ class Scheduler:
             for v in views:
                 v.used = set(in_use.get(v.name, ()))
             free = {v.name: len(v.healthy_gpus - v.used) for v in views}
+            by_runtime = {rt: [v for v in views if v.runtime in (rt, "")] for rt in ("docker", "process")}
             now = datetime.now(UTC)
             for job in queued:
-                pick = choose(job.gpus, job.constraints, views, free)
+                pick = choose(job.gpus, job.constraints, by_runtime[runtime_for(job.spec)], free)
                 if pick is None:
                     continue
                 node, gpus = pick

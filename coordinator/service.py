@@ -15,6 +15,7 @@ from gpufleet.coordinator.states import JobStatus
 from gpufleet.coordinator.token_rpc import TokenAdmin
 from sqlalchemy.engine import Engine
 
+from gpufleet.agentsecret import secret_from
 from gpufleet.errors import InvalidArgument, Unavailable, Upstream, rpc, rpc_stream
 from gpufleet.v1 import agent_pb2 as apb
 from gpufleet.v1 import common_pb2 as pb
@@ -223,14 +224,17 @@ def _tail(data: bytes, lines: int) -> bytes:
 
 
 class FleetService(coordinator_pb2_grpc.FleetServicer):
-    def __init__(self, fleet: Fleet) -> None:
+    def __init__(self, fleet: Fleet, agents: AgentPool | None = None) -> None:
         self.fleet = fleet
+        self.agents = agents
 
     @rpc
     def Register(self, request: cpb.RegisterRequest, context: Any) -> cpb.RegisterResponse:
         interval = self.fleet.register(request.node_name, request.address, dict(request.labels),
                                        request.agent_version, request.runtime,
                                        [convert.gpu_from_pb(g) for g in request.gpus])
+        if self.agents is not None:  # a plaintext agent's control secret: used on every call to it
+            self.agents.remember_secret(request.address, secret_from(context.invocation_metadata()))
         return cpb.RegisterResponse(node_name=request.node_name, heartbeat_interval_seconds=interval)
 
     @rpc

@@ -76,7 +76,9 @@ def run_demo(out: Console, *, keep: bool, epochs: int, epoch_seconds: float, sta
         spawn(["gpufleet.agent.main", "--listen", aaddr, "--state-dir", str(root / "agent"), "--runtime", "process",
                "--gpus", "fake:4", "--output-root", str(root / "output"), "--data-root", str(root / "data"),
                "--coordinator", caddr, "--node-name", "demo-node", "--poll-interval", "0.2",
-               "--metrics-listen", "127.0.0.1:0"], alog)
+               "--metrics-listen", "127.0.0.1:0",
+               # A one-person demo: its jobs run as whoever started it (root only when root ran it).
+               "--job-user", str(os.getuid()), *(["--allow-root-jobs"] if os.getuid() == 0 else [])], alog)
         stub = coordinator_pb2_grpc.CoordinatorStub(ch)
         _wait("the agent to register", lambda: stub.ListNodes(cpb.ListNodesRequest(), timeout=2).nodes, 60,
               [clog, alog])

@@ -18,6 +18,12 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+# The unprivileged account process-runtime jobs run as (--job-user; deploy/sysusers.d in production).
+if ! getent passwd gpufleet-job >/dev/null; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin gpufleet-job
+fi
+
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null

@@ -72,6 +72,7 @@ from gpufleet.coordinator.db.placement import (  # noqa: F401
     PlaceableNode,
     healthy_indices,
     lock_placement,
+    node_runtimes,
     placeable_nodes,
 )
 from gpufleet.coordinator.db.submit_keys import (  # noqa: F401

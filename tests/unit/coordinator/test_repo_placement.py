@@ -40,7 +40,7 @@ def gpu(i: int, **kw: Any) -> dict[str, Any]:
 
 
 def node(conn: Connection, name: str, gpus: list[dict[str, Any]], **labels: str) -> None:
-    repo.upsert_node(conn, name, address=f"{name}:1", labels=labels, agent_version="t", runtime="process",
+    repo.upsert_node(conn, name, address=f"{name}:1", labels=labels, agent_version="t", runtime="docker",
                      gpus=gpus, now=T0)
 
 
