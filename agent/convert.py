@@ -6,14 +6,13 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from gpufleet.agent.gpus import GpuSample
-from gpufleet.agent.spec import JobSpec, MountSpec
 from gpufleet.agent.states import JobState
 from gpufleet.agent.store import JobRecord
 
+from gpufleet.jobspec import job_type_to_pb
+from gpufleet.jobspec import spec_from_pb as spec_from_pb  # the shared conversion, re-exported
+from gpufleet.jobspec import spec_to_pb as spec_to_pb
 from gpufleet.v1 import common_pb2 as pb
-
-_JOB_TYPES = {pb.JOB_TYPE_UNSPECIFIED: "", pb.JOB_TYPE_TRAIN: "TRAIN", pb.JOB_TYPE_EVAL: "EVAL"}
-_JOB_TYPES_PB = {v: k for k, v in _JOB_TYPES.items()}
 
 
 def state_to_pb(state: JobState) -> int:
@@ -31,31 +30,6 @@ def ts(seconds: float | None) -> Timestamp | None:
     t = Timestamp()
     t.FromNanoseconds(int(seconds * 1e9))
     return t
-
-
-def spec_from_pb(s: pb.JobSpec) -> JobSpec:
-    if s.job_type not in _JOB_TYPES:
-        job_type = f"<{s.job_type}>"  # unknown enum number: validation names it
-    else:
-        job_type = _JOB_TYPES[s.job_type]
-    return JobSpec(
-        image=s.image, command=list(s.command), env=dict(s.env), output_dir=s.output_dir,
-        mounts=[MountSpec(m.source, m.target) for m in s.mounts], total_epoch=s.total_epoch,
-        val_interval=s.val_interval, params_json=s.params_json, job_type=job_type,
-        shm_size_bytes=s.shm_size_bytes, cpu_millis=s.resources.cpu_millis,
-        memory_bytes=s.resources.memory_bytes, workdir=s.workdir, user=s.user,
-    )
-
-
-def spec_to_pb(s: JobSpec) -> pb.JobSpec:
-    return pb.JobSpec(
-        image=s.image, command=s.command, env=s.env, output_dir=s.output_dir,
-        mounts=[pb.Mount(source=m.source, target=m.target) for m in s.mounts], total_epoch=s.total_epoch,
-        val_interval=s.val_interval, params_json=s.params_json,
-        job_type=_JOB_TYPES_PB.get(s.job_type, pb.JOB_TYPE_UNSPECIFIED), shm_size_bytes=s.shm_size_bytes,
-        resources=pb.Resources(cpu_millis=s.cpu_millis, memory_bytes=s.memory_bytes),
-        workdir=s.workdir, user=s.user,
-    )
 
 
 def _i32(value: Any) -> int:
@@ -117,7 +91,7 @@ def job_to_pb(j: JobRecord, with_metrics: bool = True, with_log: bool = False) -
         gpu_indices=j.gpu_indices, runtime=j.runtime, runtime_id=j.runtime_id, message=j.message,
         probe=probe_to_pb(probe), progress=progress_to_pb(j.progress),
         output_dir=j.spec.get("output_dir", ""), acknowledged=j.acknowledged, stop_requested=j.stop_requested,
-        job_type=_JOB_TYPES_PB.get(j.spec.get("job_type", ""), pb.JOB_TYPE_UNSPECIFIED),  # type: ignore[arg-type]
+        job_type=job_type_to_pb(j.spec.get("job_type", "")),  # type: ignore[arg-type]
     )
     if j.exit_code is not None:
         out.exit_code = j.exit_code

@@ -25,6 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from gpufleet.agent.accounting import Accounting
+from gpufleet.agent.exclusivity import GpuProcess, Owner, fake_processes, judge
+
 from gpufleet.errors import FailedPrecondition, InvalidArgument, NotFound
 from gpufleet.log import event
 
@@ -76,6 +79,8 @@ class GpuSample:
     ecc_errors: int
     healthy: bool
     health_reason: str = ""
+    # Compute processes on the GPU (NVML, or the fake-control file); attributed by exclusivity.judge.
+    processes: tuple[GpuProcess, ...] = ()
 
 
 class GpuSource(Protocol):
@@ -150,38 +155,55 @@ class FakeGpus:
     MEMORY_TOTAL = 80 * GIB
     POWER_LIMIT_W = 700.0
     TEMP_RANGE = (30.0, 85.0)
+    IDLE_POWER_W = 62.0
+    IDLE_TEMP_C = 32.0
 
     def __init__(self, count: int, seed: int | None = None) -> None:
         if not 1 <= count <= MAX_FAKE_GPUS:
             raise InvalidArgument("count", f"fake GPUs must number 1 to {MAX_FAKE_GPUS}, got {count}")
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
+        self._held: set[int] = set()
         self._gpus = [self._initial(i) for i in range(count)]
 
     def _initial(self, index: int) -> _FakeGpu:
-        util = self._rng.uniform(0, 100)
+        # Idle until a job holds it (issue 15: an idle fake GPU at 84 % and 582 W misled every test).
         return _FakeGpu(
             uuid=fake_uuid(index),
-            utilization_gpu=util,
-            utilization_memory=_clamp(0.6 * util + self._rng.uniform(-10, 10), 0, 100),
-            memory_used_bytes=int(self._rng.uniform(1, 60) * GIB),
-            temperature_c=_clamp(30 + 0.5 * util, *self.TEMP_RANGE),
-            power_w=_clamp(70 + 6 * util, 50, self.POWER_LIMIT_W),
+            utilization_gpu=0.0,
+            utilization_memory=0.0,
+            memory_used_bytes=0,
+            temperature_c=self.IDLE_TEMP_C,
+            power_w=self.IDLE_POWER_W,
         )
 
-    def _step(self, gpu: _FakeGpu) -> None:
+    def _step(self, gpu: _FakeGpu, busy: bool) -> None:
         rng = self._rng
-        gpu.utilization_gpu = _clamp(gpu.utilization_gpu + rng.uniform(-15, 15), 0, 100)
+        if not busy:
+            gpu.utilization_gpu = gpu.utilization_memory = 0.0
+            gpu.memory_used_bytes = 0
+            gpu.power_w = round(self.IDLE_POWER_W + rng.uniform(-3, 3), 1)
+            gpu.temperature_c = _clamp(gpu.temperature_c + 0.3 * (self.IDLE_TEMP_C - gpu.temperature_c),
+                                       *self.TEMP_RANGE)
+            return
+        # Held by a job: load that random-walks in a training-like band.
+        base = gpu.utilization_gpu if gpu.utilization_gpu >= 40 else rng.uniform(70, 95)
+        gpu.utilization_gpu = _clamp(base + rng.uniform(-15, 15), 40, 100)
         # Memory bandwidth follows compute loosely, as on a training job.
         gpu.utilization_memory = _clamp(0.6 * gpu.utilization_gpu + rng.uniform(-10, 10), 0, 100)
-        used = gpu.memory_used_bytes + rng.uniform(-2, 2) * GIB
-        gpu.memory_used_bytes = int(_clamp(used, 0.5 * GIB, self.MEMORY_TOTAL - GIB))
+        used = (gpu.memory_used_bytes or int(rng.uniform(8, 40) * GIB)) + rng.uniform(-2, 2) * GIB
+        gpu.memory_used_bytes = int(_clamp(used, 2 * GIB, self.MEMORY_TOTAL - GIB))
         # Temperature drifts towards a load-dependent target instead of jumping.
         target = 30 + 0.5 * gpu.utilization_gpu
         temp = gpu.temperature_c + 0.3 * (target - gpu.temperature_c) + rng.uniform(-1.5, 1.5)
         gpu.temperature_c = _clamp(temp, *self.TEMP_RANGE)
         power = 70 + 6 * gpu.utilization_gpu + rng.uniform(-20, 20)
         gpu.power_w = _clamp(power, 50, self.POWER_LIMIT_W)
+
+    def set_held(self, indices: set[int]) -> None:
+        """The GPUs a job holds now: they show load on the next sample, the others read idle."""
+        with self._lock:
+            self._held = set(indices)
 
     def _sample_of(self, index: int, gpu: _FakeGpu) -> GpuSample:
         return GpuSample(
@@ -198,13 +220,14 @@ class FakeGpus:
             ecc_errors=0,
             healthy=gpu.healthy,
             health_reason=gpu.reason,
+            processes=fake_processes(index),
         )
 
     def sample(self) -> list[GpuSample]:
         with self._lock:
             out = []
             for index, gpu in enumerate(self._gpus):
-                self._step(gpu)
+                self._step(gpu, index in self._held)
                 out.append(self._sample_of(index, gpu))
             return out
 
@@ -382,6 +405,8 @@ class NvmlGpus:
         limit_mw = field("power limit", lambda: nvml.nvmlDeviceGetEnforcedPowerLimit(h))
         ecc = field("ecc", lambda: nvml.nvmlDeviceGetTotalEccErrors(
             h, nvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, nvml.NVML_VOLATILE_ECC))
+        list_procs = getattr(nvml, "nvmlDeviceGetComputeRunningProcesses", None)  # absent in old pynvml
+        procs = field("processes", lambda: list_procs(h)) if list_procs is not None else None
         ecc_errors = int(ecc or 0)
         if ecc is not None:
             # The first reading is the baseline: an agent restart must not re-flag old errors.
@@ -406,6 +431,8 @@ class NvmlGpus:
             ecc_errors=ecc_errors,
             healthy=not reason,
             health_reason=reason,
+            processes=tuple(GpuProcess(int(p.pid), int(getattr(p, "usedGpuMemory", 0) or 0))
+                            for p in procs or ()),
         )
 
     def sample(self) -> list[GpuSample]:
@@ -497,6 +524,12 @@ class GpuMonitor:
         self.last_error = ""
         self.last_success = 0.0
         self.samples_taken = 0
+        # Which GPU indices jobs hold now (the supervisor's assignments); fake GPUs show load there.
+        # (A dict of index -> job id also names the jobs, for per-job GPU accounting.)
+        self.held: Callable[[], set[int] | dict[int, str]] | None = None
+        self.accounting = Accounting()
+        # The live jobs that may own GPU processes (the supervisor's records), for exclusivity.
+        self.owners: Callable[[], list[Owner]] | None = None
 
     def start(self) -> None:
         """Take a first sample here (so readers find one), then sample on a daemon thread."""
@@ -523,8 +556,20 @@ class GpuMonitor:
 
     def _sample(self) -> list[GpuSample]:
         with self._sampling:
+            set_held = getattr(self.source, "set_held", None)
+            holders: dict[int, str] = {}
+            if self.held is not None:
+                try:
+                    held = self.held()
+                    holders = dict(held) if isinstance(held, dict) else dict.fromkeys(held, "")
+                    if set_held is not None:
+                        set_held(set(holders))
+                except Exception as exc:  # noqa: BLE001 - a load picture must not stop sampling
+                    event(log, "gpu.held_unknown", logging.WARNING, error=f"{type(exc).__name__}: {exc}")
             try:
                 samples = sorted(self.source.sample(), key=lambda s: s.index)
+                if self.owners is not None and any(s.processes for s in samples):
+                    samples = judge(samples, self.owners())
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 if error != self.last_error:
@@ -533,6 +578,7 @@ class GpuMonitor:
                 raise
             with self._lock:
                 self._samples, self._sampled_at, self._ever = samples, self._clock(), True
+            self.accounting.add(samples, holders, self._monotonic())
             if self.last_error:
                 event(log, "gpu.sample_recovered", previous_error=self.last_error)
             self.last_error = ""

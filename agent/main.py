@@ -11,15 +11,17 @@ import socket
 import time
 from pathlib import Path
 
+from gpufleet.agent import jobuser, statecheck
+from gpufleet.agent.control import LocalControl, write_secret
 from gpufleet.agent.gpus import GpuMonitor, open_gpu_source
+from gpufleet.agent.jobuser import JobUser
 from gpufleet.agent.metrics import AgentCollector
 from gpufleet.agent.runtime.base import Runtime
 from gpufleet.agent.service import AgentService, add_to_server
 from gpufleet.agent.spec import Roots
-from gpufleet.agent.store import Store
 from gpufleet.agent.supervisor import Supervisor
 
-from gpufleet import auth, config
+from gpufleet import auth, config, startup
 from gpufleet import log as flog
 from gpufleet import tls as fleet_tls
 from gpufleet.daemon import main_wrapper, serve_until_signalled, start_metrics, tune_for_latency
@@ -43,6 +45,12 @@ OPTIONS = [
     config.Option("docker-host", "", "Docker engine URL (default: DOCKER_HOST or the local socket)"),
     config.Option("container-user", "", "user (name or uid:gid) containers run as unless the spec names one "
                   "(default: the image's user)"),
+    config.Option("job-user", "gpufleet-job", "local account process-runtime jobs run as (name, uid or uid:gid); "
+                  "never root unless --allow-root-jobs"),
+    config.Option("allow-root-jobs", False, "let process-runtime jobs run as root (only if every job on this node "
+                  "is trusted)", bool),
+    config.Option("adopt", False, "start with a fresh store when agent.db is missing or corrupt, killing the "
+                  "jobs it cannot account for (otherwise the agent refuses to start)", bool),
     config.Option("gpus", "auto", "auto (NVML when present, else none), none, nvml, or fake:N"),
     config.Option("gpu-sample-interval", 5.0, "seconds between GPU samples", float),
     config.Option("output-root", "/var/lib/gpufleet/output", "the only host folder jobs may write to"),
@@ -63,14 +71,15 @@ OPTIONS = [
 ]
 
 
-def choose_runtime(name: str, state_dir: Path, node_name: str, docker_host: str, container_user: str = "") -> Runtime:
+def choose_runtime(name: str, state_dir: Path, node_name: str, docker_host: str, container_user: str = "",
+                   job_user: JobUser | None = None, output_root: Path | None = None) -> Runtime:
     from gpufleet.agent.runtime.process import ProcessRuntime
 
     if name not in ("auto", "docker", "process"):
         raise InvalidArgument("--runtime", f"must be docker, process or auto, got {name!r}")
     jobs_root = state_dir / "jobs"
     if name == "process":
-        return ProcessRuntime(jobs_root)
+        return ProcessRuntime(jobs_root, job_user, output_root)
     from gpufleet.agent.runtime.docker import DockerRuntime
 
     url = docker_host or None
@@ -79,7 +88,7 @@ def choose_runtime(name: str, state_dir: Path, node_name: str, docker_host: str,
     if name == "docker":
         raise InvalidArgument("--runtime", "docker was asked for but no Docker engine answers")
     log.info("runtime.auto", extra={"fields": {"chosen": "process", "why": "no Docker engine answers"}})
-    return ProcessRuntime(jobs_root)
+    return ProcessRuntime(jobs_root, job_user, output_root)
 
 
 def base_env() -> dict[str, str]:
@@ -93,15 +102,18 @@ def base_env() -> dict[str, str]:
 def run(argv: list[str] | None = None) -> int:
     opts = config.parse("gpufleet-agent", "gpufleet agent: runs jobs on this GPU host", OPTIONS, argv)
     flog.setup(opts.log_level)
-    tls = bool(opts.tls_cert and opts.tls_key)
-    if tls and not opts.tls_ca:
-        raise InvalidArgument("--tls-ca", "TLS on the agent is mutual: give the fleet CA, so that only the "
-                              "coordinator's certificate may call it")
+    tls = startup.check_tls_flags(opts.tls_cert, opts.tls_key, opts.tls_ca, "agent")
     check_listen_security(opts.listen, opts.insecure, tls)
+    if tls and opts.coordinator:  # the coordinator verifies the certificate against the address it dials
+        fleet_tls.check_names_address(opts.tls_cert, opts.advertise or opts.listen)
     state_dir = config.state_path(opts.state_dir)
     roots = Roots(config.state_path(opts.output_root), config.state_path(opts.data_root), state_dir / "jobs")
+    # Refuses root and a missing account (a docker-only node never runs host processes).
+    job_user = None if opts.runtime == "docker" else jobuser.for_agent(opts.job_user, opts.allow_root_jobs)
     for p in (state_dir, roots.output_root, roots.data_root, roots.jobs_root):
         p.mkdir(parents=True, exist_ok=True)
+    for p in (state_dir, roots.jobs_root):
+        startup.private_dir(p)  # the agent's files (database, job records, logs): no one else's business
     node_name = opts.node_name or socket.gethostname()
     if tls:
         # The coordinator accepts heartbeats only for the name in the agent's certificate.
@@ -113,22 +125,32 @@ def run(argv: list[str] | None = None) -> int:
         node_name = cert_name
 
     tune_for_latency()
-    store = Store(state_dir / "agent.db")
+    store = statecheck.open_store(state_dir, opts.adopt)  # refuses a missing or corrupt agent.db
     monitor = GpuMonitor(open_gpu_source(opts.gpus), interval=opts.gpu_sample_interval)
     monitor.start()
-    runtime = choose_runtime(opts.runtime, state_dir, node_name, opts.docker_host, opts.container_user)
+    runtime = choose_runtime(opts.runtime, state_dir, node_name, opts.docker_host, opts.container_user,
+                             job_user, roots.output_root)
+    if runtime.name == "process" and job_user is not None:
+        flog.event(log, "agent.job_user", user=job_user.name, uid=job_user.uid, gid=job_user.gid)
     sup = Supervisor(store, runtime, monitor, roots, base_env=base_env(), poll_interval=opts.poll_interval,
                      log_max_bytes=opts.log_max_bytes)
     sup.restore()
+    if opts.adopt:
+        statecheck.kill_orphans(runtime, store, roots.jobs_root)
 
     registry = new_registry()
     registry.register(AgentCollector(sup, monitor, node_name))
-    server, hs = build_server(interceptors=[RpcMetricsInterceptor(registry), *auth.interceptors_for_agent(tls)])
+    # Plaintext (loopback or --insecure): only root, the agent's user or the secret's holder controls it.
+    local_control = None if tls else LocalControl(write_secret(state_dir), allow_remote=opts.insecure)
+    server, hs = build_server(interceptors=[RpcMetricsInterceptor(registry), *auth.interceptors_for_agent(tls),
+                                            *([local_control] if local_control else [])])
     service = AgentService(sup, monitor, node_name)
     add_to_server(service, server)
     enable_reflection(server, [SERVICE])
     creds = fleet_tls.server_credentials(opts.tls_cert, opts.tls_key, opts.tls_ca) if tls else None
     port = bind(server, opts.listen, creds)
+    if local_control is not None:
+        local_control.server_port = port
     server.start()
     sup.start()
     set_health(hs, [SERVICE], True)
@@ -144,7 +166,8 @@ def run(argv: list[str] | None = None) -> int:
 
         dial_creds = fleet_tls.channel_credentials(opts.tls_ca, opts.tls_cert, opts.tls_key) if tls else None
         registrar = Registrar(opts.coordinator, service, advertise=opts.advertise or f"{host}:{port}",
-                              labels=opts.labels, credentials=dial_creds)
+                              labels=opts.labels, credentials=dial_creds,
+                              control_secret=local_control.secret if local_control else "")
         registrar.start()
 
     serve_until_signalled(

@@ -186,3 +186,38 @@ class AgentCollector(Collector):
         source = getattr(getattr(self.monitor, "source", None), "kind", "unknown")
         gpus.add_metric([source], len(samples))
         yield gpus
+        yield from self._accounting_families()
+        yield from self._exclusivity_families(samples)
+
+    def _accounting_families(self) -> Iterator[Metric]:
+        """Per-job GPU usage the monitor aggregated (issue 15): the GPU-hours question per job."""
+        accounting = getattr(self.monitor, "accounting", None)
+        if accounting is None:
+            return
+        fams = [
+            (GaugeMetricFamily("gpufleet_job_gpu_seconds", "GPU-seconds a job held its GPUs (summed over GPUs).",
+                               labels=["job_id"]), lambda u: u.gpu_seconds),
+            (GaugeMetricFamily("gpufleet_job_gpu_energy_joules", "Energy a job's GPUs drew (J).",
+                               labels=["job_id"]), lambda u: u.energy_joules),
+            (GaugeMetricFamily("gpufleet_job_gpu_memory_peak_bytes", "Peak memory on a job's GPUs (bytes).",
+                               labels=["job_id"]), lambda u: u.peak_memory_bytes),
+            (GaugeMetricFamily("gpufleet_job_gpu_utilization_mean", "Mean utilisation of a job's GPUs (%).",
+                               labels=["job_id"]), lambda u: u.mean_utilization),
+        ]
+        for job_id, usage in sorted(accounting.snapshot().items()):
+            for fam, value in fams:
+                fam.add_metric([job_id], float(value(usage)))
+        for fam, _ in fams:
+            yield fam
+
+    def _exclusivity_families(self, samples: list[Any]) -> Iterator[Metric]:
+        fam = GaugeMetricFamily("gpufleet_gpu_processes", "Compute processes on a GPU by attribution "
+                                "(job, escaped, foreign).", labels=["gpu", "kind"])
+        for s in samples:
+            kinds: dict[str, int] = {"job": 0, "escaped": 0, "foreign": 0}
+            for p in getattr(s, "processes", ()):
+                if p.kind in kinds:
+                    kinds[p.kind] += 1
+            for kind, n in kinds.items():
+                fam.add_metric([str(s.index), kind], n)
+        yield fam

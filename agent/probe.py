@@ -6,22 +6,36 @@ and old dashboards match on them): `ok`, `output-dir-missing`, `total-epoch-miss
 
 Pure functions over the file system, no global state; the servicer converts the dataclasses.
 The probe never raises: any unexpected error becomes the `probe-error` verdict (and is logged).
+
+The folder is the job's: nothing in it is trusted. The folder is opened without following a link,
+every file below it through gpufleet.safefs (no symlink anywhere in the path, regular files only),
+and every read is capped (MAX_CSV_BYTES, MAX_ENTRIES), so a planted link to a root-only file never
+reaches a metric name or a reason, and a sparse 1 GiB val.csv costs a bounded read.
 """
 from __future__ import annotations
 
 import csv
+import errno
+import io
 import json
 import logging
 import math
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gpufleet import safefs
+
 log = logging.getLogger("gpufleet.agent.probe")
 
 MAX_ROWS_PER_FILE = 100_000
+# The most read of one metrics csv (val.csv lines are counted within it too), and the most folder
+# entries looked at: a probe's cost does not grow with what a job writes.
+MAX_CSV_BYTES = 16 * 1024 * 1024
+MAX_ENTRIES = 100_000
 # Epoch counts travel as int32 (ProbeResult.total_epoch/expected_lines): a larger one cannot be answered.
 MAX_INT32 = 2**31 - 1
 METRIC_FILES = (("train", "train.csv"), ("val", "val.csv"), ("test", "test.csv"))
@@ -58,13 +72,6 @@ class ProbeVerdict:
     total_epoch: int = 0
 
 
-def resolve_total_epoch(total_epoch: int, params_json: str) -> int:
-    """The spec's total_epoch when positive, else params_json's total_epoch/totalEpoch, else 0."""
-    if total_epoch > 0:
-        return total_epoch
-    return _param_int(_load_params(params_json), "total_epoch", "totalEpoch")
-
-
 def probe_outputs(
     folder: Path,
     total_epoch: int = 0,
@@ -80,23 +87,41 @@ def probe_outputs(
         total = total_epoch if total_epoch > 0 else _param_int(params, "total_epoch", "totalEpoch")
         if not folder.is_dir():
             return ProbeVerdict(False, "output-dir-missing", total_epoch=total)
+        try:
+            dirfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):  # a link in place of the folder
+                return ProbeVerdict(False, "output-dir-missing", total_epoch=total)
+            raise
+        try:
+            return _judge(dirfd, total, val_interval, params, best_metric_key, best_metric_mode)
+        finally:
+            os.close(dirfd)
+    except Exception:  # noqa: BLE001 - the verdict itself reports the failure
+        log.exception("probe failed", extra={"fields": {"folder": str(folder)}})
+        return ProbeVerdict(False, "probe-error", total_epoch=total)
+
+
+def _judge(dirfd: int, total: int, val_interval: int, params: dict[str, Any], best_metric_key: str,
+           best_metric_mode: str) -> ProbeVerdict:
         verdict = ProbeVerdict(False, "", total_epoch=total)
-        _scan_files(folder, verdict)
-        val_rows = _read_metrics(folder, verdict)
+        _scan_files(dirfd, verdict)
+        texts = {name: _read_text(dirfd, name) for _, name in METRIC_FILES}
+        val_rows = _read_metrics(texts, verdict)
         _pick_best(val_rows, best_metric_key, best_metric_mode, verdict)
 
         if total <= 0:
             verdict.reason = "total-epoch-missing"
             return verdict
-        val_csv = folder / "val.csv"
-        if not val_csv.is_file():
+        val_text = texts["val.csv"]
+        if val_text is None:
             verdict.reason = "val.csv-missing"
             return verdict
         interval = val_interval
         if interval == 0:  # unset in the request: the job's own params may say
             interval = _param_int(params, "val_interval", "valInterval")
         interval = max(interval, 1)
-        verdict.val_lines = _count_val_lines(val_csv)
+        verdict.val_lines = _count_val_lines(val_text)
         verdict.expected_lines = math.ceil(total / interval)
         if verdict.val_lines == verdict.expected_lines:
             verdict.completed, verdict.reason = True, "ok"
@@ -104,9 +129,20 @@ def probe_outputs(
             verdict.reason = (f"val.csv-lines-mismatch lines={verdict.val_lines} "
                               f"expected={verdict.expected_lines}")
         return verdict
-    except Exception:  # noqa: BLE001 - the verdict itself reports the failure
-        log.exception("probe failed", extra={"fields": {"folder": str(folder)}})
-        return ProbeVerdict(False, "probe-error", total_epoch=total)
+
+
+def _read_text(dirfd: int, name: str) -> str | None:
+    """A metrics file's first MAX_CSV_BYTES as text; None when it is missing, a link or not a
+    regular file (a planted link counts as missing: its target is never read)."""
+    try:
+        data = safefs.read_capped(dirfd, name, MAX_CSV_BYTES)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ELOOP, errno.EINVAL, errno.ENOTDIR, errno.EXDEV, errno.EACCES):
+            return None
+        raise
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    return data.decode("utf-8", errors="replace")
 
 
 def _load_params(params_json: str) -> dict[str, Any]:
@@ -140,18 +176,13 @@ def _param_int(params: dict[str, Any], *keys: str) -> int:
     return 0
 
 
-def _count_val_lines(path: Path) -> int:
+def _count_val_lines(text: str) -> int:
     """Lines after the header that hold anything but whitespace (the old system's rule)."""
-    count = 0
-    with path.open(encoding="utf-8", errors="replace") as f:
-        next(f, None)  # header
-        for line in f:
-            if line.strip():
-                count += 1
-    return count
+    lines = text.splitlines()
+    return sum(1 for line in lines[1:] if line.strip())
 
 
-def _scan_files(folder: Path, verdict: ProbeVerdict) -> None:
+def _scan_files(folder: int, verdict: ProbeVerdict) -> None:
     """Checkpoints and result zips in the folder and its direct subfolders (e.g. checkpoints/).
 
     One level covers the layouts the old trainers wrote; deeper trees (prediction images) are
@@ -178,33 +209,51 @@ def _scan_files(folder: Path, verdict: ProbeVerdict) -> None:
     verdict.latest_checkpoint_epoch, verdict.latest_checkpoint = latest_epoch, latest
 
 
-def _files_two_levels(folder: Path) -> list[str]:
-    """Regular files at the top level and one level down, as paths relative to `folder`."""
+def _files_two_levels(folder: int) -> list[str]:
+    """Regular files (not links) at the top level and one level down, as paths relative to the
+    open folder `folder`; at most MAX_ENTRIES entries are looked at."""
     out: list[str] = []
     subdirs: list[str] = []
+    seen = 0
     with os.scandir(folder) as it:
         for entry in it:
+            seen += 1
+            if seen > MAX_ENTRIES:
+                break
             if entry.is_dir(follow_symlinks=False):
                 subdirs.append(entry.name)
-            elif entry.is_file():
+            elif entry.is_file(follow_symlinks=False):
                 out.append(entry.name)
     top = len(out)
     for sub in sorted(subdirs):
+        if seen > MAX_ENTRIES:
+            break
         try:
-            with os.scandir(folder / sub) as it:
-                out.extend(f"{sub}/{e.name}" for e in it if e.is_file())
-        except OSError:  # an unreadable subfolder must not hide the top-level verdict
+            subfd = safefs.open_beneath(folder, sub, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:  # an unreadable (or swapped) subfolder must not hide the top-level verdict
             continue
+        try:
+            with os.scandir(subfd) as it:
+                for e in it:
+                    seen += 1
+                    if seen > MAX_ENTRIES:
+                        break
+                    if e.is_file(follow_symlinks=False):
+                        out.append(f"{sub}/{e.name}")
+        except OSError:
+            continue
+        finally:
+            os.close(subfd)
     # Top level first so ties (same epoch in two folders) resolve to the top-level file.
     return sorted(out[:top]) + out[top:]
 
 
-def _read_metrics(folder: Path, verdict: ProbeVerdict) -> list[MetricRow]:
+def _read_metrics(texts: dict[str, str | None], verdict: ProbeVerdict) -> list[MetricRow]:
     val_rows: list[MetricRow] = []
     for split, name in METRIC_FILES:
-        path = folder / name
-        if path.is_file():
-            rows = parse_metrics_csv(path, split)
+        text = texts.get(name)
+        if text is not None:
+            rows = parse_metrics_text(text, split, name)
             verdict.metrics.extend(rows)
             if split == "val":
                 val_rows = rows
@@ -212,13 +261,25 @@ def _read_metrics(folder: Path, verdict: ProbeVerdict) -> list[MetricRow]:
 
 
 def parse_metrics_csv(path: Path, split: str, max_rows: int = MAX_ROWS_PER_FILE) -> list[MetricRow]:
+    """parse_metrics_text of a file, opened without following a link and read up to MAX_CSV_BYTES."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return []
+        data = safefs.read_fd(fd, MAX_CSV_BYTES)
+    finally:
+        os.close(fd)
+    return parse_metrics_text(data.decode("utf-8-sig", errors="replace"), split, str(path), max_rows)
+
+
+def parse_metrics_text(text: str, split: str, where: str = "", max_rows: int = MAX_ROWS_PER_FILE) -> list[MetricRow]:
     """Rows of a metrics csv: header = metric names, `epoch` column or 1-based row number.
 
     Blank rows do not take a row number (they do not count as val lines either); rows without
     a single finite numeric cell are dropped but keep their number, so row N stays line N.
     """
     rows: list[MetricRow] = []
-    with path.open(encoding="utf-8-sig", errors="replace", newline="") as f:
+    with io.StringIO(text, newline="") as f:
         reader = csv.reader(f)
         try:
             header = [h.strip() for h in next(reader, [])]
@@ -247,7 +308,7 @@ def parse_metrics_csv(path: Path, split: str, max_rows: int = MAX_ROWS_PER_FILE)
                     break
         except csv.Error as exc:  # a torn or odd file: keep the rows read so far
             log.warning("metrics csv unreadable past row %d: %s", len(rows), exc,
-                        extra={"fields": {"path": str(path)}})
+                        extra={"fields": {"path": where}})
     return rows
 
 

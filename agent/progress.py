@@ -1,11 +1,22 @@
-"""Live training progress parsed from a job's log output ("Epoch 3/50", "epoch=3 loss=0.41").
+"""Live training progress from a job's log output: only lines of a small documented grammar count.
 
-The log pump feeds raw bytes as they arrive; the tracker keeps the current epoch, the total and
-the last value of each metric. Parsing is best effort and must never raise or slow the pump:
-regexes are precompiled, lines are capped, and anything unrecognised is ignored.
+The grammar (README, "Job progress"), everything else is just log:
+
+1. The epoch line: ``Epoch N/M`` (case-insensitive; ``[Epoch N/M]``, ``Epoch [N/M]``, ``Epoch N of M``
+   and a logger prefix before it are fine) followed by ``key=value`` or ``key: value`` pairs. Only
+   pairs *after* the marker are metrics, and only plain finite numbers (no units, no clock times).
+2. The machine line: ``GPUFLEET_METRICS {json object}`` at the start of a line. ``epoch`` and
+   ``total_epoch`` set the progress; every other key with a finite number is a metric.
+
+So ``device=cuda CUDA_VISIBLE_DEVICES=0 pid=655``, Lightning's ``Epoch 0: ... v_num=0`` bars,
+Hugging Face's ``{'loss': 0.5}`` dicts and Keras' step bars are never metrics.
+
+The log pump feeds raw bytes as they arrive; parsing must never raise or slow the pump: regexes
+are precompiled, lines are capped, and anything unrecognised is ignored.
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -13,11 +24,12 @@ from dataclasses import dataclass, field
 MAX_BUFFER = 64 * 1024  # a "line" longer than this is not a progress line (binary junk, a dump)
 MAX_LINE_CHARS = 4096  # progress lines are short; bounding the scan bounds the cost
 _MAX_INT = 2**31 - 1  # the wire type is int32
+MACHINE_PREFIX = "GPUFLEET_METRICS"
 
-# "Epoch 3/50", "[Epoch 3/50]", "Epoch: 3 / 50", "epoch 3 of 50", "Epoch [3/50]", "epoch=3".
-# `\b` keeps "total_epoch" and "epochs" out; the lookahead refuses "epoch 3.5" and 10+ digits.
+# "Epoch 3/50", "[Epoch 3/50]", "Epoch [3/50]", "Epoch: 3 / 50", "epoch 3 of 50". `\b` keeps
+# "total_epoch" and "epochs" out; the lookaheads refuse "epoch 3.5" and 10+ digits.
 _EPOCH = re.compile(
-    r"\bepoch\b\s*[:=]?\s*\[?\s*(\d{1,9})(?![\d]|\.\d)(?:\s*(?:/|\bof\b)\s*(\d{1,9})(?![\d]|\.\d))?",
+    r"\bepoch\b\s*:?\s*\[?\s*(\d{1,9})(?![\d]|\.\d)\s*(?:/|\bof\b)\s*(\d{1,9})(?![\d]|\.\d)\]?",
     re.IGNORECASE | re.ASCII,
 )
 # key=value or key: value; the lookbehind stops "3.2it/s" yielding a key "it/s", the lookahead
@@ -27,6 +39,7 @@ _PAIR = re.compile(
     r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)(?![A-Za-z0-9_.:])",
     re.ASCII,
 )
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_./-]{0,63}", re.ASCII)
 # Colour and cursor codes (tqdm's "\x1b[2K", coloured loggers) would glue onto words.
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _EPOCH_KEYS = frozenset({"epoch"})
@@ -43,7 +56,7 @@ class ProgressState:
 
 
 def parse_line(line: str) -> tuple[int | None, int | None, dict[str, float]] | None:
-    """(epoch, total, metrics) from one log line, or None when it says nothing about progress."""
+    """(epoch, total, metrics) from one log line, or None when the grammar does not define it."""
     try:
         return _parse(line[:MAX_LINE_CHARS])
     except Exception:  # noqa: BLE001 - a log line must never break the log pump
@@ -53,33 +66,48 @@ def parse_line(line: str) -> tuple[int | None, int | None, dict[str, float]] | N
 def _parse(line: str) -> tuple[int | None, int | None, dict[str, float]] | None:
     if "\x1b" in line:
         line = _ANSI.sub("", line)
-    if ":" not in line and "=" not in line and "poch" not in line and "POCH" not in line:
-        return None  # fast path: most log lines hold no pairs and no epoch
-    epoch: int | None = None
-    total: int | None = None
+    stripped = line.lstrip()
+    if stripped.startswith(MACHINE_PREFIX):
+        return _parse_machine(stripped[len(MACHINE_PREFIX):])
+    if "poch" not in line and "POCH" not in line:
+        return None  # fast path: most log lines are not epoch lines
     m = _EPOCH.search(line)
-    if m:
-        epoch = _bounded(int(m.group(1)))
-        if m.group(2):
-            total = _bounded(int(m.group(2)))
+    if not m:
+        return None
+    epoch, total = _bounded(int(m.group(1))), _bounded(int(m.group(2)))
     metrics: dict[str, float] = {}
-    for n, pm in enumerate(_PAIR.finditer(line)):
+    for n, pm in enumerate(_PAIR.finditer(line, m.end())):
         if n >= _MAX_PAIRS_PER_LINE:
             break
         key, value = pm.group(1), float(pm.group(2))
-        if not math.isfinite(value):  # "1e999" overflows to inf
+        if math.isfinite(value) and key.lower() not in _EPOCH_KEYS and key.lower() not in _TOTAL_KEYS:
+            metrics[key] = value
+    if epoch is None and total is None and not metrics:
+        return None
+    return epoch, total, metrics
+
+
+def _parse_machine(rest: str) -> tuple[int | None, int | None, dict[str, float]] | None:
+    """`GPUFLEET_METRICS {"epoch": 3, "total_epoch": 50, "loss": 0.41}`: exact control for trainers."""
+    if not rest[:1].isspace():
+        return None  # "GPUFLEET_METRICSX": not the prefix
+    try:
+        obj = json.loads(rest)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    epoch = total = None
+    metrics: dict[str, float] = {}
+    for key, value in list(obj.items())[:_MAX_PAIRS_PER_LINE]:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             continue
-        lower = key.lower()
-        if lower in _EPOCH_KEYS or lower in _TOTAL_KEYS:
-            whole = _bounded(int(value)) if value == int(value) else None
-            if whole is None:
-                continue
-            if lower in _EPOCH_KEYS:
-                epoch = epoch if epoch is not None else whole
-            else:
-                total = total if total is not None else whole
-            continue
-        metrics[key] = value
+        if key == "epoch":
+            epoch = _bounded(int(value)) if value == int(value) else None
+        elif key == "total_epoch":
+            total = _bounded(int(value)) if value == int(value) else None
+        elif _KEY.fullmatch(key):
+            metrics[key] = float(value)
     if epoch is None and total is None and not metrics:
         return None
     return epoch, total, metrics

@@ -1,4 +1,5 @@
-"""Registers this agent with the coordinator and heartbeats every few seconds.
+"""Registers this agent with the coordinator and heartbeats every few seconds; starts the reporter
+that pushes the agent's outbox (agent/reporter.py: what happened to each job, at once).
 
 The heartbeat carries the GPU snapshot and a digest of every job the agent holds; the answer
 carries fencing orders (attempts that are no longer current: stop them) and acknowledgements
@@ -13,6 +14,8 @@ import time
 
 import grpc
 from gpufleet.agent import convert
+from gpufleet.agent.control import SECRET_HEADER
+from gpufleet.agent.reporter import Reporter
 from gpufleet.agent.service import AgentService
 
 from gpufleet.log import event
@@ -36,7 +39,10 @@ def parse_labels(text: str) -> dict[str, str]:
 
 class Registrar:
     def __init__(self, coordinator: str, service: AgentService, advertise: str, labels: str = "",
-                 interval: float = 2.0, credentials: grpc.ChannelCredentials | None = None) -> None:
+                 interval: float = 2.0, credentials: grpc.ChannelCredentials | None = None,
+                 control_secret: str = "") -> None:
+        # Sent with Register so that the coordinator can call this agent's plaintext API (agent/control.py).
+        self.register_metadata = [(SECRET_HEADER, control_secret)] if control_secret else None
         self.service = service
         self.advertise = advertise
         self.labels = parse_labels(labels)
@@ -47,12 +53,19 @@ class Registrar:
         self._thread = threading.Thread(target=self._loop, name="registrar", daemon=True)
         self.registered = False
         self.last_ok = 0.0
+        self.reporter = Reporter(service.sup, lambda: self.stub, lambda: self.service.node_name,
+                                 lambda: self.registered, self._reregister)
+
+    def _reregister(self) -> None:
+        self.registered = False
 
     def start(self) -> None:
         self._thread.start()
+        self.reporter.start()
 
     def close(self) -> None:
         self._stop.set()
+        self.reporter.close()
         self._thread.join(timeout=5)
         self.channel.close()
 
@@ -61,7 +74,7 @@ class Registrar:
         r = self.stub.Register(cpb.RegisterRequest(
             node_name=node.node_name, address=self.advertise, labels=self.labels,
             agent_version=node.agent_version, runtime=node.runtime, gpus=node.gpus,
-        ), timeout=5)
+        ), timeout=5, metadata=self.register_metadata)
         if r.heartbeat_interval_seconds > 0:
             self.interval = r.heartbeat_interval_seconds
         self.registered = True

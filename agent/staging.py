@@ -10,6 +10,7 @@ Invariants:
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import re
@@ -19,12 +20,17 @@ import stat
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from gpufleet.errors import FailedPrecondition, InvalidArgument
 from gpufleet.paths import relative_under
 
 SPLITS = ("train", "val", "test")
 PARTS = ("input1", "input2", "label", "label_json")  # compare image, target image, label, geojson
+# The folder on disk is the old system's name (a trainer written for it opens label-json/); the API
+# field stays label_json. LEGACY_FOLDERS are renamed to the current name on the next stage of a uid.
+FOLDERS = {"input1": "input1", "input2": "input2", "label": "label", "label_json": "label-json"}
+LEGACY_FOLDERS = {"label_json": "label-json"}
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", re.ASCII)
 _DRIVE = re.compile(r"[A-Za-z]:")
 _SAFE_ZIP_METHODS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA})
@@ -80,11 +86,12 @@ def stage_dataset(data_root: Path, stage_id: str, links: list[StageLinkSpec],
     stage_dir = tmp / stage_id
 
     items, missing = _plan(root, tmp, stage_dir, links)
+    legacy = _rename_legacy(stage_dir)
     _check_devices(items)
     _check_zip_space(items)
 
     made = skipped = extracted = already = 0
-    warnings = [f"{f}: source {rel!r} does not exist; skipped" for f, rel in missing]
+    warnings = [f"{f}: source {rel!r} does not exist; skipped" for f, rel in missing] + legacy
     skipped += len(missing)
     placed: dict[Path, str] = {}  # destination -> field that put it there in this request
     expected_tmp = tmp.resolve()
@@ -128,15 +135,36 @@ def staged_counts(stage_dir: Path) -> dict[str, int]:
     counts: dict[str, int] = {}
     for split in SPLITS:
         for part in PARTS:
-            folder = stage_dir / split / part
+            folder = stage_dir / split / FOLDERS[part]
             if folder.is_symlink() or not folder.is_dir():
                 continue
             n = 0
-            for _dirpath, _dirs, files in os.walk(folder):  # never follows links
-                n += sum(1 for f in files if not (f.startswith(".gpufleet-") and f.endswith(".tmp")))
+            for _dirpath, dirs, files in os.walk(folder):  # never follows links
+                dirs[:] = [d for d in dirs if not _is_temp(d)]  # a zip being extracted, or an old one going
+                n += sum(1 for f in files if not _is_temp(f))
             if n:
-                counts[f"{split}/{part}"] = n
+                counts[f"{split}/{FOLDERS[part]}"] = n
     return counts
+
+
+def _is_temp(name: str) -> bool:
+    return name.startswith(".gpufleet-") and name.endswith(".tmp")
+
+
+def _rename_legacy(stage_dir: Path) -> list[str]:
+    """Rename folders an earlier gpufleet created (label_json) to the current name (label-json)."""
+    notes: list[str] = []
+    for split in SPLITS:
+        for old, new in LEGACY_FOLDERS.items():
+            src, dst = stage_dir / split / old, stage_dir / split / new
+            if src.is_symlink() or not src.is_dir():
+                continue
+            if os.path.lexists(dst):
+                notes.append(f"{split}/{old}: left as it was; {split}/{new} exists too (the current name)")
+                continue
+            os.rename(src, dst)
+            notes.append(f"{split}/{old}: renamed to {split}/{new} (the folder name trainers read)")
+    return notes
 
 
 def _plan(root: Path, tmp: Path, stage_dir: Path,
@@ -182,7 +210,8 @@ def _plan(root: Path, tmp: Path, stage_dir: Path,
             dest_name = f"{link.dataset_id}__{base}" if link.dataset_id else base
             if len(os.fsencode(dest_name)) > 255:
                 raise InvalidArgument(name, f"destination name {dest_name!r} is longer than 255 bytes")
-            item = _Item(name, rel, src, stage_dir / link.split / part, dest_name, f"{link.split}/{part}",
+            folder = FOLDERS[part]
+            item = _Item(name, rel, src, stage_dir / link.split / folder, dest_name, f"{link.split}/{folder}",
                          is_zip=is_zip)
             if is_zip:
                 item.zip_entries = _zip_entries(item)
@@ -197,6 +226,7 @@ def _zip_entries(item: _Item) -> list[zipfile.ZipInfo]:
             infos = zf.infolist()
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise InvalidArgument(item.where, f"{item.rel!r} is not a readable zip file ({exc})") from exc
+    seen: dict[tuple[str, ...], bool] = {}  # normalised path -> is a folder
     for info in infos:
         entry = info.filename
         parts = re.split(r"[/\\]", entry)
@@ -211,6 +241,20 @@ def _zip_entries(item: _Item) -> list[zipfile.ZipInfo]:
         if info.compress_type not in _SAFE_ZIP_METHODS:
             raise InvalidArgument(item.where, f"zip {item.rel!r}: entry {entry!r} uses an unsupported "
                                               f"compression method ({info.compress_type})")
+        norm = tuple(p for p in parts if p not in ("", "."))
+        if not norm:
+            continue
+        is_dir = info.is_dir()
+        clash = seen.get(norm)
+        if clash is not None and not (clash and is_dir):
+            raise InvalidArgument(item.where, f"zip {item.rel!r}: entry {entry!r} clashes with an earlier "
+                                              f"entry of the same path")
+        for k in range(1, len(norm)):
+            if seen.get(norm[:k]) is False:
+                raise InvalidArgument(item.where, f"zip {item.rel!r}: entry {entry!r} lies under "
+                                                  f"{'/'.join(norm[:k])!r}, which is a file in the zip")
+            seen.setdefault(norm[:k], True)
+        seen[norm] = is_dir
     return infos
 
 
@@ -294,40 +338,79 @@ def _place(item: _Item, dest: Path) -> str:
 
 
 def _extract(item: _Item, folder: Path) -> int:
-    """Extract the validated entries into folder; return the number of files written.
+    """Replace folder as a whole with the zip's validated entries; return the number of files written.
 
-    Existing files of the same name are replaced (atomically); others in the folder are kept.
+    The entries go into a temporary sibling first; only a complete extraction is swapped in
+    (renameat2 RENAME_EXCHANGE where the kernel has it, else two renames), so a running job sees
+    the old folder or the new one, never a half-extracted one, and no file the zip no longer has.
     """
-    folder.mkdir(exist_ok=True)
-    expected = folder.resolve()
-    if folder.is_symlink() or not folder.is_dir():
+    if os.path.lexists(folder) and (folder.is_symlink() or not folder.is_dir()):
         raise FailedPrecondition(f"StageDataset: {item.where}: {folder} exists and is not a folder")
+    temp = _temp_name(folder.parent)
+    temp.mkdir()
+    expected = temp.resolve()
     files = 0
-    with zipfile.ZipFile(item.src) as zf:
-        for info in item.zip_entries:
-            rel = PurePosixPath(info.filename.replace("\\", "/"))
-            parts = [p for p in rel.parts if p not in ("", ".")]
-            if not parts:
-                continue
-            target = folder.joinpath(*parts)
-            if info.is_dir():
-                _make_dir(target, expected.joinpath(*parts))
-                continue
-            _make_dir(target.parent, expected.joinpath(*parts[:-1]))
-            temp = _temp_name(target.parent)
-            try:
-                with zf.open(info) as src, open(temp, "xb") as dst:
-                    shutil.copyfileobj(src, dst, 1024 * 1024)
-                os.replace(temp, target)
-            except (zipfile.BadZipFile, EOFError) as exc:
-                _unlink_quietly(temp)
-                raise InvalidArgument(item.where, f"zip {item.rel!r}: entry {info.filename!r} is corrupt "
-                                                  f"({exc})") from exc
-            except BaseException:
-                _unlink_quietly(temp)
-                raise
-            files += 1
+    try:
+        with zipfile.ZipFile(item.src) as zf:
+            for info in item.zip_entries:
+                rel = PurePosixPath(info.filename.replace("\\", "/"))
+                parts = [p for p in rel.parts if p not in ("", ".")]
+                if not parts:
+                    continue
+                target = temp.joinpath(*parts)
+                if info.is_dir():
+                    _make_dir(target, expected.joinpath(*parts))
+                    continue
+                _make_dir(target.parent, expected.joinpath(*parts[:-1]))
+                try:
+                    with zf.open(info) as src, open(target, "xb") as dst:
+                        shutil.copyfileobj(src, dst, 1024 * 1024)
+                except (zipfile.BadZipFile, EOFError) as exc:
+                    raise InvalidArgument(item.where, f"zip {item.rel!r}: entry {info.filename!r} is corrupt "
+                                                      f"({exc})") from exc
+                files += 1
+        if os.path.lexists(folder):
+            _swap(temp, folder)  # temp now holds the old contents
+            shutil.rmtree(temp, ignore_errors=True)
+        else:
+            os.rename(temp, folder)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
     return files
+
+
+_RENAME_EXCHANGE = 2
+_renameat2: Any = None
+
+
+def _swap(a: Path, b: Path) -> None:
+    """Exchange two folders atomically; fall back to b -> spare, a -> b, spare -> a."""
+    global _renameat2
+    if _renameat2 is None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fn = libc.renameat2
+            fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+            fn.restype = ctypes.c_int
+            _renameat2 = fn
+        except (AttributeError, OSError):
+            _renameat2 = False
+    if _renameat2:
+        at_fdcwd = -100
+        if _renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise OSError(err, os.strerror(err), str(b))
+    spare = _temp_name(b.parent)
+    os.rename(b, spare)
+    try:
+        os.rename(a, b)
+    except BaseException:
+        os.rename(spare, b)
+        raise
+    os.rename(spare, a)
 
 
 def _unlink_quietly(path: Path) -> None:

@@ -2,7 +2,8 @@
 
 Schema (version 1):
 
-    meta(key PK, value)                         schema_version
+    meta(key PK, value)                         schema_version; reported_seq (the coordinator's
+                                                ack of the outbox, agent/reporter.py)
     jobs(job_id, attempt  PK,                    one row per attempt the agent was given
          state, spec JSON, gpu_indices JSON,     until the coordinator acknowledged its end
          runtime, runtime_id, start_marker,      the handle to re-attach after a restart
@@ -13,7 +14,8 @@ Schema (version 1):
          acknowledged)
     gpu_holds(gpu_index PK, job_id, attempt)     PK: a GPU is never held twice
     attempts(job_id PK, max_attempt)             fencing: older attempts are refused forever
-    events(seq PK AUTOINCREMENT, at, kind,       the WatchEvents log; seq survives restarts
+    events(seq PK AUTOINCREMENT, at, kind,       the WatchEvents log and the outbox the reporter
+                                                pushes to the coordinator; seq survives restarts
            job_id, attempt, payload JSON)
 
 Every state change is one transaction that updates the job, its GPU holds and appends its event,
@@ -236,6 +238,21 @@ class Store:
         with self._lock:
             rows = self._db.execute("SELECT gpu_index, job_id, attempt FROM gpu_holds").fetchall()
         return {r["gpu_index"]: (r["job_id"], r["attempt"]) for r in rows}
+
+    def reported_seq(self) -> int:
+        """The highest event seq the coordinator acknowledged (agent/reporter.py); 0 when none."""
+        with self._lock:
+            r = self._db.execute("SELECT value FROM meta WHERE key='reported_seq'").fetchone()
+        return int(r["value"]) if r else 0
+
+    def set_reported_seq(self, seq: int) -> None:
+        """Record the coordinator's ack (never moves back)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO meta(key, value) VALUES ('reported_seq', ?) ON CONFLICT(key) DO UPDATE SET "
+                "value = excluded.value WHERE CAST(meta.value AS INTEGER) < CAST(excluded.value AS INTEGER)",
+                (str(seq),),
+            )
 
     def last_seq(self) -> int:
         with self._lock:

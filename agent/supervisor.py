@@ -19,7 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from gpufleet.agent import exclusivity
 from gpufleet.agent import probe as probe_mod
+from gpufleet.agent.exits import ExitWatcher
 from gpufleet.agent.gpus import GpuMonitor
 from gpufleet.agent.progress import ProgressState, ProgressTracker
 from gpufleet.agent.runtime.base import Handle, Observation, Runtime, RuntimeError_, Seen
@@ -73,6 +75,8 @@ class Supervisor:
         self.store = store
         self.runtime = runtime
         self.gpus = gpus
+        gpus.held = self.held_gpus  # fake GPUs read idle unless a job holds them; per-job accounting
+        gpus.owners = lambda: exclusivity.owners_from(self.jobs())  # who may own GPU processes
         self.roots = roots
         self.base_env = base_env or {}
         self.poll_interval = poll_interval
@@ -92,6 +96,7 @@ class Supervisor:
         self._thread: threading.Thread | None = None
         self.last_tick_ok = time.monotonic()
         self.runtime_ok = True
+        self.exits = ExitWatcher(self._wake.set)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def restore(self) -> None:
@@ -146,6 +151,10 @@ class Supervisor:
                     self._cleanup(f.handle, self.roots.jobs_root / f.job_id / str(f.attempt))
 
     def start(self) -> None:
+        self.exits.start()
+        watch = getattr(self.runtime, "watch_exits", None)
+        if watch is not None:  # docker: the engine's event stream tells us of each container's death
+            watch(self._wake.set)
         self._thread = threading.Thread(target=self._loop, name="supervisor", daemon=True)
         self._thread.start()
 
@@ -154,6 +163,7 @@ class Supervisor:
         self._wake.set()
         if self._thread:
             self._thread.join(timeout=5)
+        self.exits.close()
         with self._cond:
             self._cond.notify_all()
 
@@ -179,6 +189,7 @@ class Supervisor:
                 job_id, attempt, spec, gpu_indices, runtime=self.runtime.name, roots=self.roots,
                 known_gpus={s.index for s in samples}, real_gpus=self.gpus.source.real,
                 base_env=self.base_env, log_max_bytes=self.log_max_bytes,
+                gpu_uuids={s.index: s.uuid for s in samples},
             )
             unhealthy = [s for s in samples if s.index in gpu_indices and not s.healthy]
             if unhealthy:
@@ -234,6 +245,7 @@ class Supervisor:
                     job.job_id, job.attempt, JobSpec.from_dict(job.spec), job.gpu_indices,
                     runtime=self.runtime.name, roots=self.roots, known_gpus={s.index for s in samples},
                     real_gpus=self.gpus.source.real, base_env=self.base_env, log_max_bytes=self.log_max_bytes,
+                    gpu_uuids={s.index: s.uuid for s in samples},
                 )
                 plan.output_dir.mkdir(parents=True, exist_ok=True)
             except (InvalidArgument, FailedPrecondition, OSError) as exc:
@@ -253,6 +265,8 @@ class Supervisor:
                            start_marker=handle.start_marker, started_at=now)
         event(log, "job.started", job_id=job.job_id, attempt=job.attempt, runtime=self.runtime.name,
               runtime_id=handle.runtime_id)
+        if self.runtime.name == "process" and handle.runtime_id.isdigit():
+            self.exits.watch(int(handle.runtime_id))
         self._wake.set()
         return job
 
@@ -354,10 +368,12 @@ class Supervisor:
 
     def events_after(self, seq: int, timeout: float) -> list[Event]:
         """Events with seq > `seq`; waits up to `timeout` for the first one."""
-        evs = self.store.events_after(seq)
-        if evs or timeout <= 0:
-            return evs
+        # Checked under the condition's lock: an event appended after the check notifies only once
+        # we wait (_notify takes the lock), so no wake-up is lost and a pusher never sleeps on news.
         with self._cond:
+            evs = self.store.events_after(seq)
+            if evs or timeout <= 0:
+                return evs
             self._cond.wait(timeout)
         return self.store.events_after(seq)
 
@@ -365,6 +381,10 @@ class Supervisor:
     def tick(self) -> None:
         """One pass: observe live jobs, record ends, escalate stops, parse progress."""
         live = [j for j in self.store.live_jobs() if j.runtime_id]
+        if self.runtime.name == "process":
+            for j in live:  # learn of each wrapper's exit when it happens (also after a re-attach)
+                if j.runtime_id.isdigit():
+                    self.exits.watch(int(j.runtime_id))
         if not live:
             self.runtime_ok = self.runtime.healthy() if self.runtime.name == "docker" else True
             return

@@ -68,7 +68,6 @@ sys.path.insert(0, str(REPO))
 import grpc  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 from google.protobuf.timestamp_pb2 import Timestamp  # noqa: E402
-from gpufleet.agent.spec import JobSpec  # noqa: E402
 from gpufleet.coordinator.db import engine as dbengine  # noqa: E402
 from gpufleet.coordinator.db import repo  # noqa: E402
 from gpufleet.coordinator.db.schema import jobs as jobs_table  # noqa: E402
@@ -76,6 +75,7 @@ from gpufleet.coordinator.states import JobStatus  # noqa: E402
 
 from bench import _harness  # noqa: E402
 from bench._harness import PY, READY_TIMEOUT, RPC_TIMEOUT, BenchError, cpu_seconds, percentile, poll  # noqa: E402
+from gpufleet.jobspec import JobSpec  # noqa: E402
 from gpufleet.v1 import agent_pb2 as apb  # noqa: E402
 from gpufleet.v1 import agent_pb2_grpc, coordinator_pb2_grpc  # noqa: E402
 from gpufleet.v1 import common_pb2 as pb  # noqa: E402

@@ -1141,7 +1141,10 @@ def analyse(engine: sa.Engine, args: argparse.Namespace, farm: SoakFarm, faults:
 
     # -- nodes: lost, false losses, missed losses -------------------------------------------------
     restarts = [w for w in faults.windows if w.kind == "restart"]
-    lost_events = [(n, t) for n, frm, to, at in node_events if to == "LOST" and (t := ts(at)) is not None]
+    # A silent node is shown UNREACHABLE now (issue 12); with --lost-after 0 its jobs are given up
+    # at that moment, as the soak's "declared LOST" counts them.
+    lost_events = [(n, t) for n, frm, to, at in node_events
+                   if to in ("LOST", "UNREACHABLE") and (t := ts(at)) is not None]
     lost_by_node: dict[str, list[float]] = defaultdict(list)
     for node, t in lost_events:
         lost_by_node[node].append(t)
@@ -1399,7 +1402,7 @@ def run(args: argparse.Namespace, root: Path, cleanup: _harness.Cleanup) -> dict
     cleanup.append(farm.close)
     farm.start()
     extra = [f"--node-timeout={args.node_timeout:g}", f"--reconcile-interval={args.reconcile_interval:g}",
-             *args.coordinator_arg]
+             f"--lost-after={args.lost_after:g}", *args.coordinator_arg]
     coord = CoordinatorProcess(root / "coordinator", db.url, free_port(), extra)
     cleanup.append(coord.stop)
     progress(f"soak: starting the coordinator and {args.agents} fake agents ...")
@@ -1520,6 +1523,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="each job's max_retries: node losses it may be requeued after (default 10)")
     ap.add_argument("--node-timeout", type=float, default=10.0,
                     help="the coordinator's --node-timeout (default 10, its own default)")
+    ap.add_argument("--lost-after", type=float, default=0.0,
+                    help="the coordinator's --lost-after (default 0 here: a silent node's jobs are requeued as "
+                         "soon as it is UNREACHABLE, so the faults exercise requeues and fencing)")
     ap.add_argument("--reconcile-interval", type=float, default=5.0,
                     help="the coordinator's --reconcile-interval (default 5, its own default)")
     ap.add_argument("--kill-every", type=float, default=6.0, help="mean seconds between agent kills (0: none)")

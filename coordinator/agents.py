@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 
+from gpufleet.agentsecret import SecretInterceptor
 from gpufleet.server import channel
 from gpufleet.v1 import agent_pb2 as apb
 from gpufleet.v1 import agent_pb2_grpc
@@ -70,6 +71,20 @@ class AgentPool:
         self._stubs: dict[str, agent_pb2_grpc.AgentStub] = {}
         self._channels: dict[str, grpc.Channel] = {}
         self.credentials = credentials
+        # Control secrets agents sent with Register (plaintext agents: agent/control.py).
+        self._secrets: dict[str, str] = {}
+        self._retired: list[grpc.Channel] = []
+
+    def remember_secret(self, address: str, secret: str) -> None:
+        """Use `secret` on every call to `address` from now on (a new channel if it changed)."""
+        with self._lock:
+            if not secret or self._secrets.get(address) == secret:
+                return
+            self._secrets[address] = secret
+            self._stubs.pop(address, None)
+            old = self._channels.pop(address, None)
+            if old is not None:
+                self._retired.append(old)  # calls in flight on it finish; closed with the pool
 
     def stub(self, address: str) -> agent_pb2_grpc.AgentStub:
         with self._lock:
@@ -77,7 +92,9 @@ class AgentPool:
             if s is None:
                 ch = channel(address, self.credentials)
                 self._channels[address] = ch
-                s = self._stubs[address] = agent_pb2_grpc.AgentStub(ch)
+                secret = self._secrets.get(address)
+                calls = grpc.intercept_channel(ch, SecretInterceptor(secret)) if secret else ch
+                s = self._stubs[address] = agent_pb2_grpc.AgentStub(calls)
             return s
 
     def launch(self, address: str, job_id: str, attempt: int, spec: pb.JobSpec, gpus: list[int]) -> pb.JobStatus:
@@ -143,7 +160,8 @@ class AgentPool:
 
     def close(self) -> None:
         with self._lock:
-            for ch in self._channels.values():
+            for ch in [*self._channels.values(), *self._retired]:
                 ch.close()
             self._channels.clear()
+            self._retired.clear()
             self._stubs.clear()

@@ -7,12 +7,11 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
-from gpufleet.agent import convert as agent_convert
-from gpufleet.agent.spec import JobSpec
 from gpufleet.coordinator.db.options import JobOptions
 from gpufleet.coordinator.db.rows import JobRow, MetricPoint, ModelRow, NodeRow, Progress
 from gpufleet.coordinator.states import JobStatus, JobType, ModelStatus, NodeState, Step, format_duration
 
+from gpufleet import jobspec
 from gpufleet.errors import InvalidArgument
 from gpufleet.v1 import common_pb2 as pb
 from gpufleet.v1 import coordinator_pb2 as cpb
@@ -39,11 +38,11 @@ def agent_state_name(value: int) -> str:
 
 
 def spec_from_pb(s: pb.JobSpec) -> dict[str, Any]:
-    return agent_convert.spec_from_pb(s).to_dict()
+    return jobspec.spec_from_pb(s).to_dict()
 
 
 def spec_to_pb(spec: dict[str, Any]) -> pb.JobSpec:
-    return agent_convert.spec_to_pb(JobSpec.from_dict(spec))
+    return jobspec.spec_to_pb(jobspec.JobSpec.from_dict(spec))
 
 
 def model_status_from_pb(value: int, field: str) -> ModelStatus | None:
@@ -111,6 +110,8 @@ def job_to_pb(j: JobRow, progress: Progress | None = None) -> cpb.Job:
         created_at=ts(j.created_at), started_at=ts(j.started_at), finished_at=ts(j.finished_at),
         progress=progress_to_pb(progress), name=j.name, status_name=j.status.value, constraints=j.constraints,
         resume_on_retry=j.resume_on_retry, superseded_by=j.superseded_by or "",
+        node_unreachable_since=ts(j.node_unreachable_since), lost_after_seconds=j.lost_after_seconds or 0,
+        warnings=j.warnings or "",
     )
     if j.exit_code is not None:
         out.exit_code = j.exit_code
@@ -164,8 +165,8 @@ def node_to_pb(n: NodeRow, running: int = 0) -> cpb.Node:
     gpus = [pb.GpuInfo(**{k: v for k, v in g.items() if k in pb.GpuInfo.DESCRIPTOR.fields_by_name})
             for g in n.gpus]
     return cpb.Node(
-        name=n.name, address=n.address, labels=n.labels, state=node_state_to_pb(n.state),  # type: ignore[arg-type]
-        last_heartbeat=ts(n.last_heartbeat), agent_version=n.agent_version, gpus=gpus, state_name=n.state.value,
+        name=n.name, address=n.address, labels=n.labels, state=node_state_to_pb(n.shown_state),  # type: ignore[arg-type]
+        last_heartbeat=ts(n.last_heartbeat), agent_version=n.agent_version, gpus=gpus, state_name=n.shown_state.value,
         runtime=n.runtime, running_jobs=running,
     )
 

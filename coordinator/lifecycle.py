@@ -14,16 +14,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gpufleet.agent.spec import JobSpec, check_portable
 from gpufleet.coordinator import states
 from gpufleet.coordinator.agents import AgentPool
 from gpufleet.coordinator.db import repo
 from gpufleet.coordinator.db.rows import JobRow, ModelRow
-from gpufleet.coordinator.reconciler import Reconciler, end_job
+from gpufleet.coordinator.ending import end_job
+from gpufleet.coordinator.reconciler import Reconciler
 from gpufleet.coordinator.states import DesiredState, JobStatus, JobType, ModelStates, NodeState, TerminationReason
 from sqlalchemy.engine import Connection, Engine
 
 from gpufleet.errors import FailedPrecondition, InvalidArgument, NotFound
+from gpufleet.jobspec import JobSpec, check_portable
 from gpufleet.log import event
 
 log = logging.getLogger("gpufleet.coordinator.lifecycle")
@@ -44,7 +45,7 @@ class Lifecycle:
     # -- models --------------------------------------------------------------------------------
     def create_model(self, *, model_no: str, version: str, train_type: str, memo: str, params_json: str,
                      spec: dict[str, Any], gpus: int, priority: int, constraints: dict[str, str],
-                     max_retries: int) -> ModelRow:
+                     max_retries: int, lost_after_seconds: int = 0) -> ModelRow:
         if len(memo) > 4096:
             raise InvalidArgument("memo", "must be at most 4096 characters")
         _check_gpus(gpus or 1)
@@ -53,12 +54,13 @@ class Lifecycle:
         template.params_json = params_json or template.params_json
         check_epoch_params(template.params_json, "params_json" if params_json else "spec.params_json")
         check_portable(template)
+        self._check_runtime_exists(template.to_dict())
         check_job_size(template.to_dict(), constraints)
         with self.engine.begin() as conn:
             return repo.create_model(conn, model_no=model_no, version=version, train_type=train_type, memo=memo,
                                      params_json=params_json or "{}", spec=template.to_dict(), gpus=gpus or 1,
                                      priority=priority, constraints=constraints, max_retries=max_retries,
-                                     actor=self.actor)
+                                     lost_after_seconds=_lost_after(lost_after_seconds), actor=self.actor)
 
     def get_model(self, uuid: str) -> ModelRow:
         _check_uuid(uuid)
@@ -172,10 +174,13 @@ class Lifecycle:
         spec["job_type"] = job_type.value
         # Each training run from scratch gets its own folder; resume and test reuse it.
         spec["output_dir"] = output_dir or f"{spec.get('output_dir') or 'models'}/{model.uuid}/{job_id}"
+        if not spec.get("dataset") and repo.get_dataset_counts(conn, model.uuid):
+            spec["dataset"] = model.uuid  # staged with StageDataset: handed to the job (agent/spec.py)
         return repo.create_job(conn, spec=spec, gpus=model.gpus, priority=model.priority,
                                constraints=model.constraints, max_retries=model.max_retries,
                                resume_on_retry=job_type is JobType.TRAIN, name=f"{model.model_no}-{job_type.value}",
-                               model_uuid=model.uuid, job_type=job_type, job_id=job_id, actor=self.actor)
+                               model_uuid=model.uuid, job_type=job_type, job_id=job_id, actor=self.actor,
+                               lost_after_seconds=model.lost_after_seconds)
 
     def _current_job(self, conn: Connection, model: ModelRow) -> JobRow:
         if not model.current_attempt_id:
@@ -190,14 +195,17 @@ class Lifecycle:
     # -- plain jobs ----------------------------------------------------------------------------
     def submit_job(self, *, spec: dict[str, Any], gpus: int, priority: int, constraints: dict[str, str],
                    max_retries: int, resume_on_retry: bool, name: str, request_id: str = "",
+                   lost_after_seconds: int = 0,
                    with_job: Callable[[Connection, JobRow], None] | None = None) -> JobRow:
         """`with_job` writes what belongs with the new job (its options) in the job's own transaction,
         so the scheduler never sees the job without it."""
         check_submission(spec, gpus, constraints)
+        self._check_runtime_exists(spec)
         fingerprint = ""
         if request_id:
             check_request_id(request_id)
-            fingerprint = _fingerprint(spec, gpus, priority, constraints, max_retries, resume_on_retry, name)
+            fingerprint = _fingerprint(spec, gpus, priority, constraints, max_retries, resume_on_retry, name,
+                                       *((lost_after_seconds,) if lost_after_seconds else ()))
             earlier = self._submitted(request_id, fingerprint)
             if earlier is not None:
                 return earlier
@@ -205,7 +213,7 @@ class Lifecycle:
             with self.engine.begin() as conn:
                 job = repo.create_job(conn, spec=spec, gpus=gpus, priority=priority, constraints=constraints,
                                       max_retries=max_retries, resume_on_retry=resume_on_retry, name=name,
-                                      actor=self.actor)
+                                      actor=self.actor, lost_after_seconds=_lost_after(lost_after_seconds))
                 if request_id and not repo.claim_submit_key(conn, request_id, job.id, fingerprint):
                     raise _KeyTaken  # rolls the new job back
                 if with_job is not None:
@@ -217,6 +225,19 @@ class Lifecycle:
         event(log, "job.submitted", job_id=job.id, gpus=gpus, priority=priority)
         self.wake_scheduler()
         return job
+
+    def _check_runtime_exists(self, spec: dict[str, Any]) -> None:
+        """An image needs a docker node: refused at submit when the fleet has none, instead of the
+        image being ignored and the command run on a host (a process node never gets it either)."""
+        if not spec.get("image"):
+            return
+        with self.engine.connect() as conn:
+            runtimes = repo.node_runtimes(conn)
+        if "docker" not in runtimes:
+            raise FailedPrecondition(
+                "spec.image: no node in this fleet runs the docker runtime (nodes: "
+                f"{', '.join(sorted(runtimes)) or 'none registered'}); a process-runtime node never runs an "
+                "image. Submit an argv command without --image, or add a docker node")
 
     def _submitted(self, request_id: str, fingerprint: str) -> JobRow | None:
         """The job an earlier SubmitJob with this request_id created (a client's retry), or None."""
@@ -338,6 +359,16 @@ def check_submission(spec: dict[str, Any], gpus: int, constraints: dict[str, str
     check_portable(JobSpec.from_dict(spec))
     check_job_size(spec, constraints)
     check_epoch_params(str(spec.get("params_json") or ""), "spec.params_json", lenient=True)
+
+
+MAX_LOST_AFTER = 30 * 24 * 3600
+
+
+def _lost_after(seconds: int) -> int | None:
+    """A request's lost_after_seconds: 0 means the coordinator's --lost-after (stored as NULL)."""
+    if seconds < 0 or seconds > MAX_LOST_AFTER:
+        raise InvalidArgument("lost_after_seconds", f"must be between 0 and {MAX_LOST_AFTER}, got {seconds}")
+    return seconds or None
 
 
 def _check_gpus(gpus: int) -> None:

@@ -5,10 +5,15 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
+from pathlib import Path
 
+from gpufleet.coordinator import token_cli
+from gpufleet.coordinator import tokens as coord_tokens
 from gpufleet.coordinator.agents import AgentPool
+from gpufleet.coordinator.capacity import UserCapacityInterceptor
 from gpufleet.coordinator.db import engine as dbengine
 from gpufleet.coordinator.fleet import Fleet
 from gpufleet.coordinator.keeper import Keeper
@@ -17,12 +22,13 @@ from gpufleet.coordinator.metrics import CoordinatorCollector
 from gpufleet.coordinator.reconciler import Reconciler
 from gpufleet.coordinator.scheduler import Scheduler
 from gpufleet.coordinator.service import CoordinatorService, FleetService, add_to_server
+from sqlalchemy import exc as sa_exc
 
-from gpufleet import auth, config
+from gpufleet import config, startup
 from gpufleet import log as flog
 from gpufleet import tls as fleet_tls
 from gpufleet.daemon import main_wrapper, serve_until_signalled, start_metrics, tune_for_latency
-from gpufleet.errors import InvalidArgument
+from gpufleet.errors import FailedPrecondition, InvalidArgument
 from gpufleet.metrics import RpcMetricsInterceptor, new_registry, stop_http
 from gpufleet.server import (
     bind,
@@ -40,7 +46,10 @@ OPTIONS = [
     config.Option("state-dir", "/var/lib/gpufleet/coordinator", "where the embedded SQLite database lives"),
     config.Option("database-url", "", "SQLAlchemy URL (default: SQLite in --state-dir; "
                   "postgresql+psycopg://user@host/db for production). Keep passwords in the environment"),
-    config.Option("node-timeout", 10.0, "seconds without a heartbeat before a node is LOST", float),
+    config.Option("node-timeout", 10.0, "seconds without a heartbeat before a node is UNREACHABLE (its jobs keep "
+                  "running)", float),
+    config.Option("lost-after", 300.0, "seconds a job may stay unheard before it is requeued (default for jobs "
+                  "and models that do not set lost_after_seconds)", float),
     config.Option("heartbeat-interval", 2.0, "seconds between agent heartbeats", float),
     config.Option("reconcile-interval", 5.0,
                   "seconds between full reconcile passes (a heartbeat reporting an ended job triggers one at once)",
@@ -60,6 +69,8 @@ OPTIONS = [
 
 def run(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "tokens":  # the first admin token, on the coordinator host
+        return token_cli.run(argv[1:])
     migrate_only = bool(argv) and argv[0] == "migrate"
     if migrate_only:
         argv = argv[1:]
@@ -70,18 +81,26 @@ def run(argv: list[str] | None = None) -> int:
         raise InvalidArgument("--on-restart", f"must be keep or stop, got {opts.on_restart!r}")
     if opts.node_timeout <= 0:
         raise InvalidArgument("--node-timeout", "must be > 0")
+    # Before anything is made on disk: a certificate without its key never falls back to plaintext.
+    tls = startup.check_tls_flags(opts.tls_cert, opts.tls_key, opts.tls_ca, "coordinator")
     state_dir = config.state_path(opts.state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True)
+    startup.private_dir(state_dir)
     url = opts.database_url or dbengine.default_sqlite_url(state_dir)
+    if url.startswith("sqlite:///"):
+        db_file = Path(url.removeprefix("sqlite:///").split("?", 1)[0])
+        if not db_file.exists():  # created 0600, not 0644: it holds env secrets and log tails
+            os.close(os.open(db_file, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
     engine = dbengine.make_engine(url)
-    status = dbengine.migrate(engine)
+    try:
+        startup.check_sqlite_readable(engine)
+        status = dbengine.migrate(engine)
+    except sa_exc.DatabaseError as exc:
+        raise FailedPrecondition(f"the database cannot be used: {str(exc.orig or exc).splitlines()[0][:200]}; "
+                                 "restore it from a backup") from None
+    startup.private_sqlite(url)
     flog.event(log, "db.migrated", dialect=engine.dialect.name, status=str(status))
     if migrate_only:
         return 0
-    tls = bool(opts.tls_cert and opts.tls_key)
-    if tls and not opts.tls_ca:
-        raise InvalidArgument("--tls-ca", "TLS on the coordinator is mutual: give the fleet CA (agents and "
-                              "clients present certificates it signed)")
     check_listen_security(opts.listen, opts.insecure, tls)
     if opts.auth not in ("auto", "on", "off"):
         raise InvalidArgument("--auth", f"must be auto, on or off, got {opts.auth!r}")
@@ -90,7 +109,7 @@ def run(argv: list[str] | None = None) -> int:
     if not auth_on and not loopback:
         flog.event(log, "auth.off", logging.WARNING, listen=opts.listen,
                    detail="--auth off on a non-loopback address: anyone who reaches it is admin")
-    auth_interceptors = [auth.CoordinatorAuth(engine, agent_certs=tls)] if auth_on else []
+    auth_interceptors = [coord_tokens.CoordinatorAuth(engine, agent_certs=tls)] if auth_on else []
 
     tune_for_latency()
     agents = AgentPool(fleet_tls.channel_credentials(opts.tls_ca, opts.tls_cert, opts.tls_key) if tls else None)
@@ -108,7 +127,7 @@ def run(argv: list[str] | None = None) -> int:
     reconciler = Reconciler(engine, agents, interval=opts.reconcile_interval, on_restart=opts.on_restart,
                             wake_scheduler=wake)
     fleet = Fleet(engine, reconciler, nodes_changed, node_timeout=opts.node_timeout,
-                  heartbeat_interval=opts.heartbeat_interval)
+                  heartbeat_interval=opts.heartbeat_interval, lost_after=opts.lost_after)
     scheduler = Scheduler(engine, agents, fleet.fresh_nodes, interval=opts.schedule_interval,
                           node_unreachable=fleet.unreachable)
     sched_ref.append(scheduler)
@@ -117,8 +136,9 @@ def run(argv: list[str] | None = None) -> int:
 
     registry = new_registry()
     registry.register(CoordinatorCollector(engine, scheduler, reconciler, fleet))
-    server, hs = build_server(interceptors=[RpcMetricsInterceptor(registry), *auth_interceptors])
-    add_to_server(CoordinatorService(engine, life, agents), FleetService(fleet), server)
+    server, hs = build_server(interceptors=[RpcMetricsInterceptor(registry), *auth_interceptors,
+                                            UserCapacityInterceptor()])
+    add_to_server(CoordinatorService(engine, life, agents), FleetService(fleet, agents), server)
     enable_reflection(server, SERVICES)
     creds = fleet_tls.server_credentials(opts.tls_cert, opts.tls_key, opts.tls_ca) if tls else None
     port = bind(server, opts.listen, creds)

@@ -2,8 +2,8 @@
 
 `decide(job, observation, ...)` is pure and covered by a table test; `Reconciler` observes
 (Agent.Inspect, outside any transaction), decides, and applies each decision in one transaction
-through `end_job` — the one place a job attempt ends, its metrics are stored, its model's steps
-move, and (by the job's retry policy) a new attempt is queued.
+through `end_job` (coordinator/ending.py) — the one place a job attempt ends, its metrics are
+stored, its model's steps move, and (by the job's retry policy) a new attempt is queued.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,12 +21,15 @@ from gpufleet.coordinator import states
 from gpufleet.coordinator.agents import AgentPool, Observation
 from gpufleet.coordinator.db import repo
 from gpufleet.coordinator.db.rows import JobRow
-from gpufleet.coordinator.metrics import job_ended
-from gpufleet.coordinator.states import DesiredState, JobStatus, JobType, ModelStatus, Step, TerminationReason
-from sqlalchemy.engine import Connection, Engine
+from gpufleet.coordinator.ending import (  # end_job, ingest_probe, start_running: re-exported
+    end_job,
+    ingest_probe,
+    start_running,
+)
+from gpufleet.coordinator.states import DesiredState, JobStatus, JobType, TerminationReason
+from sqlalchemy.engine import Engine
 
 from gpufleet import failpoints
-from gpufleet.errors import FailedPrecondition
 from gpufleet.log import event
 from gpufleet.loop import Loop
 
@@ -67,32 +70,44 @@ def decide(job: JobRow, obs: Observation, *, startup: bool) -> Decision:
         # and Launch (or Launch was lost). Launch is idempotent, so send it (again).
         if job.observed_state is None:
             return Decision("relaunch") if job.desired_state is DesiredState.RUN else Decision(
-                "finish", JobStatus.STOPPED, message=TerminationReason.STOPPED_BY_USER.message("before launch"))
+                "finish", JobStatus.STOPPED, message=_stop_message(job, "before launch"))
         return Decision("probe")
     if obs.state in ("PENDING", "RUNNING"):
         return Decision("stop") if job.desired_state is DesiredState.STOP else KEEP
-    if obs.state == "SUCCEEDED" and obs.exit_code in (0, None):
+    # The exit code decides, whatever the state says (SkyPilot #8928), in the stored convention
+    # (states.exit_code_for): 0 SUCCESS, -1 STOPPED, anything else FAILED.
+    ended = obs.state in ("SUCCEEDED", "FAILED")
+    if (ended and obs.exit_code == states.EXIT_OK) or (obs.state == "SUCCEEDED" and obs.exit_code is None):
         return Decision("finish", JobStatus.SUCCESS, 0, "", obs.probe)
-    if obs.state in ("SUCCEEDED", "FAILED"):  # the exit code decides, whatever the state says
+    if ended and obs.exit_code != states.EXIT_STOPPED:
         if obs.exit_code is None:  # could not be started on the host
             return Decision("finish", JobStatus.FAILED, None,
                             TerminationReason.LAUNCH_FAILED.message(obs.message), obs.probe)
-        reason = (TerminationReason.SERVER_RESTART_CONTAINER_EXIT_NONZERO if startup
-                  else TerminationReason.EXIT_NONZERO)
+        # One reason per event, whichever daemon restarted first (issue 12): the exit code is the
+        # fact; when the coordinator happened to learn it does not change it.
+        reason = TerminationReason.EXIT_NONZERO
         detail = f"exit code {obs.exit_code}" + (f"; {obs.message}" if obs.message else "")
         return Decision("finish", JobStatus.FAILED, obs.exit_code, reason.message(detail), obs.probe)
-    if obs.state == "STOPPED":
+    if obs.state == "STOPPED" or ended:  # STOPPED whatever it exited with (agent/states.py), or ended with -1
         if job.desired_state is DesiredState.STOP:
-            # Who asked: a stop under --on-restart=stop leaves its reason on the row (set_desired_state).
-            on_restart = job.error_message.startswith((TerminationReason.STOPPED_ON_RESTART.value,
-                                                       TerminationReason.TIME_LIMIT.value))
-            message = (job.error_message if on_restart else TerminationReason.STOPPED_BY_USER.message())
+            message = _stop_message(job)
         else:  # fenced, or stopped on the host by someone else
             message = f"STOPPED_ON_AGENT: {obs.message or 'no reason given'}"
         return Decision("finish", JobStatus.STOPPED, -1, message, obs.probe)
     if obs.state == "LOST":
         return judge_missing(job, obs.probe)
     return KEEP
+
+
+def _stop_message(job: JobRow, detail: str = "") -> str:
+    """Why a job we asked to stop ended. Who asked: a stop under --on-restart=stop, or of a
+    replacement whose original turned out to have finished, leaves its reason on the row
+    (set_desired_state); otherwise it was a user."""
+    if job.error_message.startswith((TerminationReason.STOPPED_ON_RESTART.value,
+                                     TerminationReason.SUPERSEDED_BY_ORIGINAL.value,
+                                     TerminationReason.TIME_LIMIT.value)):
+        return job.error_message
+    return TerminationReason.STOPPED_BY_USER.message(detail)
 
 
 def judge_missing(job: JobRow, probe: dict[str, Any] | None) -> Decision:
@@ -104,131 +119,6 @@ def judge_missing(job: JobRow, probe: dict[str, Any] | None) -> Decision:
         reason = "result-zip-missing"
     return Decision("finish", JobStatus.STOPPED, -1,
                     TerminationReason.SERVER_RESTART_CONTAINER_MISSING_OUTPUT_INCOMPLETE.message(reason), probe)
-
-
-def _step_fields(step: Step, probe: dict[str, Any] | None, saved: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if saved:
-        out[f"step{step.value}_metric_saved"] = True
-    if step is Step.TRAIN and probe and probe.get("best_epoch"):
-        out["best_epoch"] = int(probe["best_epoch"])
-    return out
-
-
-def ingest_probe(conn: Connection, job: JobRow, probe: dict[str, Any] | None) -> dict[str, int]:
-    """Store the probe's parsed csv rows (idempotent); returns rows inserted per split."""
-    counts = {"train": 0, "val": 0, "test": 0}
-    if not probe:
-        return counts
-    # A test run shares its folder with the training run: it owns only test.csv.
-    splits = ("test",) if job.job_type is JobType.EVAL else ("train", "val", "test")
-    by_split: dict[str, list[tuple[int, dict[str, float]]]] = {s: [] for s in splits}
-    for split, epoch, values in probe.get("metrics", []):
-        if split in by_split and values:
-            by_split[split].append((int(epoch), values))
-    for split, rows in by_split.items():
-        if rows:
-            failpoints.hit("coordinator.metrics.mid_ingest")
-            counts[split] = repo.ingest_metrics(conn, split, job.model_uuid, job.id, rows)
-    return counts
-
-
-def end_job(engine: Engine, job_id: str, status: JobStatus, message: str, *, actor: str,
-            exit_code: int | None = None, probe: dict[str, Any] | None = None, requeue: bool = False,
-            count_retry: bool = True, resume: bool = False, log_tail: bytes = b"",
-            only_if: Callable[[Connection], bool] | None = None) -> JobRow | None:
-    """End one RUNNING/QUEUED attempt, store its metrics, move its model, maybe queue the next
-    attempt — all in one transaction. Returns the new attempt when one was queued."""
-    with engine.begin() as conn:
-        job = repo.get_job(conn, job_id, for_update=True)
-        if job.terminal:
-            return None  # someone else ended it first; the first verdict stands
-        if only_if is not None and not only_if(conn):
-            return None  # the reason to end it no longer holds (e.g. its node came back)
-        code = exit_code if status is JobStatus.FAILED else None
-        repo.set_job_status(conn, job_id, status, exit_code=code, error_message=message or None,
-                            reason=message or status.value, actor=actor)
-        has_metrics = any(ingest_probe(conn, job, probe).values()) or bool(probe and probe.get("metrics"))
-        if log_tail:
-            repo.save_log_tail(conn, job_id, log_tail)
-        new_job = None
-        if requeue:
-            try:
-                spec = _resume_spec(job, probe) if (resume or job.resume_on_retry) else None
-                new_job = repo.requeue_job(conn, job_id, reason=message, actor=actor, count_retry=count_retry,
-                                           spec=spec)
-            except FailedPrecondition as exc:
-                event(log, "job.requeue_refused", job_id=job_id, why=str(exc))
-        if job.model_uuid:
-            _move_model(conn, job, status, message, probe, has_metrics, new_job, actor)
-    job_ended(status.value, message)
-    event(log, "job.ended", job_id=job_id, attempt=job.attempt, node=job.node, status=status.value,
-          exit_code=exit_code, message=message, requeued=new_job.id if new_job else None)
-    return new_job
-
-
-def _resume_spec(job: JobRow, probe: dict[str, Any] | None) -> dict[str, Any]:
-    """The old spec with resumeFrom (latest checkpoint found by the probe) put into params_json."""
-    import json
-
-    spec = dict(job.spec)
-    params = json.loads(spec.get("params_json") or "{}")
-    if probe and probe.get("latest_checkpoint"):
-        params["resumeFrom"] = probe["latest_checkpoint"]
-        params["resumeEpoch"] = int(probe.get("latest_checkpoint_epoch") or 0)
-    spec["params_json"] = json.dumps(params)
-    return spec
-
-
-def _move_model(conn: Connection, job: JobRow, status: JobStatus, message: str, probe: dict[str, Any] | None,
-                has_metrics: bool, new_job: JobRow | None, actor: str) -> None:
-    model = repo.get_model(conn, job.model_uuid or "", for_update=True)
-    if model.current_attempt_id != job.id:
-        return  # a superseded attempt never moves the model
-    if new_job is not None:
-        repo.update_model_states(conn, model.uuid, reason=f"requeued: {message}", actor=actor,
-                                 current_attempt_id=new_job.id, last_error=message)
-        return
-    step = Step.for_job_type(job.job_type)
-    cur = model.states
-    try:
-        if status is JobStatus.SUCCESS:
-            has_zip = bool(probe and probe.get("has_result_zip"))
-            new = states.job_succeeded(cur, job.job_type, has_zip)
-            fields = _step_fields(step, probe, has_metrics)
-            if step is Step.TRAIN and has_zip:
-                fields["step2_metric_saved"] = has_metrics
-            repo.update_model_states(conn, model.uuid, new=new, reason=f"job {job.id} SUCCESS", actor=actor,
-                                     **fields)
-        elif status is JobStatus.FAILED:
-            repo.update_model_states(conn, model.uuid, new=states.step_failed(cur, step),
-                                     reason=f"job {job.id} FAILED", actor=actor, last_error=message)
-        else:
-            repo.update_model_states(conn, model.uuid, new=states.step_stopped(cur, step),
-                                     reason=f"job {job.id} {status.value}", actor=actor,
-                                     last_error=message, **_step_fields(step, probe, False))
-    except FailedPrecondition as exc:
-        # The model moved on (e.g. canceled) while the job ended: the job's truth is stored anyway.
-        event(log, "model.outcome_skipped", logging.WARNING, model=model.uuid, job_id=job.id, why=str(exc))
-
-
-def start_running(conn: Connection, job: JobRow, actor: str) -> None:
-    """A model's attempt is confirmed running: its step IN_PROGRESS (idempotent)."""
-    if not job.model_uuid:
-        return
-    model = repo.get_model(conn, job.model_uuid)
-    if model.current_attempt_id != job.id:
-        return
-    step = Step.for_job_type(job.job_type)
-    if model.states.step(step) is ModelStatus.IN_PROGRESS and model.status is ModelStatus.IN_PROGRESS:
-        return
-    cur = model.states
-    new = (states.ModelStates(ModelStatus.IN_PROGRESS, ModelStatus.IN_PROGRESS, cur.step2) if step is Step.TRAIN
-           else states.ModelStates(ModelStatus.IN_PROGRESS, cur.step1, ModelStatus.IN_PROGRESS))
-    try:
-        repo.update_model_states(conn, model.uuid, new=new, reason=f"job {job.id} running", actor=actor)
-    except FailedPrecondition as exc:
-        event(log, "model.running_skipped", logging.WARNING, model=model.uuid, job_id=job.id, why=str(exc))
 
 
 class Reconciler:
@@ -301,7 +191,7 @@ class Reconciler:
         ids = {j.id for j in running}
         self._applied = {k: v for k, v in self._applied.items() if k in ids}
 
-    def sync_soon(self, job_ids: list[str], wait: float = 0.0) -> None:
+    def sync_soon(self, job_ids: list[str], wait: float = 0.0, late: bool = False) -> None:
         """Reconcile these jobs on the reconciler's threads (a heartbeat saw them end), waiting up to
         `wait` seconds for them: usually the end is recorded before the caller answers, but a slow
         agent or probe never holds the caller past that."""
@@ -311,16 +201,70 @@ class Reconciler:
         started = []
         for job_id in new:
             try:
-                started.append(self._sync_pool.submit(self._sync_one, job_id))
+                started.append(self._sync_pool.submit(self._sync_one, job_id, late))
             except RuntimeError:  # shutting down: the next start's first pass reconciles it
                 with self._sync_lock:
                     self._syncing.discard(job_id)
         if started and wait > 0:
             futures.wait(started, timeout=wait)
 
-    def _sync_one(self, job_id: str) -> None:
+    def late_truth_soon(self, job_ids: list[str], wait: float = 0.0) -> None:
+        """As sync_soon, for attempts given up for lost whose node reports they ended (late_truth)."""
+        self.sync_soon(job_ids, wait, late=True)
+
+    def late_truth(self, job_id: str, reported: Observation | None = None) -> None:
+        """An attempt was ended STOPPED NODE_LOST (its lost_after passed) and maybe requeued; its
+        node is back and says it ended during the silence. Ask the node (Inspect, outside any
+        transaction) and store that end instead, with its metrics and log; the replacements are
+        canceled or stopped (end_job's late_truth). `reported`: what the node pushed (Fleet.Report),
+        so no Inspect is needed."""
+        with self.engine.connect() as conn:
+            job = repo.get_job(conn, job_id)
+            if not states.is_lost_verdict(job.status, job.error_message) or not job.node:
+                return
+            address = repo.get_node(conn, job.node).address
+        obs = reported or self.agents.inspect(address, job.root_id, job.attempt)
+        if obs.kind != "found" or obs.state not in ("SUCCEEDED", "FAILED"):
+            return
+        d = decide(replace(job, status=JobStatus.RUNNING), obs, startup=False)
+        if d.action != "finish" or d.status not in (JobStatus.SUCCESS, JobStatus.FAILED):
+            return
+        end_job(self.engine, job.id, d.status, d.message, actor=self.actor, exit_code=d.exit_code, probe=d.probe,
+                log_tail=obs.log_tail, late_truth=True, progress=obs.progress)
+        if _refetch(self.engine, job.id).status is JobStatus.STOPPED:
+            # Not taken: a later attempt had already succeeded (the warning says so). The node may
+            # still forget the attempt (a Report's answer acknowledges it itself).
+            if reported is None and self.agents.acknowledge(address, job.root_id, job.attempt):
+                with self.engine.begin() as conn:
+                    repo.mark_acked(conn, [job.id])
+            return
+        event(log, "job.late_truth", job_id=job.id, status=d.status.value, superseded_by=job.superseded_by)
+        with self.engine.connect() as conn:
+            stop = []
+            nxt = job.superseded_by
+            while nxt:
+                rep = repo.get_job(conn, nxt)
+                if rep.status is JobStatus.RUNNING and rep.node:
+                    stop.append((rep, repo.get_node(conn, rep.node).address))
+                nxt = rep.superseded_by
+        if reported is None:  # on the reconciler's threads: ask the nodes now
+            for rep, rep_address in stop:
+                self.agents.stop(rep_address, rep.root_id, rep.attempt)
+            if self.agents.acknowledge(address, job.root_id, job.attempt):
+                with self.engine.begin() as conn:
+                    repo.mark_acked(conn, [job.id])
+        # Inside a Report nothing calls back into an agent: the syncs (on their own threads) send the
+        # stops, and the Report's answer acknowledges the original.
+        if stop:
+            self.sync_soon([rep.id for rep, _ in stop])
+        self.wake_scheduler()
+
+    def _sync_one(self, job_id: str, late: bool = False) -> None:
         try:
-            self.sync_job(job_id)
+            if late:
+                self.late_truth(job_id)
+            else:
+                self.sync_job(job_id)
         except Exception:  # noqa: BLE001 - the reconcile loop tries again
             log.exception("sync after heartbeat failed", extra={"fields": {"job_id": job_id}})
         finally:
@@ -400,7 +344,7 @@ class Reconciler:
         assert d.status is not None
         failpoints.hit("coordinator.reconcile.before_apply")
         end_job(self.engine, job.id, d.status, d.message, actor=self.actor, exit_code=d.exit_code, probe=d.probe,
-                log_tail=obs.log_tail)
+                log_tail=obs.log_tail, progress=obs.progress)
         if self.agents.acknowledge(address, job.root_id, job.attempt):
             with self.engine.begin() as conn:
                 repo.mark_acked(conn, [job.id])
@@ -410,3 +354,7 @@ class Reconciler:
 def _refetch(engine: Engine, job_id: str) -> JobRow:
     with engine.connect() as conn:
         return repo.get_job(conn, job_id)
+
+
+__all__ = ["KEEP", "Decision", "Reconciler", "decide", "end_job", "ingest_probe", "judge_missing",
+           "outputs_complete", "start_running"]

@@ -50,6 +50,7 @@ class NodeView:
     labels: Mapping[str, str]
     healthy_gpus: set[int]
     used: set[int] = field(default_factory=set)
+    runtime: str = ""
 
     @property
     def free(self) -> list[int]:
@@ -80,7 +81,8 @@ def choose(gpus: int, constraints: Mapping[str, str], nodes: Sequence[NodeView],
 
 def node_views(nodes: Sequence[Any], in_use: Mapping[str, set[int]], fresh_names: set[str]) -> list[NodeView]:
     """Placeable views of nodes (repo.PlaceableNode: healthy GPU indices in `healthy`): READY and fresh."""
-    return [NodeView(n.name, n.address, n.labels, set(n.healthy), set(in_use.get(n.name, set())))
+    return [NodeView(n.name, n.address, n.labels, set(n.healthy), set(in_use.get(n.name, set())),
+                     getattr(n, "runtime", ""))
             for n in nodes if n.state is NodeState.READY and n.name in fresh_names]
 
 
@@ -114,6 +116,11 @@ class Gate:
         o = self.opts.get(job.root_id)
         if o is not None and o.array_id and o.array_max_running:
             self.running[o.array_id] += 1
+
+
+def runtime_for(spec: Mapping[str, Any]) -> str:
+    """The runtime a job needs: an image runs only in a container, never as a host process."""
+    return "docker" if spec.get("image") else "process"
 
 
 @dataclass
@@ -189,6 +196,7 @@ class Scheduler:
             for v in views:
                 v.used = set(in_use.get(v.name, ()))
             free = {v.name: len(v.healthy_gpus - v.used) for v in views}
+            by_runtime = {rt: [v for v in views if v.runtime in (rt, "")] for rt in ("docker", "process")}
             now = datetime.now(UTC)
             failed: set[tuple[int, tuple[tuple[str, str], ...]]] = set()
             gate = Gate()
@@ -197,10 +205,11 @@ class Scheduler:
                 for job in queued:
                     if not gate.admits(job):
                         continue  # waits for its dependencies, or its array runs its cap
-                    shape = (job.gpus, tuple(sorted(job.constraints.items())))
+                    runtime = runtime_for(job.spec)
+                    shape = (job.gpus, (*sorted(job.constraints.items()), ("", runtime)))
                     if shape in failed or any(f[1] == shape[1] and f[0] <= job.gpus for f in failed):
                         continue  # a job of this shape, or a smaller one, did not fit in this pass
-                    pick = choose(job.gpus, job.constraints, views, free)
+                    pick = choose(job.gpus, job.constraints, by_runtime[runtime], free)
                     if pick is None:
                         failed.add(shape)
                         continue

@@ -7,16 +7,19 @@ from typing import Any
 
 import grpc
 from gpufleet.coordinator import convert
-from gpufleet.coordinator.agents import AgentPool
+from gpufleet.coordinator.agents import AgentPool, observation_from_pb
 from gpufleet.coordinator.db import options, repo
 from gpufleet.coordinator.db.rows import JobRow
 from gpufleet.coordinator.fleet import Digest, Fleet
 from gpufleet.coordinator.lifecycle import MAX_GPUS, Lifecycle, check_job_id
 from gpufleet.coordinator.pending import Pending, capacities, held_by_options, never_fits, pending_reason
+from gpufleet.coordinator.reports import Entry
 from gpufleet.coordinator.states import JobStatus
+from gpufleet.coordinator.token_rpc import TokenAdmin
 from gpufleet.coordinator.workflows import JobRequest, Workflows
 from sqlalchemy.engine import Engine
 
+from gpufleet.agentsecret import secret_from
 from gpufleet.errors import FailedPrecondition, InvalidArgument, Unavailable, Upstream, rpc, rpc_stream
 from gpufleet.v1 import agent_pb2 as apb
 from gpufleet.v1 import common_pb2 as pb
@@ -55,7 +58,7 @@ def job_request(r: cpb.SubmitJobRequest) -> JobRequest:
     return JobRequest(spec=convert.spec_from_pb(r.spec), gpus=r.gpus, priority=r.priority,
                       constraints=dict(r.constraints), max_retries=r.max_retries, resume_on_retry=r.resume_on_retry,
                       name=r.name, depends_on=tuple(r.depends_on), dependency_mode=r.dependency_mode,
-                      time_limit_s=r.time_limit_seconds)
+                      time_limit_s=r.time_limit_seconds, lost_after_seconds=r.lost_after_seconds)
 
 
 def check_auto_test(value: str) -> str:
@@ -64,7 +67,7 @@ def check_auto_test(value: str) -> str:
     raise InvalidArgument("auto_test", f"must be empty, 'best' or an epoch number >= 1, got {value!r}")
 
 
-class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
+class CoordinatorService(TokenAdmin, coordinator_pb2_grpc.CoordinatorServicer):
     def __init__(self, engine: Engine, life: Lifecycle, agents: AgentPool) -> None:
         self.engine = engine
         self.life = life
@@ -88,6 +91,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             model_no=request.model_no, version=request.version, train_type=request.train_type, memo=request.memo,
             params_json=request.params_json, spec=convert.spec_from_pb(request.spec), gpus=request.gpus,
             priority=request.priority, constraints=dict(request.constraints), max_retries=request.max_retries,
+            lost_after_seconds=request.lost_after_seconds,
         )
         if auto_test:
             with self.engine.begin() as conn:
@@ -340,14 +344,17 @@ def _tail(data: bytes, lines: int) -> bytes:
 
 
 class FleetService(coordinator_pb2_grpc.FleetServicer):
-    def __init__(self, fleet: Fleet) -> None:
+    def __init__(self, fleet: Fleet, agents: AgentPool | None = None) -> None:
         self.fleet = fleet
+        self.agents = agents
 
     @rpc
     def Register(self, request: cpb.RegisterRequest, context: Any) -> cpb.RegisterResponse:
         interval = self.fleet.register(request.node_name, request.address, dict(request.labels),
                                        request.agent_version, request.runtime,
                                        [convert.gpu_from_pb(g) for g in request.gpus])
+        if self.agents is not None:  # a plaintext agent's control secret: used on every call to it
+            self.agents.remember_secret(request.address, secret_from(context.invocation_metadata()))
         return cpb.RegisterResponse(node_name=request.node_name, heartbeat_interval_seconds=interval)
 
     @rpc
@@ -364,6 +371,21 @@ class FleetService(coordinator_pb2_grpc.FleetServicer):
 
         return cpb.HeartbeatResponse(stop=[pbd(d) for d in a.stop], acknowledged=[pbd(d) for d in a.acknowledged],
                                      reregister=a.reregister)
+
+
+    @rpc
+    def Report(self, request: cpb.ReportRequest, context: Any) -> cpb.ReportResponse:
+        entries = [
+            Entry(seq=r.seq, kind=r.kind, job_id=r.job.job_id, attempt=r.job.attempt,
+                  obs=observation_from_pb(r.job), metrics=[(m.split, m.epoch, dict(m.values)) for m in r.metrics],
+                  metric_rows=r.metric_rows)
+            for r in request.reports
+        ]
+        applied = self.fleet.report(request.node_name, entries)
+        if applied is None:
+            return cpb.ReportResponse(reregister=True)
+        return cpb.ReportResponse(acked_seq=applied.acked_seq, acknowledged=[
+            cpb.JobDigest(job_id=j, attempt=a) for j, a in applied.acknowledged])
 
 
 def add_to_server(coord: CoordinatorService, fleet: FleetService, server: grpc.Server) -> None:

@@ -35,7 +35,9 @@ Nodes::
     READY ──drain──> DRAINING ──no job left──> DRAINED
       ^                 │                          │
       └────undrain──────┴──────────undrain─────────┘
-    READY / DRAINING / DRAINED ──no heartbeat for --node-timeout──> LOST
+    READY / DRAINING / DRAINED are shown UNREACHABLE while silent past --node-timeout (not a
+    stored move: its jobs keep RUNNING until each one's lost_after passes)
+    (older coordinators:) READY / DRAINING / DRAINED ──no heartbeat──> LOST
     LOST ──registers again──> READY, or DRAINED when an operator drain is pending (its jobs
     were all stopped when it was lost, so the drain is complete)
 
@@ -101,7 +103,11 @@ class NodeState(enum.StrEnum):
     DRAINED = "DRAINED"
     """Draining and no job left."""
     LOST = "LOST"
-    """No heartbeat within --node-timeout; its jobs were stopped (and maybe requeued)."""
+    """Kept for rows written by older coordinators (which stopped a silent node's jobs); a node
+    that registers again leaves it. Nothing declares a node LOST any more: see UNREACHABLE."""
+    UNREACHABLE = "UNREACHABLE"
+    """No heartbeat within --node-timeout. Never stored in `nodes.state` (shown while
+    `unreachable_since` is set): its jobs keep RUNNING, each until its own lost_after passes."""
 
 
 class JobType(enum.StrEnum):
@@ -159,27 +165,28 @@ class TerminationReason(enum.StrEnum):
     DEPENDENCY = "DEPENDENCY"
     """A job it depends on (afterok) ended without success: it never starts (a pipeline's skip)."""
 
-    def to_status(self) -> JobStatus:
-        return _REASON_STATUS[self]
+    SUPERSEDED_BY_ORIGINAL = "SUPERSEDED_BY_ORIGINAL"
+    """A replacement attempt canceled or stopped because the attempt it replaced (requeued after
+    its node stayed silent past lost_after) turned out to have finished during the silence."""
 
     def message(self, detail: str = "") -> str:
         """The stored error_message: the code, then `: detail` when there is one."""
         return f"{self.value}: {detail}" if detail else self.value
 
 
-_REASON_STATUS: dict[TerminationReason, JobStatus] = {
-    TerminationReason.EXIT_NONZERO: JobStatus.FAILED,
-    TerminationReason.SERVER_RESTART_CONTAINER_EXIT_NONZERO: JobStatus.FAILED,
-    TerminationReason.SERVER_RESTART_CONTAINER_MISSING_OUTPUT_INCOMPLETE: JobStatus.STOPPED,
-    TerminationReason.SERVER_RESTART_CONTAINER_INSPECT_ERROR: JobStatus.STOPPED,
-    TerminationReason.NODE_LOST: JobStatus.STOPPED,
-    TerminationReason.STOPPED_BY_USER: JobStatus.STOPPED,
-    TerminationReason.STOPPED_ON_RESTART: JobStatus.STOPPED,
-    TerminationReason.CANCELED_BY_USER: JobStatus.CANCELED,
-    TerminationReason.LAUNCH_FAILED: JobStatus.FAILED,
-    TerminationReason.TIME_LIMIT: JobStatus.STOPPED,
-    TerminationReason.DEPENDENCY: JobStatus.CANCELED,
-}
+# An attempt given up for lost (STOPPED NODE_LOST after lost_after) whose node returns and reports
+# that it ended during the silence gets its true end: the one move out of a terminal status, only
+# for these reasons, only to what the node reports (`late_truth` in coordinator/reconciler.py).
+LOST_REASONS: tuple[TerminationReason, ...] = (
+    TerminationReason.NODE_LOST, TerminationReason.SERVER_RESTART_CONTAINER_INSPECT_ERROR)
+LATE_TRUTH: frozenset[tuple[JobStatus, JobStatus]] = frozenset(
+    {(JobStatus.STOPPED, JobStatus.SUCCESS), (JobStatus.STOPPED, JobStatus.FAILED)})
+
+
+def is_lost_verdict(status: JobStatus, error_message: str) -> bool:
+    """The attempt was ended only because its node stayed silent (its node may still report)."""
+    return status is JobStatus.STOPPED and any(
+        error_message == r.value or error_message.startswith(r.value + ":") for r in LOST_REASONS)
 
 # Exit code conventions stored in jobs.exit_code: 0 ok, -1 stopped, anything else is the job's
 # own error code.
@@ -189,14 +196,8 @@ EXIT_STOPPED = -1
 JOB_TERMINAL: frozenset[JobStatus] = frozenset(
     {JobStatus.SUCCESS, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
 )
-# Models and steps have no final state (restart, resume and test move each one on again); in these
-# states no job of theirs runs and nothing changes them without a user action. A model is only
-# finished for good when both steps are COMPLETED (`model_finished`).
-MODEL_SETTLED: frozenset[ModelStatus] = frozenset(
-    {ModelStatus.COMPLETED, ModelStatus.STOPPED, ModelStatus.ERROR}
-)
-# Nodes have no final state either; only READY nodes take new placements.
-NODE_SCHEDULABLE: frozenset[NodeState] = frozenset({NodeState.READY})
+# Models, steps and nodes have no final state: restart, resume and test move a model on again, and
+# a node comes back.
 
 # Short names for the tables below.
 J, M, N = JobStatus, ModelStatus, NodeState
@@ -253,8 +254,8 @@ NODE_TRANSITIONS: frozenset[tuple[NodeState, NodeState]] = frozenset(
         (N.DRAINED, N.LOST),
         (N.LOST, N.READY),
         (N.LOST, N.DRAINED),
-        # no-ops
-        *((s, s) for s in NodeState),
+        # no-ops (UNREACHABLE is never stored, so never a move: see NodeState.UNREACHABLE)
+        *((s, s) for s in NodeState if s is not N.UNREACHABLE),
     }
 )
 
@@ -459,57 +460,6 @@ def job_succeeded(cur: ModelStates, job_type: JobType | str, has_zip: bool) -> M
     if Step.for_job_type(job_type) is Step.TRAIN:
         return train_succeeded(cur, has_zip)
     return test_succeeded(cur)
-
-
-def model_finished(cur: ModelStates) -> bool:
-    """True when both steps are COMPLETED: no action is allowed any more."""
-    return cur.step1 is M.COMPLETED and cur.step2 is M.COMPLETED
-
-
-# ---------------------------------------------------------------------------------------------
-# Agent reports.
-
-AGENT_STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED", "LOST")
-_AGENT_PREFIX = "AGENT_JOB_STATE_"
-
-
-def status_for_exit_code(exit_code: int) -> JobStatus:
-    """0 -> SUCCESS, -1 -> STOPPED, anything else -> FAILED."""
-    if exit_code == EXIT_OK:
-        return JobStatus.SUCCESS
-    if exit_code == EXIT_STOPPED:
-        return JobStatus.STOPPED
-    return JobStatus.FAILED
-
-
-def job_from_agent(agent_state: str, exit_code: int | None, probe_completed: bool | None) -> JobStatus:
-    """Map an agent's report of a job (proto AgentJobState name, with or without its prefix) to the
-    job status the database should hold.
-
-    The exit code decides whenever it is known: 0 is SUCCESS, -1 STOPPED, anything else FAILED,
-    whatever state the agent attached to it (a non-zero exit reported as SUCCEEDED is FAILED,
-    SkyPilot #8928) — with one exception: an agent that says STOPPED called Stop itself, so a
-    non-zero code there is the signal's (137, 143) and the job is STOPPED; a 0 still wins (the job
-    finished before the signal landed). The probe speaks only when the exit code is unknown:
-    LOST + complete outputs is SUCCESS, LOST + incomplete (or no verdict) is STOPPED, never a rerun.
-    PENDING and RUNNING are RUNNING in the database (assignment is committed before Launch).
-    """
-    state = agent_state.upper().removeprefix(_AGENT_PREFIX)
-    if state not in AGENT_STATES:
-        raise InvalidArgument("agent_state", f"must be one of {', '.join(AGENT_STATES)}, got {agent_state!r}")
-    if state in ("PENDING", "RUNNING"):
-        return JobStatus.RUNNING
-    if exit_code is not None:
-        if state == "STOPPED" and exit_code != EXIT_OK:
-            return JobStatus.STOPPED
-        return status_for_exit_code(exit_code)
-    if state == "SUCCEEDED":
-        return JobStatus.SUCCESS
-    if state == "FAILED":
-        return JobStatus.FAILED
-    if state == "STOPPED":
-        return JobStatus.STOPPED
-    return JobStatus.SUCCESS if probe_completed else JobStatus.STOPPED
 
 
 def exit_code_for(status: JobStatus, exit_code: int | None, job_id: str = "") -> int | None:

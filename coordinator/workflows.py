@@ -49,6 +49,7 @@ class JobRequest:
     depends_on: tuple[str, ...] = ()
     dependency_mode: str = ""
     time_limit_s: int = 0
+    lost_after_seconds: int = 0
 
 
 def check_options(req: JobRequest, field_prefix: str = "") -> DependencyMode:
@@ -97,7 +98,7 @@ class Workflows:
         return self.life.submit_job(spec=req.spec, gpus=req.gpus, priority=req.priority,
                                     constraints=req.constraints, max_retries=req.max_retries,
                                     resume_on_retry=req.resume_on_retry, name=req.name, request_id=request_id,
-                                    with_job=with_job)
+                                    lost_after_seconds=req.lost_after_seconds, with_job=with_job)
 
     def _create(self, conn: Connection, req: JobRequest, opts: JobOptions) -> JobRow:
         """A new job and its options (`opts` with the job's root id filled in)."""

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -41,7 +42,7 @@ def _wait(what: str, fn, timeout: float, logs: list[Path]):  # type: ignore[no-u
             r = fn()
             if r:
                 return r
-        except grpc.RpcError:
+        except (grpc.RpcError, OSError):  # OSError: the console not listening yet
             pass
         time.sleep(0.2)
     tails = "\n".join(f"--- {p}:\n" + "\n".join(p.read_text(errors="replace").splitlines()[-15:])
@@ -75,7 +76,9 @@ def run_demo(out: Console, *, keep: bool, epochs: int, epoch_seconds: float, sta
         spawn(["gpufleet.agent.main", "--listen", aaddr, "--state-dir", str(root / "agent"), "--runtime", "process",
                "--gpus", "fake:4", "--output-root", str(root / "output"), "--data-root", str(root / "data"),
                "--coordinator", caddr, "--node-name", "demo-node", "--poll-interval", "0.2",
-               "--metrics-listen", "127.0.0.1:0"], alog)
+               "--metrics-listen", "127.0.0.1:0",
+               # A one-person demo: its jobs run as whoever started it (root only when root ran it).
+               "--job-user", str(os.getuid()), *(["--allow-root-jobs"] if os.getuid() == 0 else [])], alog)
         stub = coordinator_pb2_grpc.CoordinatorStub(ch)
         _wait("the agent to register", lambda: stub.ListNodes(cpb.ListNodesRequest(), timeout=2).nodes, 60,
               [clog, alog])
@@ -101,6 +104,12 @@ def run_demo(out: Console, *, keep: bool, epochs: int, epoch_seconds: float, sta
             return 1
         _report(out, stub, m, train_job)
         if keep:
+            waddr = f"127.0.0.1:{_port()}"
+            spawn(["gpufleet.web.main", "--coordinator", caddr, "--listen", waddr], root / "web.log")
+            # Loopback plaintext: the coordinator runs without tokens, so the console needs no sign-in.
+            _wait("the console", lambda: urllib.request.urlopen(f"http://{waddr}/api/nodes", timeout=2).status
+                  == 200, 60, [root / "web.log"])
+            out.print(f"  console  http://{waddr}/")
             out.print("\nThe services keep running. Talk to them with:")
             out.print(f"  export GPUFLEET_COORDINATOR={caddr}")
             out.print("  gpufleet models list; gpufleet nodes show demo-node; gpufleet jobs list")

@@ -53,14 +53,6 @@ class Unavailable(FleetError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
-class Unauthenticated(FleetError):
-    code = grpc.StatusCode.UNAUTHENTICATED
-
-
-class PermissionDenied(FleetError):
-    code = grpc.StatusCode.PERMISSION_DENIED
-
-
 class Upstream(FleetError):
     """An error another daemon answered with, passed on with its code (e.g. an agent's refusal)."""
 

@@ -172,9 +172,11 @@ def _sans(name: str, hosts: Iterable[str]) -> list[x509.GeneralName]:
 
 def issue(ca_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], name: str, role: str,
           hosts: Iterable[str] = (), days: int = 365,
-          valid_from: dt.datetime | None = None) -> tuple[Path, Path]:
-    """Sign a certificate for `name` with `role`; writes <out_dir>/<name>.crt, <name>.key (0600) and a
-    copy of the CA certificate (<out_dir>/ca.crt) so the folder is all a host needs.
+          valid_from: dt.datetime | None = None, stem: str = "", force: bool = False) -> tuple[Path, Path]:
+    """Sign a certificate for `name` with `role`; writes <out_dir>/<stem>.crt, <stem>.key (0600; stem:
+    `name` unless given, e.g. the role, to match the deploy paths /etc/gpufleet/tls/agent.crt) and a
+    copy of the CA certificate (<out_dir>/ca.crt) so the folder is all a host needs. Refuses to
+    replace an existing certificate or key unless `force`.
 
     `hosts` are the addresses peers dial this party by (IPs and DNS names; `name` is always
     included). `days` < 0 or a `valid_from` in the future make unusable certificates (for tests).
@@ -182,6 +184,11 @@ def issue(ca_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], name:
     if role not in ROLES:
         raise InvalidArgument("role", f"must be one of {', '.join(ROLES)}, got {role!r}")
     _check_name(name, "name")
+    out = Path(out_dir).expanduser()
+    crt_path, key_path = out / f"{stem or name}.crt", out / f"{stem or name}.key"
+    if not force and (crt_path.exists() or key_path.exists()):
+        raise FailedPrecondition(f"{crt_path} or {key_path} already exists; a running daemon may be using it "
+                                 "(use --force to replace it)")
     ca_cert, ca_key = load_ca(ca_dir)
     key = ec.generate_private_key(ec.SECP256R1())
     start, end = _validity(days, valid_from)
@@ -210,9 +217,7 @@ def issue(ca_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], name:
                        critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    crt_path, key_path = out / f"{name}.crt", out / f"{name}.key"
     _write_private(key_path, _key_pem(key))
     _write_public(crt_path, cert.public_bytes(serialization.Encoding.PEM))
     ca_copy = out / CA_CERT
@@ -259,6 +264,27 @@ def describe(cert_path: str | os.PathLike[str], field: str = "--tls-cert") -> Ce
         issuer=cert.issuer.rfc4514_string(), serial=cert.serial_number,
         fingerprint_sha256=cert.fingerprint(hashes.SHA256()).hex(),
     )
+
+
+def names_address(info: CertInfo, host: str) -> bool:
+    """Whether a certificate's subject alternative names cover `host` (an IP or a DNS name)."""
+    try:
+        return str(ipaddress.ip_address(host.strip("[]"))) in info.ips
+    except ValueError:
+        return host.lower().rstrip(".") in (d.lower() for d in info.dns)
+
+
+def check_names_address(cert_path: str | os.PathLike[str], address: str, field: str = "--advertise") -> None:
+    """Refuse a certificate that does not name the address peers dial (HOST:PORT): the peer's hostname
+    verification would fail on every call, and jobs would hang without a word on this side."""
+    host = address.rpartition(":")[0].strip("[]") or address
+    info = describe(cert_path)
+    if not names_address(info, host):
+        names = ", ".join(info.dns + info.ips) or "none"
+        raise InvalidArgument(field, f"{address!r}: the certificate {cert_path} does not name {host!r} "
+                                     f"(it names {names}), so the coordinator would refuse every call to it; "
+                                     f"issue it with `gpufleet certs issue {info.name} --role {info.role} "
+                                     f"--host {host}`, or advertise an address it names")
 
 
 def _read(path: str | os.PathLike[str], what: str) -> bytes:

@@ -7,13 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import AgentProc, CoordinatorProc, wait_for
+from tests.harness import AgentProc, CoordinatorProc, ensure_job_user, wait_for
 
 pytest_plugins = ["tests.dockerd"] + (
     ["tests.postgres"] if (Path(__file__).parent / "postgres.py").exists() else []
 )
 
 PY = sys.executable
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _job_user() -> None:
+    """Agents run process jobs as the unprivileged `gpufleet-job` (scripts/setup-dev.sh makes it too)."""
+    ensure_job_user()
 
 
 @pytest.fixture

@@ -88,6 +88,38 @@ class Daemon:
             return ""
 
 
+JOB_USER = "gpufleet-job"
+
+
+def ensure_job_user() -> None:
+    """The unprivileged account process-runtime jobs run as (as scripts/setup-dev.sh makes it)."""
+    import pwd
+
+    if os.geteuid() != 0:
+        return  # an agent that is not root runs jobs as itself
+    try:
+        pwd.getpwnam(JOB_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
+                        "--shell", "/usr/sbin/nologin", JOB_USER], check=False, capture_output=True)
+        pwd.getpwnam(JOB_USER)  # made now, or by a concurrent test run
+
+
+def open_path_to(path: Path) -> None:
+    """Let other users traverse (not list) the folders down to `path`: pytest makes its temporary
+    folders 0700, and a job running as the job user must reach its output folder by path."""
+    p = path.resolve()
+    for d in [p, *p.parents]:
+        if d == Path("/"):
+            break
+        try:
+            mode = d.stat().st_mode
+            if not mode & 0o001:
+                os.chmod(d, (mode & 0o7777) | 0o001)
+        except OSError:
+            pass
+
+
 class AgentProc:
     """A real `gpufleet-agent` on a loopback port with its own state, output and data dirs."""
 
@@ -98,6 +130,10 @@ class AgentProc:
         self.state_dir, self.output_root, self.data_root = root / "state", root / "out", root / "data"
         for p in (self.state_dir, self.output_root, self.data_root):
             p.mkdir(parents=True, exist_ok=True)
+        if runtime == "process":
+            ensure_job_user()
+            open_path_to(self.output_root)
+            open_path_to(self.data_root)
         self.port = port or free_port()
         self.node_name = node_name or f"node-{self.port}"
         self.addr = f"127.0.0.1:{self.port}"
@@ -182,7 +218,8 @@ class CoordinatorProc:
     """A real `gpufleet-coordinator` on a loopback port (SQLite in its state dir unless a URL is given)."""
 
     def __init__(self, root: Path, database_url: str = "", node_timeout: float = 3.0, extra: list[str] | None = None,
-                 env: dict[str, str] | None = None, port: int | None = None) -> None:
+                 env: dict[str, str] | None = None, port: int | None = None,
+                 lost_after: float | None = None) -> None:
         from gpufleet.v1 import coordinator_pb2_grpc
 
         self._grpc = coordinator_pb2_grpc
@@ -196,6 +233,8 @@ class CoordinatorProc:
                 "--schedule-interval", "0.5", "--metrics-listen", ""]
         if database_url:
             argv += ["--database-url", database_url]
+        if lost_after is not None:  # how long a silent node's jobs are kept (default 300 s)
+            argv += ["--lost-after", str(lost_after)]
         self.daemon = Daemon(argv + (extra or []), root / "coordinator.log", env=env or {})
         self.channel: grpc.Channel | None = None
 

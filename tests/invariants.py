@@ -19,7 +19,7 @@ them. Invariants checked at any moment (`settled=False`):
   root_id; across ALL agents at most one PENDING/RUNNING attempt per job id; at most one live
   process/container per job id;
 - every terminal coordinator job matches the agent's record of that attempt when the agent still
-  has it (coordinator/states.py `job_from_agent`, exit code included);
+  has it, by production's rule (coordinator/reconciler.py `decide`, exit code included);
 
 and once the system has had time to settle (`settled=True`), also:
 - nothing acknowledged (coordinator jobs.acked) is still held by an agent (record, container or
@@ -41,13 +41,16 @@ import sqlite3
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from gpufleet.agent.runtime.process import proc_start_marker
-from gpufleet.coordinator.reconciler import outputs_complete
-from gpufleet.coordinator.states import JOB_TERMINAL, JobStatus, JobType, job_from_agent
+from gpufleet.coordinator.agents import Observation
+from gpufleet.coordinator.db.rows import JobRow
+from gpufleet.coordinator.reconciler import decide, outputs_complete
+from gpufleet.coordinator.states import JOB_TERMINAL, DesiredState, JobStatus, JobType
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
@@ -273,7 +276,9 @@ def _check_coord_history(events: list[tuple[str, str | None, str | None]], v: li
         prev = last.get(job_id)
         if prev is not None and frm != prev:
             v.append(f"coordinator: job {job_id} history jumps: last {prev}, then an event from {frm} to {to}")
-        if frm in COORD_TERMINAL and to != frm:
+        # The one move out of a terminal status (coordinator/states.py LATE_TRUTH): an attempt given up
+        # for lost whose node returned and reported that it ended during the silence.
+        if frm in COORD_TERMINAL and to != frm and (frm, to) not in (("STOPPED", "SUCCESS"), ("STOPPED", "FAILED")):
             v.append(f"coordinator: job {job_id} went backwards from {frm} to {to}")
         last[job_id] = to
 
@@ -321,24 +326,32 @@ def _check_agent_rows(snap: AgentSnapshot, v: list[str]) -> None:
 
 
 def _check_match(job: CoordJob, aj: AgentJob, node: str, v: list[str]) -> None:
-    """A terminal coordinator job against the agent's terminal record of the same attempt."""
+    """A terminal coordinator job against the agent's terminal record of the same attempt: the status must be
+    the one production's rule (coordinator/reconciler.py `decide`) gives for that record, exit code included."""
     if any(job.error_message.startswith(p) for p in VERDICTS_WITHOUT_AGENT):
         return
     try:
         job_type = JobType(job.job_type)
     except ValueError:
         job_type = JobType.TRAIN
-    probe_completed = outputs_complete(job_type, aj.probe) if aj.probe is not None else None
-    want = job_from_agent(aj.state, aj.exit_code, probe_completed).value
-    accepted = {want}
-    if aj.state == "STOPPED":
-        # The reconciler follows agent/states.py ("a stopped job is STOPPED whatever it exited
-        # with"), while job_from_agent lets a 0 win: both readings are accepted here.
-        accepted.add(JobStatus.STOPPED.value)
+    try:
+        desired = DesiredState(job.desired_state)
+    except ValueError:
+        desired = DesiredState.RUN
+    running = JobRow(
+        id=job.id, root_id=job.root_id, model_uuid=None, job_type=job_type, attempt=job.attempt,
+        status=JobStatus.RUNNING, desired_state=desired, observed_state="RUNNING", observed_at=None, exit_code=None,
+        error_message="", node=node, gpu_indices=tuple(job.gpu_indices), gpus=len(job.gpu_indices), priority=0,
+        spec={}, constraints={}, max_retries=0, retries_used=0, resume_on_retry=False, name="", superseded_by=None,
+        acked=False, created_at=datetime.now(UTC), assigned_at=None, started_at=None, finished_at=None,
+        row_version=0)
+    report = Observation(kind="found", state=aj.state, attempt=aj.attempt, exit_code=aj.exit_code, probe=aj.probe)
+    d = decide(running, report, startup=False)
+    want = d.status.value if d.status is not None else f"no verdict ({d.action})"
     where = f"job {job.id}: coordinator {job.status} (exit {job.exit_code})"
-    if job.status not in accepted:
+    if job.status != want:
         v.append(f"{where} but agent {node} says {aj.state} (exit {aj.exit_code}, probe completed "
-                 f"{probe_completed}): expected {sorted(accepted)}")
+                 f"{outputs_complete(job_type, aj.probe)}): expected {want}")
     elif job.status == JobStatus.FAILED.value and aj.exit_code is not None and job.exit_code != aj.exit_code:
         v.append(f"{where} but agent {node} recorded exit code {aj.exit_code}")
 

@@ -25,8 +25,9 @@ import calendar
 import contextlib
 import logging
 import re
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +195,8 @@ class DockerRuntime:
         # StartedAt of running containers, so observe_many needs no inspect for them after the
         # first sighting (the list call does not carry it; it does not change while running).
         self._started_at: dict[str, float | None] = {}
+        self._events_stop = threading.Event()
+        self._events: Any = None
 
     @classmethod
     def available(cls, base_url: str | None = None, timeout: float = 2.0) -> bool:
@@ -314,7 +317,7 @@ class DockerRuntime:
         device_requests = None
         if plan.real_gpus and plan.gpu_indices:
             device_requests = [
-                DeviceRequest(device_ids=[str(i) for i in plan.gpu_indices], capabilities=[["gpu"]])
+                DeviceRequest(device_ids=_device_ids(plan), capabilities=[["gpu"]])
             ]
         # plan.log_max_bytes is the per-job rotation size the supervisor chose; the
         # constructor's value is the fallback when a plan leaves it at 0.
@@ -557,5 +560,35 @@ class DockerRuntime:
         except _ENGINE_ERRORS:
             return False
 
+    def watch_exits(self, wake: Callable[[], None]) -> None:
+        """Follow the engine's event stream and call `wake` as soon as one of this agent's containers
+        dies, so its end is recorded (and pushed) at once. The supervisor's poll stays the safety net,
+        and covers the gaps while the stream reconnects (after an engine restart, say)."""
+        filters = {"type": "container", "event": ["die", "oom"], "label": f"{LABEL_AGENT}={self.agent_name}"}
+
+        def run() -> None:
+            while not self._events_stop.is_set():
+                try:
+                    self._events = self._api.events(decode=True, filters=filters)
+                    for _ in self._events:
+                        if self._events_stop.is_set():
+                            return
+                        wake()
+                except Exception as exc:  # noqa: BLE001 - engine away: the poll covers it meanwhile
+                    log.debug("docker event stream: %s", _explain(exc))
+                self._events_stop.wait(1.0)
+
+        threading.Thread(target=run, name="docker-events", daemon=True).start()
+
     def close(self) -> None:
+        self._events_stop.set()
+        if self._events is not None:
+            with contextlib.suppress(Exception):
+                self._events.close()
         self.client.close()
+
+
+def _device_ids(plan: LaunchPlan) -> list[str]:
+    """The GPUs to request by UUID (their identity) when the plan knows them all, else by index."""
+    uuids = [u for u in plan.env.get("GPUFLEET_GPU_UUIDS", "").split(",") if u]
+    return uuids if len(uuids) == len(plan.gpu_indices) else [str(i) for i in plan.gpu_indices]

@@ -3,6 +3,13 @@
 Each job runs under `wrapper.py` in its own session; the handle is the wrapper's pid plus its
 start time from /proc, so a reused pid is never mistaken for the job. The wrapper writes
 exit.json when the job ends, which is how an exit is known even if the agent was down then.
+
+Privileges: the wrapper stays the agent's user and keeps the job's files (handle, child.pid,
+exit.json, output.log) in the agent's job folder (0700, inside the 0700 state dir); the job's own
+process runs as the job user (`--job-user`, see agent/jobuser.py), owns only its output folder,
+and so can neither forge its exit record nor read the agent's database. Wrappers the agent
+started are reaped as soon as they end (no zombies). Files the job could have touched are opened
+through gpufleet.safefs (no links followed, regular files only, bounded reads from the end).
 """
 from __future__ import annotations
 
@@ -14,11 +21,20 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+from gpufleet.agent.jobuser import JobUser
 from gpufleet.agent.runtime import wrapper
 from gpufleet.agent.runtime.base import Found, Handle, LaunchPlan, Observation, RuntimeError_, Seen
 
+from gpufleet import safefs
+
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+# The most a log read returns at once (a tail, one follow chunk): the agent's memory stays bounded
+# however much a job prints, and a reply stays under gRPC's 4 MiB message limit.
+MAX_LOG_READ = 2 * 1024 * 1024
+# exit.json and handle.json are tiny; anything bigger is not ours.
+_MAX_RECORD = 64 * 1024
 
 
 def proc_start_marker(pid: int) -> str | None:
@@ -46,26 +62,71 @@ def _boot_time() -> float:
 class ProcessRuntime:
     name = "process"
 
-    def __init__(self, jobs_root: Path) -> None:
+    def __init__(self, jobs_root: Path, job_user: JobUser | None = None, output_root: Path | None = None) -> None:
+        """`job_user` None: jobs run as the agent's own user (in-process tests)."""
         self.jobs_root = jobs_root
-        # Wrappers we spawned ourselves are our children: poll them so they don't stay zombies.
+        self.job_user = job_user if job_user is not None and os.geteuid() == 0 else None
+        self.output_root = output_root
+        # Wrappers we spawned ourselves are our children: reap them so they don't stay zombies.
         self._children: dict[int, subprocess.Popen[bytes]] = {}
+
+    def _reap(self) -> None:
+        """Collect every wrapper of ours that has ended (cheap: one waitpid(WNOHANG) each)."""
+        for pid, child in list(self._children.items()):
+            if child.poll() is not None:
+                self._children.pop(pid, None)
+
+    def _give_output_dir(self, plan: LaunchPlan) -> None:
+        """Make the job's output folder (and only it) the job user's, without following a link a
+        job may have planted in its path: every component is opened with O_NOFOLLOW below the
+        output root, and the owner is changed on the opened descriptor."""
+        if self.job_user is None or self.job_user.is_root:
+            return
+        if self.output_root is None:
+            raise RuntimeError_("the process runtime needs the output root to hand a folder to the job user")
+        root = self.output_root.resolve()
+        try:
+            rel = str(plan.output_dir.relative_to(root))
+        except ValueError:
+            raise RuntimeError_(f"output folder {plan.output_dir} is outside {root}") from None
+        try:
+            fd = safefs.make_dirs(root, rel, 0o755)
+        except OSError as exc:
+            raise RuntimeError_(f"cannot open the output folder without following links: {exc.strerror}") from exc
+        try:
+            st = os.fstat(fd)
+            if (st.st_uid, st.st_gid) != (self.job_user.uid, self.job_user.gid):
+                os.fchown(fd, self.job_user.uid, self.job_user.gid)
+            os.fchmod(fd, 0o750)
+        finally:
+            os.close(fd)
 
     # -- start ---------------------------------------------------------------------------------
     def start(self, plan: LaunchPlan) -> Handle:
         existing = self.find(plan.job_id, plan.attempt, plan.job_dir)
         if existing is not None:
             return existing
-        plan.job_dir.mkdir(parents=True, exist_ok=True)
+        self._reap()
+        # The agent's own files for the job: out of the job's reach (0700, owned by the agent).
+        self.jobs_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        plan.job_dir.parent.mkdir(mode=0o700, exist_ok=True)
+        plan.job_dir.mkdir(mode=0o700, exist_ok=True)
         if not plan.argv:
             raise RuntimeError_("the process runtime needs spec.command")
+        self._give_output_dir(plan)
         cwd = str(plan.output_dir / plan.workdir) if plan.workdir else str(plan.output_dir)
-        args = [sys.executable, "-I", wrapper.__file__, str(plan.job_dir), str(plan.log_max_bytes), cwd, "--",
-                *plan.argv]
+        env = dict(plan.env)
+        user_args: list[str] = []
+        if self.job_user is not None:
+            env.update(self.job_user.env())
+            if not self.job_user.is_root:
+                user_args = [f"{self.job_user.uid}:{self.job_user.gid}"]
+        args = [sys.executable, "-I", wrapper.__file__, str(plan.job_dir), str(plan.log_max_bytes), cwd,
+                *user_args, "--", *plan.argv]
         try:
             with open(plan.job_dir / "wrapper.err", "ab") as err:
                 p = subprocess.Popen(
-                    args, env=plan.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                    args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                     start_new_session=True, close_fds=True,
                 )
         except OSError as exc:
@@ -73,18 +134,28 @@ class ProcessRuntime:
         self._children[p.pid] = p
         marker = proc_start_marker(p.pid) or ""
         handle = Handle(runtime_id=str(p.pid), start_marker=marker)
-        tmp = plan.job_dir / "handle.json.tmp"
+        # Not "handle.json.tmp": the wrapper writes the same handle through that name (wrapper.
+        # _write_handle), and a shared temp name let its rename take ours (issue 12: 1 in ~200 trivial
+        # jobs ended LAUNCH_FAILED "No such file ... handle.json.tmp" while running fine).
+        tmp = plan.job_dir / "handle.json.agent.tmp"
         tmp.write_text(json.dumps({"pid": p.pid, "start_marker": marker, "job_id": plan.job_id,
                                    "attempt": plan.attempt}))
         os.replace(tmp, plan.job_dir / "handle.json")
         return handle
 
+    @staticmethod
+    def _read_json(job_dir: Path, name: str) -> dict[str, Any]:
+        data = json.loads(safefs.read_capped(job_dir, name, _MAX_RECORD))
+        if not isinstance(data, dict):
+            raise ValueError(f"{name} is not a JSON object")
+        return data
+
     def find(self, job_id: str, attempt: int, job_dir: Path) -> Handle | None:
         try:
-            data = json.loads((job_dir / "handle.json").read_text())
-        except (OSError, ValueError):
+            data = self._read_json(job_dir, "handle.json")
+            return Handle(runtime_id=str(int(data["pid"])), start_marker=str(data.get("start_marker", "")))
+        except (OSError, ValueError, KeyError, TypeError):
             return None
-        return Handle(runtime_id=str(data["pid"]), start_marker=str(data.get("start_marker", "")))
 
     # -- observe -------------------------------------------------------------------------------
     def _alive(self, handle: Handle) -> bool:
@@ -99,6 +170,7 @@ class ProcessRuntime:
     def observe(self, handle: Handle, job_dir: Path) -> Observation:
         ended = self._read_exit(job_dir)
         if ended is not None:
+            self._reap_ended(handle)
             return ended
         if self._alive(handle):
             started = None
@@ -111,30 +183,47 @@ class ProcessRuntime:
             return ended
         return Observation(Seen.MISSING, message="the job's process is gone and left no exit code")
 
+    def _reap_ended(self, handle: Handle) -> None:
+        """The wrapper wrote exit.json and is about to exit: wait for it (briefly) so it is reaped
+        now, not left a zombie until the agent restarts; one still busy is reaped on a later call."""
+        child = self._children.get(int(handle.runtime_id))
+        if child is None:
+            self._reap()
+            return
+        try:
+            child.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            pass
+        self._reap()
+
     def observe_many(self, items: list[tuple[Handle, Path]]) -> list[Observation]:
+        self._reap()
         return [self.observe(h, d) for h, d in items]
 
-    @staticmethod
-    def _read_exit(job_dir: Path) -> Observation | None:
+    @classmethod
+    def _read_exit(cls, job_dir: Path) -> Observation | None:
         try:
-            data = json.loads((job_dir / "exit.json").read_text())
+            data = cls._read_json(job_dir, "exit.json")
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
             return Observation(Seen.MISSING, message=f"exit file unreadable: {exc}")
-        return Observation(
-            Seen.EXITED, exit_code=int(data["exit_code"]), signal=int(data.get("signal", 0)),
-            started_at=data.get("started_at"), finished_at=data.get("finished_at"),
-            message=str(data.get("message", "")),
-        )
+        try:
+            return Observation(
+                Seen.EXITED, exit_code=int(data["exit_code"]), signal=int(data.get("signal", 0)),
+                started_at=data.get("started_at"), finished_at=data.get("finished_at"),
+                message=str(data.get("message", ""))[:4096],
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            return Observation(Seen.MISSING, message=f"exit file unreadable: {exc}")
 
     # -- control -------------------------------------------------------------------------------
     def signal(self, handle: Handle, job_dir: Path, sig: int) -> None:
         try:
-            child_pid = int((job_dir / "child.pid").read_text())
+            child_pid = int(safefs.read_capped(job_dir, "child.pid", 64))
         except (OSError, ValueError):
             child_pid = 0
-        if child_pid and self._alive(handle):
+        if child_pid > 1 and self._alive(handle):
             # The job's own process group: reaches every process the job started.
             try:
                 os.killpg(child_pid, sig)
@@ -150,6 +239,7 @@ class ProcessRuntime:
 
     def remove(self, handle: Handle, job_dir: Path) -> None:
         # Only called after the coordinator stored the final state (and the log tail is in the store).
+        self._reap()
         for name in ("exit.json", "child.pid", "handle.json", "wrapper.err", "output.log", "output.log.1"):
             try:
                 (job_dir / name).unlink()
@@ -162,17 +252,20 @@ class ProcessRuntime:
             pass
 
     # -- logs ----------------------------------------------------------------------------------
-    def logs(self, handle: Handle, job_dir: Path, tail_lines: int = 0) -> bytes:
-        data = b""
-        for name in ("output.log.1", "output.log"):
-            try:
-                data += (job_dir / name).read_bytes()
-            except FileNotFoundError:
-                pass
-        if tail_lines > 0:
-            lines = data.splitlines(keepends=True)
-            data = b"".join(lines[-tail_lines:])
+    @staticmethod
+    def _tail(job_dir: Path, tail_lines: int, max_bytes: int = MAX_LOG_READ) -> bytes:
+        """The last `tail_lines` lines (all when 0) of output.log.1 + output.log, read from the end
+        and never more than `max_bytes`: the cost follows what is returned, not the log's size."""
+        data = safefs.tail_file(job_dir, "output.log", max_bytes, tail_lines)
+        have = data.count(b"\n") if tail_lines > 0 else 0
+        if len(data) < max_bytes and (tail_lines <= 0 or have < tail_lines):
+            more = tail_lines - have if tail_lines > 0 else 0
+            older = safefs.tail_file(job_dir, "output.log.1", max_bytes - len(data), more)
+            data = older + data
         return data
+
+    def logs(self, handle: Handle, job_dir: Path, tail_lines: int = 0) -> bytes:
+        return self._tail(job_dir, tail_lines)
 
     def follow(self, handle: Handle, job_dir: Path, tail_lines: int = 0) -> Iterator[bytes]:
         """The tail, then new output until the job ends. The log stays open between reads, so its
@@ -180,7 +273,7 @@ class ProcessRuntime:
         path = job_dir / "output.log"
         while True:
             try:
-                f = open(path, "rb")  # noqa: SIM115 - closed in the finally below (it may be reopened)
+                f = os.fdopen(safefs.open_regular(job_dir, "output.log"), "rb")  # noqa: SIM115 - closed below
                 break
             except FileNotFoundError:
                 # A job launched a moment ago: its wrapper has not made the log yet.
@@ -191,13 +284,13 @@ class ProcessRuntime:
                     return
                 time.sleep(0.05)
         try:
-            try:
-                old = (job_dir / "output.log.1").read_bytes()
-            except FileNotFoundError:
-                old = b""
-            first = old + f.read()  # everything so far; reading goes on from here
-            if tail_lines > 0:
-                first = b"".join(first.splitlines(keepends=True)[-tail_lines:])
+            # The tail so far, read from the end (bounded); reading goes on from the end.
+            end = os.fstat(f.fileno()).st_size
+            first = safefs.tail_fd(f.fileno(), MAX_LOG_READ, tail_lines)
+            if len(first) < MAX_LOG_READ and (tail_lines <= 0 or first.count(b"\n") < tail_lines):
+                more = tail_lines - first.count(b"\n") if tail_lines > 0 else 0
+                first = safefs.tail_file(job_dir, "output.log.1", MAX_LOG_READ - len(first), more) + first
+            f.seek(end)
             if first:
                 yield first
             while True:
@@ -212,7 +305,10 @@ class ProcessRuntime:
                     rotated = False  # removed: what is left in our open file is all there is
                 if rotated:
                     f.close()
-                    f = open(path, "rb")  # noqa: SIM115
+                    try:
+                        f = os.fdopen(safefs.open_regular(job_dir, "output.log"), "rb")  # noqa: SIM115
+                    except FileNotFoundError:
+                        return
                     continue
                 if ended:
                     return
@@ -221,9 +317,8 @@ class ProcessRuntime:
             f.close()
 
     def read_since(self, handle: Handle, job_dir: Path, cursor: str) -> tuple[bytes, str]:
-        path = job_dir / "output.log"
         try:
-            f = open(path, "rb")
+            f = os.fdopen(safefs.open_regular(job_dir, "output.log"), "rb")
         except FileNotFoundError:
             return b"", cursor
         with f:
@@ -233,9 +328,8 @@ class ProcessRuntime:
             if ino != st.st_ino:
                 # Rotated since the last read: finish the old file (now output.log.1), then start over.
                 try:
-                    with open(job_dir / "output.log.1", "rb") as old:
-                        old.seek(off)
-                        data = old.read()
+                    with safefs.opened(job_dir, "output.log.1") as old:
+                        data = safefs.read_fd(old, 4 * 1024 * 1024, off)
                 except FileNotFoundError:
                     pass
                 off = 0
@@ -245,12 +339,13 @@ class ProcessRuntime:
 
     def list_labelled(self) -> list[Found]:
         found: list[Found] = []
+        self._reap()
         for hp in self.jobs_root.glob("*/*/handle.json"):
             try:
-                data = json.loads(hp.read_text())
-            except (OSError, ValueError):
+                data = self._read_json(hp.parent, "handle.json")
+                handle = Handle(str(int(data["pid"])), str(data.get("start_marker", "")))
+            except (OSError, ValueError, KeyError, TypeError):
                 continue
-            handle = Handle(str(data["pid"]), str(data.get("start_marker", "")))
             if self._alive(handle):
                 found.append(Found(str(data["job_id"]), int(data["attempt"]), handle))
         return found

@@ -1,7 +1,9 @@
 """Runs one process-runtime job and writes its exit code durably, even when the agent is down.
 
-Started by the agent as `python -I wrapper.py JOB_DIR LOG_MAX_BYTES CWD -- ARGV...` in its own
-session, so killing the agent (or its process group) leaves the job alone. The job runs in a
+Started by the agent as `python -I wrapper.py JOB_DIR LOG_MAX_BYTES CWD [UID:GID] -- ARGV...` in its
+own session, so killing the agent (or its process group) leaves the job alone. With UID:GID the
+job's process runs as that user (no supplementary groups) while the wrapper keeps the agent's
+identity, so the files below JOB_DIR (exit record, handle, log) stay out of the job's reach. The job runs in a
 process group of its own; SIGTERM/SIGINT/SIGHUP sent to the wrapper are forwarded to that group.
 Stdout and stderr go to JOB_DIR/output.log, rotated to output.log.1 at LOG_MAX_BYTES.
 When the job ends the wrapper writes JOB_DIR/exit.json atomically (write, fsync, rename, fsync dir).
@@ -148,8 +150,14 @@ def _pump(src: int, log_path: str, max_bytes: int) -> None:
 
 def main(argv: list[str]) -> int:
     job_dir, max_bytes, cwd = argv[0], int(argv[1]), argv[2]
-    assert argv[3] == "--"
-    cmd = argv[4:]
+    drop: dict[str, Any] = {}
+    rest = argv[3:]
+    if rest[0] != "--":
+        uid, gid = (int(x) for x in rest[0].split(":"))
+        drop = {"user": uid, "group": gid, "extra_groups": []}
+        rest = rest[1:]
+    assert rest[0] == "--"
+    cmd = rest[1:]
     exit_path = os.path.join(job_dir, "exit.json")
     log_path = os.path.join(job_dir, "output.log")
     _write_handle(job_dir)
@@ -172,7 +180,7 @@ def main(argv: list[str]) -> int:
     try:
         child = subprocess.Popen(
             cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            start_new_session=True, close_fds=True,
+            start_new_session=True, close_fds=True, umask=0o022, **drop,
         )
     except OSError as exc:
         try:

@@ -10,7 +10,6 @@ from typing import Any
 
 import sqlalchemy as sa
 from gpufleet.coordinator.db.common import _now
-from gpufleet.coordinator.db.rows import EventRow
 from gpufleet.coordinator.db.schema import (
     events,
 )
@@ -42,15 +41,3 @@ def record_event(
             detail=dict(detail) if detail is not None else None,
         )
     )
-
-
-def list_events(
-    conn: Connection, entity: str | None = None, entity_id: str | None = None, limit: int = 1000
-) -> list[EventRow]:
-    """Events oldest first, optionally for one entity."""
-    query = sa.select(events).order_by(events.c.id).limit(limit)
-    if entity is not None:
-        query = query.where(events.c.entity == entity)
-    if entity_id is not None:
-        query = query.where(events.c.entity_id == entity_id)
-    return [EventRow.from_row(r) for r in conn.execute(query).mappings()]

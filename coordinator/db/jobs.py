@@ -43,6 +43,7 @@ def _job_values(
     resume_on_retry: bool,
     name: str,
     at: datetime,
+    lost_after_seconds: int | None = None,
 ) -> dict[str, Any]:
     return {
         "id": job_id,
@@ -73,6 +74,9 @@ def _job_values(
         "started_at": None,
         "finished_at": None,
         "row_version": 1,
+        "node_unreachable_since": None,
+        "lost_after_seconds": lost_after_seconds,
+        "warnings": None,
     }
 
 
@@ -91,12 +95,15 @@ def create_job(
     job_id: str | None = None,
     actor: str = "api",
     now: datetime | None = None,
+    lost_after_seconds: int | None = None,
 ) -> JobRow:
     """Insert attempt 1 of a new job, QUEUED. The id is 16 hex characters unless given."""
     if job_id is not None and not _JOB_ID.fullmatch(job_id):
         raise InvalidArgument("job_id", f"must match [A-Za-z0-9_-]{{1,48}}, got {job_id!r}")
     _non_negative("gpus", gpus)
     _non_negative("max_retries", max_retries)
+    if lost_after_seconds is not None:
+        _non_negative("lost_after_seconds", lost_after_seconds)
     if len(name) > 256:
         raise InvalidArgument("name", "must be at most 256 characters")
     if model_uuid is not None:
@@ -118,6 +125,7 @@ def create_job(
         resume_on_retry=resume_on_retry,
         name=name,
         at=at,
+        lost_after_seconds=lost_after_seconds,
     )
     conn.execute(sa.insert(jobs).values(row))
     record_event(conn, "job", new_id, None, JobStatus.QUEUED, reason="submitted", actor=actor, now=at)
@@ -194,41 +202,6 @@ def claim_queued(conn: Connection, limit: int, *, after: tuple[int, datetime, st
     return [JobRow.from_row(r) for r in conn.execute(query).mappings()]
 
 
-def assign_job(
-    conn: Connection,
-    job_id: str,
-    node: str,
-    gpu_indices: Sequence[int],
-    *,
-    actor: str = "scheduler",
-    now: datetime | None = None,
-) -> bool:
-    """QUEUED -> RUNNING on `node` with these GPUs, committed before Agent.Launch.
-    False when the job is no longer QUEUED (another replica placed it, or it was canceled)."""
-    if len(set(gpu_indices)) != len(gpu_indices) or any(i < 0 for i in gpu_indices):
-        raise InvalidArgument("gpu_indices", f"must be distinct and >= 0, got {list(gpu_indices)}")
-    states.check_job(JobStatus.QUEUED, JobStatus.RUNNING, job_id)
-    at = _now(now)
-    result = conn.execute(
-        sa.update(jobs)
-        .where(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value)
-        .values(
-            status=JobStatus.RUNNING.value,
-            node=node,
-            gpu_indices=[int(i) for i in gpu_indices],
-            assigned_at=at,
-            row_version=jobs.c.row_version + 1,
-        )
-    )
-    if result.rowcount != 1:
-        return False
-    record_event(
-        conn, "job", job_id, JobStatus.QUEUED, JobStatus.RUNNING, reason="assigned", actor=actor,
-        detail={"node": node, "gpu_indices": list(gpu_indices)}, now=at,
-    )
-    return True
-
-
 def assign_jobs(
     conn: Connection,
     assignments: Sequence[tuple[str, str, Sequence[int]]],
@@ -303,6 +276,8 @@ class JobBrief:
     node: str | None
     attempt: int
     acked: bool
+    # Given up for lost (STOPPED NODE_LOST after lost_after): the node's own report still counts.
+    lost_verdict: bool = False
 
     @property
     def terminal(self) -> bool:
@@ -314,10 +289,16 @@ def job_briefs(conn: Connection, job_ids: Sequence[str]) -> dict[str, JobBrief]:
     if not job_ids:
         return {}
     rows = conn.execute(_JOB_BRIEFS, {"b_ids": list(job_ids)})
-    return {r.id: JobBrief(r.id, JobStatus(r.status), r.node, r.attempt, bool(r.acked)) for r in rows}
+    out = {}
+    for r in rows:
+        status = JobStatus(r.status)
+        out[r.id] = JobBrief(r.id, status, r.node, r.attempt, bool(r.acked),
+                             states.is_lost_verdict(status, r.error_message or ""))
+    return out
 
 
-_JOB_BRIEFS = sa.select(jobs.c.id, jobs.c.status, jobs.c.node, jobs.c.attempt, jobs.c.acked).where(
+_JOB_BRIEFS = sa.select(jobs.c.id, jobs.c.status, jobs.c.node, jobs.c.attempt, jobs.c.acked,
+                        sa.func.substr(jobs.c.error_message, 1, 64).label("error_message")).where(
     jobs.c.id.in_(sa.bindparam("b_ids", expanding=True)))
 
 
@@ -332,22 +313,28 @@ def set_job_status(
     actor: str,
     expect_version: int | None = None,
     now: datetime | None = None,
+    late_truth: bool = False,
 ) -> bool:
     """Move a placed job to a final status (RUNNING -> SUCCESS/FAILED/STOPPED, QUEUED ->
     CANCELED/FAILED), checked by the state machine, with exit code and error message.
 
     The exit code follows the status (states.exit_code_for: SUCCESS 0, STOPPED -1 by default; a
     contradicting code is refused). A repeat of the current status is a no-op that keeps the
-    first exit code and message (False). QUEUED -> RUNNING goes through assign_job.
+    first exit code and message (False). QUEUED -> RUNNING goes through assign_jobs.
     """
     to = JobStatus(to)
     cur = get_job(conn, job_id)
     if expect_version is not None and cur.row_version != expect_version:
         return False
-    if not states.check_job(cur.status, to, job_id):
+    if late_truth:
+        # The one move out of a terminal status (states.LATE_TRUTH): a lost verdict replaced by
+        # what the returning node reports.
+        if (cur.status, to) not in states.LATE_TRUTH or not states.is_lost_verdict(cur.status, cur.error_message):
+            raise states.InvalidTransition("job", job_id, cur.status.value, to.value)
+    elif not states.check_job(cur.status, to, job_id):
         return False
     if to is JobStatus.RUNNING:
-        raise ValueError("QUEUED -> RUNNING needs a node: use assign_job")
+        raise ValueError("QUEUED -> RUNNING needs a node: use assign_jobs")
     at = _now(now)
     values: dict[str, Any] = {
         "status": to.value,
@@ -423,6 +410,7 @@ def requeue_job(
         resume_on_retry=old.resume_on_retry,
         name=old.name,
         at=at,
+        lost_after_seconds=old.lost_after_seconds,
     )
     conn.execute(sa.insert(jobs).values(row))
     record_event(
@@ -496,6 +484,21 @@ def set_observed_state(conn: Connection, job_id: str, observed: str, at: datetim
     return result.rowcount == 1
 
 
+MAX_WARNINGS_CHARS = 4096
+
+
+def add_job_warnings(conn: Connection, job_id: str, lines: Sequence[str]) -> None:
+    """Append what was dropped from a job's reports (one line each, bounded; a repeat is not
+    added twice)."""
+    cur = conn.execute(sa.select(jobs.c.warnings).where(jobs.c.id == job_id)).scalar() or ""
+    have = cur.splitlines()
+    new = [ln for ln in lines if ln not in have]
+    if not new:
+        return
+    text = "\n".join(have + new)[:MAX_WARNINGS_CHARS]
+    conn.execute(sa.update(jobs).where(jobs.c.id == job_id).values(warnings=text))
+
+
 def mark_acked(conn: Connection, job_ids: Iterable[str]) -> int:
     """Note that agents were told these final states are stored; returns how many changed."""
     ids = list(job_ids)
@@ -511,16 +514,6 @@ def mark_acked(conn: Connection, job_ids: Iterable[str]) -> int:
         .values(acked=True)
     )
     return int(result.rowcount)
-
-
-def unacked_final_jobs(conn: Connection, node: str) -> list[JobRow]:
-    """Ended attempts on `node` whose final state the agent has not been acknowledged yet."""
-    query = sa.select(jobs).where(
-        jobs.c.node == node,
-        jobs.c.status.in_([s.value for s in states.JOB_TERMINAL]),
-        jobs.c.acked.is_(False),
-    )
-    return [JobRow.from_row(r) for r in conn.execute(query.order_by(jobs.c.id)).mappings()]
 
 
 def jobs_on_node(

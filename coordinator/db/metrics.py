@@ -135,14 +135,13 @@ def upsert_progress(
     metrics: Mapping[str, Any],
     now: datetime | None = None,
 ) -> None:
-    """Live progress of a running job (one row per job, overwritten)."""
+    """Live progress of a running job (one row per job, overwritten). Only moves forward: a
+    report of an earlier epoch (a late or replayed one) changes nothing."""
     values = {"current_epoch": current_epoch, "total_epoch": total_epoch, "metrics": dict(metrics),
               "updated_at": _now(now)}
-    conn.execute(
-        _insert(conn, job_progress)
-        .values(job_id=job_id, **values)
-        .on_conflict_do_update(index_elements=["job_id"], set_=values)
-    )
+    stmt = _insert(conn, job_progress).values(job_id=job_id, **values)
+    conn.execute(stmt.on_conflict_do_update(index_elements=["job_id"], set_=values,
+                                            where=job_progress.c.current_epoch <= stmt.excluded.current_epoch))
 
 
 def get_progress(conn: Connection, job_ids: Iterable[str | None]) -> dict[str, Progress]:

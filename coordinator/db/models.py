@@ -37,6 +37,7 @@ def create_model(
     priority: int = 0,
     constraints: Mapping[str, str] | None = None,
     max_retries: int = 0,
+    lost_after_seconds: int | None = None,
     uuid: str | None = None,
     actor: str = "api",
     now: datetime | None = None,
@@ -55,6 +56,8 @@ def create_model(
         raise InvalidArgument("params_json", "must be a JSON object")
     _non_negative("gpus", gpus)
     _non_negative("max_retries", max_retries)
+    if lost_after_seconds is not None:
+        _non_negative("lost_after_seconds", lost_after_seconds)
     at = _now(now)
     model_uuid = uuid or str(uuidlib.uuid4())
     row = {
@@ -85,6 +88,7 @@ def create_model(
         "created_at": at,
         "updated_at": at,
         "row_version": 1,
+        "lost_after_seconds": lost_after_seconds,
     }
     conn.execute(sa.insert(models).values(row))
     record_event(conn, "model", model_uuid, None, ModelStatus.READY, reason="created", actor=actor, now=at)

@@ -14,6 +14,7 @@ from gpufleet.coordinator.db.common import _NODE_NAME, _ROWCOUNT, _insert, _now
 from gpufleet.coordinator.db.events import record_event
 from gpufleet.coordinator.db.rows import NodeRow
 from gpufleet.coordinator.db.schema import (
+    jobs,
     nodes,
 )
 from gpufleet.coordinator.states import NodeState
@@ -108,6 +109,49 @@ def heartbeat_node(
     return None if state is None else NodeState(state)
 
 
+def mark_unreachable(conn: Connection, name: str, *, reason: str, actor: str,
+                     now: datetime | None = None) -> bool:
+    """The node has been silent past --node-timeout: stamp it and its RUNNING attempts ("node
+    unreachable since T"). Nothing is stopped. False when it was already marked."""
+    at = _now(now)
+    result = conn.execute(
+        sa.update(nodes).where(nodes.c.name == name, nodes.c.unreachable_since.is_(None))
+        .values(unreachable_since=at, row_version=nodes.c.row_version + 1)
+    )
+    if result.rowcount != 1:
+        return False
+    conn.execute(
+        sa.update(jobs).where(jobs.c.node == name, jobs.c.status == states.JobStatus.RUNNING.value)
+        .values(node_unreachable_since=at)
+    )
+    cur = get_node(conn, name)
+    record_event(conn, "node", name, cur.state, NodeState.UNREACHABLE, reason=reason, actor=actor, now=at)
+    return True
+
+
+_CLEAR_UNREACHABLE = (
+    sa.update(nodes)
+    .where(nodes.c.name == sa.bindparam("b_name"), nodes.c.unreachable_since.is_not(None))
+    .values(unreachable_since=None, row_version=nodes.c.row_version + 1)
+    .returning(nodes.c.state)
+)
+
+
+def clear_unreachable(conn: Connection, name: str, *, actor: str, now: datetime | None = None) -> bool:
+    """The node was heard again: clear the stamps (its own and its attempts'). False when it was
+    not marked (the common case: one indexed no-op UPDATE per heartbeat)."""
+    state = conn.execute(_CLEAR_UNREACHABLE, {"b_name": name}).scalar()
+    if state is None:
+        return False
+    conn.execute(
+        sa.update(jobs).where(jobs.c.node == name, jobs.c.node_unreachable_since.is_not(None))
+        .values(node_unreachable_since=None)
+    )
+    record_event(conn, "node", name, NodeState.UNREACHABLE, NodeState(state), reason="heard again", actor=actor,
+                 now=now)
+    return True
+
+
 def set_node_state(
     conn: Connection, name: str, to: NodeState, *, reason: str, actor: str, now: datetime | None = None
 ) -> bool:
@@ -139,12 +183,3 @@ def set_drain_requested(conn: Connection, name: str, drain: bool) -> bool:
         .values(drain_requested=drain, row_version=nodes.c.row_version + 1)
     )
     return result.rowcount == 1
-
-
-def stale_nodes(conn: Connection, heartbeat_before: datetime) -> list[NodeRow]:
-    """Nodes not LOST whose last heartbeat is older than `heartbeat_before` (now - node timeout)."""
-    query = sa.select(nodes).where(
-        nodes.c.state != NodeState.LOST.value,
-        sa.or_(nodes.c.last_heartbeat.is_(None), nodes.c.last_heartbeat < heartbeat_before),
-    )
-    return [NodeRow.from_row(r) for r in conn.execute(query.order_by(nodes.c.name)).mappings()]

@@ -40,6 +40,8 @@ class PlaceableNode:
     labels: dict[str, str]
     state: NodeState
     healthy: frozenset[int]
+    # "docker" or "process": an image job runs only on docker, an argv-only job only on process.
+    runtime: str = ""
 
 
 def healthy_indices(gpus: Sequence[Mapping[str, Any]] | None) -> frozenset[int]:
@@ -47,13 +49,13 @@ def healthy_indices(gpus: Sequence[Mapping[str, Any]] | None) -> frozenset[int]:
     return frozenset(int(g["index"]) for g in gpus or () if g.get("healthy", True))
 
 
-_READY_NODES = sa.select(nodes.c.name, nodes.c.address, nodes.c.labels, nodes.c.gpus).where(
+_READY_NODES = sa.select(nodes.c.name, nodes.c.address, nodes.c.labels, nodes.c.gpus, nodes.c.runtime).where(
     nodes.c.state == NodeState.READY.value).order_by(nodes.c.name)
 # The same on PostgreSQL, with the snapshot reduced to its healthy indices in the server (the
 # Python test above, `healthy` missing counts as healthy): decoding 100 snapshots of dozens of GPUs
 # a pass costs more than the placement itself.
 _PG_READY_NODES = sa.text(
-    "SELECT name, address, labels, (SELECT coalesce(jsonb_agg(g->'index'), '[]'::jsonb)"
+    "SELECT name, address, labels, runtime, (SELECT coalesce(jsonb_agg(g->'index'), '[]'::jsonb)"
     " FROM jsonb_array_elements(nodes.gpus) AS g"
     " WHERE coalesce((g->'healthy') NOT IN ('false'::jsonb, 'null'::jsonb, '0'::jsonb), true)) AS healthy"
     " FROM nodes WHERE state = :ready ORDER BY name"
@@ -63,7 +65,12 @@ _PG_READY_NODES = sa.text(
 def placeable_nodes(conn: Connection) -> list[PlaceableNode]:
     """READY nodes with their healthy GPU indices (freshness is the caller's: fleet.fresh_nodes)."""
     if conn.dialect.name == "postgresql":
-        return [PlaceableNode(r.name, r.address, r.labels, NodeState.READY, frozenset(int(i) for i in r.healthy))
-                for r in conn.execute(_PG_READY_NODES)]
-    return [PlaceableNode(r.name, r.address, r.labels, NodeState.READY, healthy_indices(r.gpus))
+        return [PlaceableNode(r.name, r.address, r.labels, NodeState.READY, frozenset(int(i) for i in r.healthy),
+                              r.runtime) for r in conn.execute(_PG_READY_NODES)]
+    return [PlaceableNode(r.name, r.address, r.labels, NodeState.READY, healthy_indices(r.gpus), r.runtime)
             for r in conn.execute(_READY_NODES)]
+
+
+def node_runtimes(conn: Connection) -> set[str]:
+    """The runtimes of every registered node (any state): what a submitted job can ever run on."""
+    return {str(r) for r in conn.execute(sa.select(nodes.c.runtime).distinct()).scalars()}

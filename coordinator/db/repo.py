@@ -19,12 +19,11 @@ from gpufleet.coordinator.db.common import (  # noqa: F401
     MAX_PAGE_SIZE,
 )
 from gpufleet.coordinator.db.events import (  # noqa: F401
-    list_events,
     record_event,
 )
 from gpufleet.coordinator.db.jobs import (  # noqa: F401
     JobBrief,
-    assign_job,
+    add_job_warnings,
     assign_jobs,
     claim_queued,
     create_job,
@@ -40,7 +39,6 @@ from gpufleet.coordinator.db.jobs import (  # noqa: F401
     set_job_status,
     set_observed_many,
     set_observed_state,
-    unacked_final_jobs,
 )
 from gpufleet.coordinator.db.metrics import (  # noqa: F401
     get_dataset_counts,
@@ -60,12 +58,13 @@ from gpufleet.coordinator.db.models import (  # noqa: F401
     update_model_states,
 )
 from gpufleet.coordinator.db.nodes import (  # noqa: F401
+    clear_unreachable,
     get_node,
     heartbeat_node,
     list_nodes,
+    mark_unreachable,
     set_drain_requested,
     set_node_state,
-    stale_nodes,
     upsert_node,
 )
 from gpufleet.coordinator.db.placement import (  # noqa: F401
@@ -73,6 +72,7 @@ from gpufleet.coordinator.db.placement import (  # noqa: F401
     PlaceableNode,
     healthy_indices,
     lock_placement,
+    node_runtimes,
     placeable_nodes,
 )
 from gpufleet.coordinator.db.submit_keys import (  # noqa: F401

@@ -25,7 +25,8 @@ T = TypeVar("T")
 
 
 def _kwargs(cls: type, row: Mapping[Any, Any]) -> dict[str, Any]:
-    return {f.name: row[f.name] for f in fields(cls)}
+    # Columns added later (migration 0005) have defaults: rows built in memory may leave them out.
+    return {f.name: row[f.name] for f in fields(cls) if f.name in row}
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,7 @@ class ModelRow:
     created_at: datetime
     updated_at: datetime
     row_version: int
+    lost_after_seconds: int | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> ModelRow:
@@ -109,6 +111,9 @@ class JobRow:
     started_at: datetime | None
     finished_at: datetime | None
     row_version: int
+    node_unreachable_since: datetime | None = None
+    lost_after_seconds: int | None = None
+    warnings: str | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> JobRow:
@@ -142,6 +147,13 @@ class NodeRow:
     gpus: list[dict[str, Any]]
     registered_at: datetime
     row_version: int
+    unreachable_since: datetime | None = None
+
+    @property
+    def shown_state(self) -> NodeState:
+        """The state users see: UNREACHABLE is not stored (a silent node keeps its `state`, which
+        drains and returns act on), it is shown while unreachable_since is set."""
+        return NodeState.UNREACHABLE if self.unreachable_since is not None else self.state
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> NodeRow:

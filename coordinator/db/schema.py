@@ -101,7 +101,10 @@ nodes = sa.Table(
     sa.Column("gpus", JSONType, nullable=False),
     sa.Column("registered_at", UtcDateTime(), nullable=False),
     sa.Column("row_version", sa.Integer(), nullable=False),
-    _one_of("state", NodeState, "state"),
+    # Set while the node has been silent past --node-timeout (shown UNREACHABLE; migration 0005).
+    sa.Column("unreachable_since", UtcDateTime(), nullable=True),
+    # UNREACHABLE is shown from unreachable_since, never stored in `state`.
+    _one_of("state", [s for s in NodeState if s is not NodeState.UNREACHABLE], "state"),
 )
 
 models = sa.Table(
@@ -136,6 +139,8 @@ models = sa.Table(
     sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.Column("updated_at", UtcDateTime(), nullable=False),
     sa.Column("row_version", sa.Integer(), nullable=False),
+    # Seconds a job of this model may stay unheard before it is requeued (NULL: --lost-after).
+    sa.Column("lost_after_seconds", sa.Integer(), nullable=True),
     _one_of("status", ModelStatus, "status"),
     _one_of("step1_state", ModelStatus, "step1_state"),
     _one_of("step2_state", ModelStatus, "step2_state"),
@@ -179,6 +184,11 @@ jobs = sa.Table(
     sa.Column("started_at", UtcDateTime(), nullable=True),
     sa.Column("finished_at", UtcDateTime(), nullable=True),
     sa.Column("row_version", sa.Integer(), nullable=False),
+    # Migration 0005: "node unreachable since T" while the attempt's node is silent; how long it may
+    # stay unheard before it is requeued (NULL: --lost-after); what was dropped from its reports.
+    sa.Column("node_unreachable_since", UtcDateTime(), nullable=True),
+    sa.Column("lost_after_seconds", sa.Integer(), nullable=True),
+    sa.Column("warnings", sa.Text(), nullable=True),
     _one_of("status", JobStatus, "status"),
     _one_of("job_type", JobType, "job_type"),
     _one_of("desired_state", DesiredState, "desired_state"),

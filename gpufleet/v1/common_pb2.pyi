@@ -53,7 +53,7 @@ class Resources(_message.Message):
     def __init__(self, cpu_millis: _Optional[int] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("image", "command", "env", "output_dir", "mounts", "total_epoch", "val_interval", "params_json", "job_type", "shm_size_bytes", "resources", "workdir", "user")
+    __slots__ = ("image", "command", "env", "output_dir", "mounts", "total_epoch", "val_interval", "params_json", "job_type", "shm_size_bytes", "resources", "workdir", "user", "dataset")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +74,7 @@ class JobSpec(_message.Message):
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     WORKDIR_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
     image: str
     command: _containers.RepeatedScalarFieldContainer[str]
     env: _containers.ScalarMap[str, str]
@@ -87,7 +88,8 @@ class JobSpec(_message.Message):
     resources: Resources
     workdir: str
     user: str
-    def __init__(self, image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., output_dir: _Optional[str] = ..., mounts: _Optional[_Iterable[_Union[Mount, _Mapping]]] = ..., total_epoch: _Optional[int] = ..., val_interval: _Optional[int] = ..., params_json: _Optional[str] = ..., job_type: _Optional[_Union[JobType, str]] = ..., shm_size_bytes: _Optional[int] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., workdir: _Optional[str] = ..., user: _Optional[str] = ...) -> None: ...
+    dataset: str
+    def __init__(self, image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., output_dir: _Optional[str] = ..., mounts: _Optional[_Iterable[_Union[Mount, _Mapping]]] = ..., total_epoch: _Optional[int] = ..., val_interval: _Optional[int] = ..., params_json: _Optional[str] = ..., job_type: _Optional[_Union[JobType, str]] = ..., shm_size_bytes: _Optional[int] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., workdir: _Optional[str] = ..., user: _Optional[str] = ..., dataset: _Optional[str] = ...) -> None: ...
 
 class MetricRow(_message.Message):
     __slots__ = ("split", "epoch", "values")

@@ -38,6 +38,7 @@ class NodeState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NODE_STATE_DRAINING: _ClassVar[NodeState]
     NODE_STATE_DRAINED: _ClassVar[NodeState]
     NODE_STATE_LOST: _ClassVar[NodeState]
+    NODE_STATE_UNREACHABLE: _ClassVar[NodeState]
 MODEL_STATUS_UNSPECIFIED: ModelStatus
 MODEL_STATUS_READY: ModelStatus
 MODEL_STATUS_IN_PROGRESS: ModelStatus
@@ -56,6 +57,7 @@ NODE_STATE_READY: NodeState
 NODE_STATE_DRAINING: NodeState
 NODE_STATE_DRAINED: NodeState
 NODE_STATE_LOST: NodeState
+NODE_STATE_UNREACHABLE: NodeState
 
 class ModelRef(_message.Message):
     __slots__ = ("uuid",)
@@ -76,7 +78,7 @@ class NodeRef(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class CreateModelRequest(_message.Message):
-    __slots__ = ("model_no", "version", "train_type", "memo", "params_json", "spec", "gpus", "priority", "constraints", "max_retries", "auto_test")
+    __slots__ = ("model_no", "version", "train_type", "memo", "params_json", "spec", "gpus", "priority", "constraints", "max_retries", "auto_test", "lost_after_seconds")
     class ConstraintsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +97,7 @@ class CreateModelRequest(_message.Message):
     CONSTRAINTS_FIELD_NUMBER: _ClassVar[int]
     MAX_RETRIES_FIELD_NUMBER: _ClassVar[int]
     AUTO_TEST_FIELD_NUMBER: _ClassVar[int]
+    LOST_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     model_no: str
     version: str
     train_type: str
@@ -106,7 +109,8 @@ class CreateModelRequest(_message.Message):
     constraints: _containers.ScalarMap[str, str]
     max_retries: int
     auto_test: str
-    def __init__(self, model_no: _Optional[str] = ..., version: _Optional[str] = ..., train_type: _Optional[str] = ..., memo: _Optional[str] = ..., params_json: _Optional[str] = ..., spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., gpus: _Optional[int] = ..., priority: _Optional[int] = ..., constraints: _Optional[_Mapping[str, str]] = ..., max_retries: _Optional[int] = ..., auto_test: _Optional[str] = ...) -> None: ...
+    lost_after_seconds: int
+    def __init__(self, model_no: _Optional[str] = ..., version: _Optional[str] = ..., train_type: _Optional[str] = ..., memo: _Optional[str] = ..., params_json: _Optional[str] = ..., spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., gpus: _Optional[int] = ..., priority: _Optional[int] = ..., constraints: _Optional[_Mapping[str, str]] = ..., max_retries: _Optional[int] = ..., auto_test: _Optional[str] = ..., lost_after_seconds: _Optional[int] = ...) -> None: ...
 
 class Model(_message.Message):
     __slots__ = ("uuid", "model_no", "version", "train_type", "memo", "params_json", "status", "step1_state", "step2_state", "step1_started_at", "step1_finished_at", "step2_started_at", "step2_finished_at", "step1_duration", "step1_seconds", "step2_duration", "step2_seconds", "step1_metric_saved", "step2_metric_saved", "current_attempt_id", "best_epoch", "last_error", "created_at", "test_epoch", "spec", "gpus", "status_name", "step1_state_name", "step2_state_name", "progress", "trimmed", "auto_test")
@@ -211,7 +215,7 @@ class RunTestRequest(_message.Message):
     def __init__(self, uuid: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
-    __slots__ = ("spec", "gpus", "priority", "constraints", "max_retries", "resume_on_retry", "name", "request_id", "wait_for_capacity", "depends_on", "dependency_mode", "time_limit_seconds")
+    __slots__ = ("spec", "gpus", "priority", "constraints", "max_retries", "resume_on_retry", "name", "request_id", "wait_for_capacity", "depends_on", "dependency_mode", "time_limit_seconds", "lost_after_seconds")
     class ConstraintsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -231,6 +235,7 @@ class SubmitJobRequest(_message.Message):
     DEPENDS_ON_FIELD_NUMBER: _ClassVar[int]
     DEPENDENCY_MODE_FIELD_NUMBER: _ClassVar[int]
     TIME_LIMIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LOST_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     spec: _common_pb2.JobSpec
     gpus: int
     priority: int
@@ -243,7 +248,8 @@ class SubmitJobRequest(_message.Message):
     depends_on: _containers.RepeatedScalarFieldContainer[str]
     dependency_mode: str
     time_limit_seconds: int
-    def __init__(self, spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., gpus: _Optional[int] = ..., priority: _Optional[int] = ..., constraints: _Optional[_Mapping[str, str]] = ..., max_retries: _Optional[int] = ..., resume_on_retry: _Optional[bool] = ..., name: _Optional[str] = ..., request_id: _Optional[str] = ..., wait_for_capacity: _Optional[bool] = ..., depends_on: _Optional[_Iterable[str]] = ..., dependency_mode: _Optional[str] = ..., time_limit_seconds: _Optional[int] = ...) -> None: ...
+    lost_after_seconds: int
+    def __init__(self, spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., gpus: _Optional[int] = ..., priority: _Optional[int] = ..., constraints: _Optional[_Mapping[str, str]] = ..., max_retries: _Optional[int] = ..., resume_on_retry: _Optional[bool] = ..., name: _Optional[str] = ..., request_id: _Optional[str] = ..., wait_for_capacity: _Optional[bool] = ..., depends_on: _Optional[_Iterable[str]] = ..., dependency_mode: _Optional[str] = ..., time_limit_seconds: _Optional[int] = ..., lost_after_seconds: _Optional[int] = ...) -> None: ...
 
 class SubmitArrayRequest(_message.Message):
     __slots__ = ("job", "count", "max_running", "params")
@@ -326,7 +332,7 @@ class Pipeline(_message.Message):
     def __init__(self, pipeline_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[PipelineStepStatus, _Mapping]]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "model_uuid", "job_type", "attempt", "status", "exit_code", "error_message", "node", "gpu_indices", "gpus", "priority", "spec", "max_retries", "retries_used", "created_at", "started_at", "finished_at", "progress", "name", "status_name", "constraints", "resume_on_retry", "superseded_by", "trimmed", "pending_code", "pending_reason", "depends_on", "dependency_mode", "time_limit_seconds", "array_id", "array_index", "pipeline_id", "step", "shadow")
+    __slots__ = ("job_id", "model_uuid", "job_type", "attempt", "status", "exit_code", "error_message", "node", "gpu_indices", "gpus", "priority", "spec", "max_retries", "retries_used", "created_at", "started_at", "finished_at", "progress", "name", "status_name", "constraints", "resume_on_retry", "superseded_by", "trimmed", "pending_code", "pending_reason", "depends_on", "dependency_mode", "time_limit_seconds", "array_id", "array_index", "pipeline_id", "step", "shadow", "node_unreachable_since", "lost_after_seconds", "warnings")
     class ConstraintsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -368,6 +374,9 @@ class Job(_message.Message):
     PIPELINE_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     SHADOW_FIELD_NUMBER: _ClassVar[int]
+    NODE_UNREACHABLE_SINCE_FIELD_NUMBER: _ClassVar[int]
+    LOST_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     model_uuid: str
     job_type: _common_pb2.JobType
@@ -402,7 +411,10 @@ class Job(_message.Message):
     pipeline_id: str
     step: str
     shadow: bool
-    def __init__(self, job_id: _Optional[str] = ..., model_uuid: _Optional[str] = ..., job_type: _Optional[_Union[_common_pb2.JobType, str]] = ..., attempt: _Optional[int] = ..., status: _Optional[_Union[JobStatusCode, str]] = ..., exit_code: _Optional[int] = ..., error_message: _Optional[str] = ..., node: _Optional[str] = ..., gpu_indices: _Optional[_Iterable[int]] = ..., gpus: _Optional[int] = ..., priority: _Optional[int] = ..., spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., max_retries: _Optional[int] = ..., retries_used: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., name: _Optional[str] = ..., status_name: _Optional[str] = ..., constraints: _Optional[_Mapping[str, str]] = ..., resume_on_retry: _Optional[bool] = ..., superseded_by: _Optional[str] = ..., trimmed: _Optional[bool] = ..., pending_code: _Optional[str] = ..., pending_reason: _Optional[str] = ..., depends_on: _Optional[_Iterable[str]] = ..., dependency_mode: _Optional[str] = ..., time_limit_seconds: _Optional[int] = ..., array_id: _Optional[str] = ..., array_index: _Optional[int] = ..., pipeline_id: _Optional[str] = ..., step: _Optional[str] = ..., shadow: _Optional[bool] = ...) -> None: ...
+    node_unreachable_since: _timestamp_pb2.Timestamp
+    lost_after_seconds: int
+    warnings: str
+    def __init__(self, job_id: _Optional[str] = ..., model_uuid: _Optional[str] = ..., job_type: _Optional[_Union[_common_pb2.JobType, str]] = ..., attempt: _Optional[int] = ..., status: _Optional[_Union[JobStatusCode, str]] = ..., exit_code: _Optional[int] = ..., error_message: _Optional[str] = ..., node: _Optional[str] = ..., gpu_indices: _Optional[_Iterable[int]] = ..., gpus: _Optional[int] = ..., priority: _Optional[int] = ..., spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., max_retries: _Optional[int] = ..., retries_used: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., name: _Optional[str] = ..., status_name: _Optional[str] = ..., constraints: _Optional[_Mapping[str, str]] = ..., resume_on_retry: _Optional[bool] = ..., superseded_by: _Optional[str] = ..., trimmed: _Optional[bool] = ..., pending_code: _Optional[str] = ..., pending_reason: _Optional[str] = ..., depends_on: _Optional[_Iterable[str]] = ..., dependency_mode: _Optional[str] = ..., time_limit_seconds: _Optional[int] = ..., array_id: _Optional[str] = ..., array_index: _Optional[int] = ..., pipeline_id: _Optional[str] = ..., step: _Optional[str] = ..., shadow: _Optional[bool] = ..., node_unreachable_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lost_after_seconds: _Optional[int] = ..., warnings: _Optional[str] = ...) -> None: ...
 
 class ListJobsQuery(_message.Message):
     __slots__ = ("status", "model_uuid", "node", "page", "size")
@@ -568,3 +580,93 @@ class HeartbeatResponse(_message.Message):
     acknowledged: _containers.RepeatedCompositeFieldContainer[JobDigest]
     reregister: bool
     def __init__(self, stop: _Optional[_Iterable[_Union[JobDigest, _Mapping]]] = ..., acknowledged: _Optional[_Iterable[_Union[JobDigest, _Mapping]]] = ..., reregister: _Optional[bool] = ...) -> None: ...
+
+class JobReport(_message.Message):
+    __slots__ = ("seq", "kind", "job", "metrics", "metric_rows")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    METRIC_ROWS_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    kind: str
+    job: _common_pb2.JobStatus
+    metrics: _containers.RepeatedCompositeFieldContainer[_common_pb2.MetricRow]
+    metric_rows: int
+    def __init__(self, seq: _Optional[int] = ..., kind: _Optional[str] = ..., job: _Optional[_Union[_common_pb2.JobStatus, _Mapping]] = ..., metrics: _Optional[_Iterable[_Union[_common_pb2.MetricRow, _Mapping]]] = ..., metric_rows: _Optional[int] = ...) -> None: ...
+
+class ReportRequest(_message.Message):
+    __slots__ = ("node_name", "reports")
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    REPORTS_FIELD_NUMBER: _ClassVar[int]
+    node_name: str
+    reports: _containers.RepeatedCompositeFieldContainer[JobReport]
+    def __init__(self, node_name: _Optional[str] = ..., reports: _Optional[_Iterable[_Union[JobReport, _Mapping]]] = ...) -> None: ...
+
+class ReportResponse(_message.Message):
+    __slots__ = ("acked_seq", "acknowledged", "reregister")
+    ACKED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    ACKNOWLEDGED_FIELD_NUMBER: _ClassVar[int]
+    REREGISTER_FIELD_NUMBER: _ClassVar[int]
+    acked_seq: int
+    acknowledged: _containers.RepeatedCompositeFieldContainer[JobDigest]
+    reregister: bool
+    def __init__(self, acked_seq: _Optional[int] = ..., acknowledged: _Optional[_Iterable[_Union[JobDigest, _Mapping]]] = ..., reregister: _Optional[bool] = ...) -> None: ...
+
+class TokenInfo(_message.Message):
+    __slots__ = ("id", "name", "role", "created_at", "expires_at", "revoked_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    role: str
+    created_at: _timestamp_pb2.Timestamp
+    expires_at: _timestamp_pb2.Timestamp
+    revoked_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., role: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CreateTokenRequest(_message.Message):
+    __slots__ = ("name", "role", "expires_in_seconds")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    role: str
+    expires_in_seconds: int
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., expires_in_seconds: _Optional[int] = ...) -> None: ...
+
+class CreateTokenResponse(_message.Message):
+    __slots__ = ("token", "info")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    info: TokenInfo
+    def __init__(self, token: _Optional[str] = ..., info: _Optional[_Union[TokenInfo, _Mapping]] = ...) -> None: ...
+
+class ListTokensRequest(_message.Message):
+    __slots__ = ("include_revoked",)
+    INCLUDE_REVOKED_FIELD_NUMBER: _ClassVar[int]
+    include_revoked: bool
+    def __init__(self, include_revoked: _Optional[bool] = ...) -> None: ...
+
+class ListTokensResponse(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[TokenInfo]
+    def __init__(self, items: _Optional[_Iterable[_Union[TokenInfo, _Mapping]]] = ...) -> None: ...
+
+class RevokeTokenRequest(_message.Message):
+    __slots__ = ("ident",)
+    IDENT_FIELD_NUMBER: _ClassVar[int]
+    ident: str
+    def __init__(self, ident: _Optional[str] = ...) -> None: ...
+
+class RevokeTokenResponse(_message.Message):
+    __slots__ = ("ids",)
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ids: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -170,6 +170,21 @@ class CoordinatorStub:
                 request_serializer=gpufleet_dot_v1_dot_coordinator__pb2.PipelineRef.SerializeToString,
                 response_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.Pipeline.FromString,
                 _registered_method=True)
+        self.CreateToken = channel.unary_unary(
+                '/gpufleet.v1.Coordinator/CreateToken',
+                request_serializer=gpufleet_dot_v1_dot_coordinator__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.CreateTokenResponse.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/gpufleet.v1.Coordinator/ListTokens',
+                request_serializer=gpufleet_dot_v1_dot_coordinator__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/gpufleet.v1.Coordinator/RevokeToken',
+                request_serializer=gpufleet_dot_v1_dot_coordinator__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.RevokeTokenResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -355,6 +370,28 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateToken(self, request, context):
+        """API tokens (admin role only, reads included). The plaintext token is returned once, by
+        CreateToken, and stored only as a salted hash.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """Revokes the token with that key id, or every live token of that name; takes effect at once
+        on this coordinator, within the verifier's cache TTL (10 s) on others sharing the database.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -492,6 +529,21 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.CancelPipeline,
                     request_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.PipelineRef.FromString,
                     response_serializer=gpufleet_dot_v1_dot_coordinator__pb2.Pipeline.SerializeToString,
+            ),
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.CreateTokenRequest.FromString,
+                    response_serializer=gpufleet_dot_v1_dot_coordinator__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.ListTokensRequest.FromString,
+                    response_serializer=gpufleet_dot_v1_dot_coordinator__pb2.ListTokensResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=gpufleet_dot_v1_dot_coordinator__pb2.RevokeTokenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1233,6 +1285,87 @@ class Coordinator:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpufleet.v1.Coordinator/CreateToken',
+            gpufleet_dot_v1_dot_coordinator__pb2.CreateTokenRequest.SerializeToString,
+            gpufleet_dot_v1_dot_coordinator__pb2.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpufleet.v1.Coordinator/ListTokens',
+            gpufleet_dot_v1_dot_coordinator__pb2.ListTokensRequest.SerializeToString,
+            gpufleet_dot_v1_dot_coordinator__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpufleet.v1.Coordinator/RevokeToken',
+            gpufleet_dot_v1_dot_coordinator__pb2.RevokeTokenRequest.SerializeToString,
+            gpufleet_dot_v1_dot_coordinator__pb2.RevokeTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class FleetStub:
     """Agents register and heartbeat here.
@@ -1254,6 +1387,11 @@ class FleetStub:
                 request_serializer=gpufleet_dot_v1_dot_coordinator__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
+        self.Report = channel.unary_unary(
+                '/gpufleet.v1.Fleet/Report',
+                request_serializer=gpufleet_dot_v1_dot_coordinator__pb2.ReportRequest.SerializeToString,
+                response_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.ReportResponse.FromString,
+                _registered_method=True)
 
 
 class FleetServicer:
@@ -1274,6 +1412,16 @@ class FleetServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Report(self, request, context):
+        """The agent's outbox, pushed as it fills: what happened to its jobs (started, progress, ended
+        with exit code, probe verdict, log tail; metric rows in bounded pages), in sequence order, at
+        least once. Applied idempotently; the answer acks by sequence, and the agent replays from the
+        last ack after any restart or partition.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1286,6 +1434,11 @@ def add_FleetServicer_to_server(servicer, server):
                     servicer.Heartbeat,
                     request_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.HeartbeatRequest.FromString,
                     response_serializer=gpufleet_dot_v1_dot_coordinator__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'Report': grpc.unary_unary_rpc_method_handler(
+                    servicer.Report,
+                    request_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.ReportRequest.FromString,
+                    response_serializer=gpufleet_dot_v1_dot_coordinator__pb2.ReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1343,6 +1496,33 @@ class Fleet:
             '/gpufleet.v1.Fleet/Heartbeat',
             gpufleet_dot_v1_dot_coordinator__pb2.HeartbeatRequest.SerializeToString,
             gpufleet_dot_v1_dot_coordinator__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Report(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpufleet.v1.Fleet/Report',
+            gpufleet_dot_v1_dot_coordinator__pb2.ReportRequest.SerializeToString,
+            gpufleet_dot_v1_dot_coordinator__pb2.ReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

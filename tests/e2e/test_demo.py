@@ -68,3 +68,25 @@ def test_demo_runs_to_a_completed_model(fresh_install: Path, tmp_path: Path) -> 
         test_rows = conn.execute(sa.text("SELECT COUNT(*) FROM metrics_test")).scalar()
     assert tuple(status) == ("COMPLETED", "COMPLETED", "COMPLETED")
     assert val_rows == 3 and test_rows and test_rows > 0
+
+
+def test_the_current_folder_cannot_shadow_the_daemons(tmp_path: Path) -> None:
+    """Run from a folder holding its own `agent/`, `coordinator/` (and even `gpufleet/`) packages, the demo still
+    starts the real daemons: they install under gpufleet.*, not under names a user's folder is likely to hold,
+    and start with `python -P -m gpufleet.<daemon>.main`, so the current folder is not on sys.path."""
+    here = tmp_path / "project"
+    marker = tmp_path / "shadowed"
+    for name in ("agent", "coordinator", "gpufleet/agent", "gpufleet/coordinator"):
+        pkg = here / name
+        pkg.mkdir(parents=True)
+        (pkg / "__init__.py").write_text(f"open({str(marker)!r}, 'a').write('{name} package\\n')\n")
+        (pkg / "main.py").write_text(f"open({str(marker)!r}, 'a').write('{name}.main\\n')\nraise SystemExit(3)\n")
+    (here / "gpufleet" / "__init__.py").write_text(f"open({str(marker)!r}, 'a').write('gpufleet package\\n')\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    gpufleet = Path(sys.executable).parent / "gpufleet"
+    r = subprocess.run([str(gpufleet), "demo", "--epochs", "2", "--epoch-seconds", "0.1",
+                        "--state-dir", str(tmp_path / "demo")], capture_output=True, text=True, timeout=240,
+                       cwd=here, env=env, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "model COMPLETED" in r.stdout
+    assert not marker.exists(), marker.read_text()

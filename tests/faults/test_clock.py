@@ -31,6 +31,7 @@ from gpufleet.agent.store import Store
 from gpufleet.agent.supervisor import Supervisor
 from gpufleet.coordinator import fleet as fleet_mod
 from gpufleet.coordinator.agents import AgentPool
+from gpufleet.coordinator.db import common as db_common
 from gpufleet.coordinator.db import engine as dbengine
 from gpufleet.coordinator.db import repo
 from gpufleet.coordinator.fleet import Digest, Fleet
@@ -40,6 +41,7 @@ from gpufleet.coordinator.states import JobStatus, NodeState
 from tests.harness import pid_alive, wait_for
 from tests.integration.test_coordinator_reconcile import holds
 from tests.invariants import check_invariants
+from tests.placing import assign
 
 HOUR = 3600.0
 TIMEOUT = 10.0
@@ -74,7 +76,7 @@ class WallShift:
         self.time = lambda: real_time() + shift.offset
         monkeypatch.setattr(time, "time", self.time)
         monkeypatch.setattr(fleet_mod, "datetime", ShiftedDatetime)
-        monkeypatch.setattr(repo, "datetime", ShiftedDatetime)
+        monkeypatch.setattr(db_common, "datetime", ShiftedDatetime)  # the repository's clock (_now)
 
     def jump(self, seconds: float) -> None:
         self.offset += seconds
@@ -100,6 +102,11 @@ def _node_state(engine: sa.Engine, name: str) -> NodeState:
         return repo.get_node(conn, name).state
 
 
+def _shown_state(engine: sa.Engine, name: str) -> NodeState:
+    with engine.connect() as conn:
+        return repo.get_node(conn, name).shown_state
+
+
 def _job(engine: sa.Engine, job_id: str) -> tuple[str, str]:
     with engine.connect() as conn:
         j = repo.get_job(conn, job_id)
@@ -109,7 +116,7 @@ def _job(engine: sa.Engine, job_id: str) -> tuple[str, str]:
 def _running_job(engine: sa.Engine, node: str) -> str:
     with engine.begin() as conn:
         job = repo.create_job(conn, spec={"command": ["/bin/true"], "output_dir": "x"}, gpus=1)
-        assert repo.assign_job(conn, job.id, node, [0], actor="test")
+        assert assign(conn, job.id, node, [0], actor="test")
     return job.id
 
 
@@ -117,7 +124,8 @@ def test_wall_clock_jumps_cause_no_node_loss(coord: tuple[sa.Engine, str], monke
     engine, url = coord
     wall = WallShift(monkeypatch)
     mono = Clock(1000.0)
-    f = Fleet(engine, Reconciler(engine, AgentPool()), lambda: None, node_timeout=TIMEOUT, mono=mono)
+    f = Fleet(engine, Reconciler(engine, AgentPool()), lambda: None, node_timeout=TIMEOUT, mono=mono,
+              lost_after=2 * TIMEOUT)
     f.register("n1", "127.0.0.1:1", {}, "test", "process", [GPU])
     job_id = _running_job(engine, "n1")
 
@@ -144,7 +152,13 @@ def test_wall_clock_jumps_cause_no_node_loss(coord: tuple[sa.Engine, str], monke
     wall.jump(+6 * HOUR)
     mono.advance(TIMEOUT + 1)
     assert f.sweep() == ["n1"]
-    assert _node_state(engine, "n1") is NodeState.LOST
+    # Silence is not death: the node is shown UNREACHABLE, its job keeps RUNNING ...
+    assert _shown_state(engine, "n1") is NodeState.UNREACHABLE
+    assert _job(engine, job_id)[0] == JobStatus.RUNNING.value
+    assert f.fresh_nodes() == set()
+    # ... until the job's lost_after passes in silence too.
+    mono.advance(TIMEOUT)
+    assert f.sweep() == ["n1"]
     status, message = _job(engine, job_id)
     assert status == JobStatus.STOPPED.value and message.startswith("NODE_LOST"), message
     assert f.fresh_nodes() == set()
@@ -162,7 +176,8 @@ def test_restarted_coordinator_counts_silence_from_its_own_start(coord: tuple[sa
     job_id = _running_job(engine, "n2")
     wall.jump(+10 * HOUR)  # the coordinator is down for ten hours of wall time (or the clock stepped)
     mono = Clock(7.0)  # a new process: its own monotonic origin
-    second = Fleet(engine, Reconciler(engine, AgentPool()), lambda: None, node_timeout=TIMEOUT, mono=mono)
+    second = Fleet(engine, Reconciler(engine, AgentPool()), lambda: None, node_timeout=TIMEOUT, mono=mono,
+                   lost_after=TIMEOUT)
     assert second.sweep() == [] and _node_state(engine, "n2") is NodeState.READY
     mono.advance(TIMEOUT - 0.5)
     assert second.sweep() == []

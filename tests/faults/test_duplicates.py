@@ -40,6 +40,7 @@ from tests.faults import containers, gated, release, remove_containers, runs, se
 from tests.harness import AgentProc, CoordinatorProc, state_name, wait_for
 from tests.integration.test_coordinator_reconcile import agent_attempts, get_job, register, wait_job
 from tests.invariants import assert_invariants, check_invariants
+from tests.placing import assign
 
 RUNTIMES = ["process", pytest.param("docker", marks=pytest.mark.docker)]
 
@@ -271,13 +272,13 @@ def test_the_checker_sees_planted_duplicates_and_leftovers(tmp_path: Path) -> No
                              gpus=[{"index": 0, "healthy": True}])
             for job_id in ("g1", "g2"):  # one GPU given to two RUNNING jobs
                 repo.create_job(conn, spec={"output_dir": job_id}, job_id=job_id)
-                repo.assign_job(conn, job_id, "n1", [0], actor="test")
+                assign(conn, job_id, "n1", [0], actor="test")
             repo.create_job(conn, spec={"output_dir": "dup"}, job_id="dup")
             repo.create_job(conn, spec={"output_dir": "dup"}, job_id="dupb")
             conn.execute(sa.text("UPDATE jobs SET root_id = 'dup', attempt = 2 WHERE id = 'dupb'"))
             for job_id, status, code in (("acked", JobStatus.SUCCESS, None), ("mis", JobStatus.FAILED, 2)):
                 repo.create_job(conn, spec={"output_dir": job_id}, job_id=job_id)
-                repo.assign_job(conn, job_id, "n9", [], actor="test")
+                assign(conn, job_id, "n9", [], actor="test")
                 repo.set_job_status(conn, job_id, status, exit_code=code, actor="test")
             repo.mark_acked(conn, ["acked"])
     finally:

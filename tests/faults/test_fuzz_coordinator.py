@@ -609,13 +609,13 @@ def test_every_rpc_is_fuzzed() -> None:
 
 
 def wait_only_the_agent_ready(env: Env) -> Any:
-    """The nodes the fuzzing (and the fixture) registered are silent: LOST after --node-timeout
+    """The nodes the fuzzing (and the fixture) registered are silent: UNREACHABLE after --node-timeout
     (3 s); then a job without constraints can only go to the real agent."""
     env.stub.UndrainNode(cpb.NodeRef(name=env.a.node_name), timeout=10)
 
     def only_the_agent_ready() -> Any:
         nodes = env.reader.ListNodes(cpb.ListNodesRequest(), timeout=10).nodes
-        ready = [n for n in nodes if n.state_name != "LOST"]
+        ready = [n for n in nodes if n.state_name not in ("LOST", "UNREACHABLE")]
         return ready[0] if [n.name for n in ready] == [env.a.node_name] and ready[0].state_name == "READY" else None
     return wait_for(only_the_agent_ready, 30, "the agent's node the only READY one")
 

@@ -14,8 +14,9 @@ its two veth pairs. The coordinator is plaintext on a non-loopback address, so i
 these addresses. `ip link set gpfa<tok> down` cuts A off (its packets go nowhere, nothing is
 refused); `up` heals.
 
-The story: a job (max_retries=1) runs on A; A is cut off -> within the node timeout A is LOST and
-the attempt STOPPED NODE_LOST and requeued on B, where it runs to completion, while A's process
+The story: a job (max_retries=1, a short --lost-after) runs on A; A is cut off -> within the node
+timeout A is UNREACHABLE, and once the job's lost_after passed too the attempt is STOPPED NODE_LOST
+and requeued on B (in a fresh folder, part-attempt2), where it runs to completion, while A's process
 keeps running on the far side of the partition. On heal A re-registers, is fenced (its old attempt
 is stopped: the process is gone), and the database shows the job completed exactly once.
 
@@ -140,7 +141,7 @@ def net() -> Iterator[Net]:
 
 
 def coordinator_on(root: Path, n: Net) -> CoordinatorProc:
-    c = CoordinatorProc(root, node_timeout=NODE_TIMEOUT)
+    c = CoordinatorProc(root, node_timeout=NODE_TIMEOUT, lost_after=1.0)
     argv = c.daemon.argv
     c.addr = f"{n.host_ip}:{c.port}"
     argv[argv.index("--listen") + 1] = c.addr
@@ -201,18 +202,18 @@ def test_partitioned_node_is_lost_requeued_and_fenced_on_heal(
     lost_after = time.monotonic() - cut_at
     assert first.status_name == "STOPPED" and first.exit_code == -1, first
     assert first.error_message.startswith("NODE_LOST"), first.error_message
-    assert node(c, a.node_name).state_name == "LOST"
+    assert node(c, a.node_name).state_name == "UNREACHABLE"
     # Declared lost once the timeout passed (plus a sweep and a heartbeat interval), not much later.
     assert lost_after <= NODE_TIMEOUT + 3.0, f"node LOST only {lost_after:.1f}s after the cut"
     retry_id = f"{job.job_id}.2"
     assert first.superseded_by == retry_id
     second = wait_job(c, retry_id, "RUNNING")
     assert second.node == b.node_name and second.attempt == 2 and second.retries_used == 1, second
-    wait_for(lambda: runs(b, "part") == 1, 20, "attempt 2 to start its work on B")
+    wait_for(lambda: runs(b, "part-attempt2") == 1, 20, "attempt 2 to start its work on B")
     # The partition stopped nothing on A's side: its attempt 1 still runs there.
     assert pid_alive(old) and pid_alive(old_job) and runs(a, "part") == 1
 
-    release(b, "part")
+    release(b, "part-attempt2")
     done = wait_job(c, retry_id, "SUCCESS", "FAILED", "STOPPED")
     assert done.status_name == "SUCCESS" and done.exit_code == 0, done
     assert pid_alive(old), "the partitioned attempt should still run until A hears from the coordinator"
@@ -239,6 +240,6 @@ def test_partitioned_node_is_lost_requeued_and_fenced_on_heal(
     assert get_job(c, retry_id).status_name == "SUCCESS"
     # A's attempt 1 was stopped, never released; each agent ran its attempt once.
     assert not (a.output_root / "part" / "release").exists()
-    assert runs(a, "part") == 1 and runs(b, "part") == 1
+    assert runs(a, "part") == 1 and runs(b, "part-attempt2") == 1
     assert agent_attempts(a) == {(job.job_id, 1)} and agent_attempts(b) == {(job.job_id, 2)}
     settle(sqlite_url(c), {a.node_name: a.state_dir, b.node_name: b.state_dir})

@@ -100,7 +100,9 @@ class FleetMachine(RuleBasedStateMachine):
     @_step
     def start_fleet(self) -> None:
         root = self.tmp_factory.mktemp("fleet")  # a fresh folder for every example
-        self.c = CoordinatorProc(root / "c", node_timeout=NODE_TIMEOUT)
+        # lost_after 0: a silent node's jobs are given up (and requeued) as soon as it is UNREACHABLE,
+        # so the machine explores requeues and fencing within its budget.
+        self.c = CoordinatorProc(root / "c", node_timeout=NODE_TIMEOUT, lost_after=0)
         self.owned.append(self.c)
         self.started = True
         self.c.start()
@@ -221,8 +223,8 @@ class FleetMachine(RuleBasedStateMachine):
     def wait_for_node_loss(self) -> None:
         """Let --node-timeout pass for the agents that are down (their jobs are requeued)."""
         names = {a.node_name for a in self.agents if self.down(a)}
-        wait_for(lambda: all(n.state_name == "LOST" for n in self.nodes() if n.name in names),
-                 NODE_TIMEOUT + 15, f"{sorted(names)} LOST")
+        wait_for(lambda: all(n.state_name == "UNREACHABLE" for n in self.nodes() if n.name in names),
+                 NODE_TIMEOUT + 15, f"{sorted(names)} UNREACHABLE")
 
     # -- invariants --------------------------------------------------------------------------------
     def violations(self) -> list[str]:

@@ -65,4 +65,4 @@ def test_cli_errors_are_clear_with_exit_codes(fleet) -> None:  # type: ignore[no
     r = cli(c.addr, "models", "frobnicate")
     assert r.returncode == 2
     r = cli("127.0.0.1:1", "nodes", "list", timeout=60)
-    assert r.returncode == 1 and "cannot reach" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 1 and "nothing listens at 127.0.0.1:1" in r.stderr and "Traceback" not in r.stderr

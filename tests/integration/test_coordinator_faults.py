@@ -109,6 +109,9 @@ def test_agent_killed_job_stays_running_and_ends_right(coordinator_factory, agen
     # Several reconcile passes (0.5 s) cannot inspect the job: it stays RUNNING, the node stays READY.
     holds(lambda: get_job(c, job.job_id).status_name == "RUNNING" and node(c, a.node_name).state_name == "READY",
           2.0, "job RUNNING while its agent is down")
+    # Past the node timeout the node is UNREACHABLE, and the job is still RUNNING (silence is not death).
+    wait_for(lambda: node(c, a.node_name).state_name == "UNREACHABLE", 30, "node UNREACHABLE")
+    assert get_job(c, job.job_id).status_name == "RUNNING"
     a.start()
     release(a, "agent-dies")
     done = wait_job(c, job.job_id, "SUCCESS", "FAILED", "STOPPED")
@@ -119,7 +122,7 @@ def test_agent_killed_job_stays_running_and_ends_right(coordinator_factory, agen
 
 
 def test_node_lost_requeues_then_fences_the_returning_node(coordinator_factory, agent_factory) -> None:  # type: ignore[no-untyped-def]
-    c = coordinator_factory(node_timeout=3)
+    c = coordinator_factory(node_timeout=3, lost_after=2)
     a = agent_factory("A", extra=["--coordinator", c.addr])
     register(c, a)
     job = submit(c, GATED, "lost", max_retries=1)
@@ -132,13 +135,14 @@ def test_node_lost_requeues_then_fences_the_returning_node(coordinator_factory, 
     first = wait_job(c, job.job_id, "STOPPED", "SUCCESS", "FAILED", timeout=20)
     assert first.status_name == "STOPPED" and first.exit_code == -1, first
     assert first.error_message.startswith("NODE_LOST"), first.error_message
-    assert node(c, a.node_name).state_name == "LOST"
+    assert node(c, a.node_name).state_name == "UNREACHABLE"
     retry_id = f"{job.job_id}.2"
     assert first.superseded_by == retry_id
     second = wait_job(c, retry_id, "RUNNING")
     assert second.node == b.node_name and second.attempt == 2 and second.retries_used == 1
+    assert second.spec.output_dir == "lost-attempt2"  # a fresh folder: never the old attempt's files
     agent_running(b, job.job_id)  # agents know attempts by root id + attempt number
-    wait_for(lambda: runs(b, "lost") == 1, 10, "attempt 2 to start its work on B")
+    wait_for(lambda: runs(b, "lost-attempt2") == 1, 10, "attempt 2 to start its work on B")
     assert pid_alive(wrapper) and runs(a, "lost") == 1
 
     a.start()  # the node comes back: its attempt 1 is no longer current and gets stopped
@@ -153,20 +157,20 @@ def test_node_lost_requeues_then_fences_the_returning_node(coordinator_factory, 
     wait_for(fenced_on_a, 10, "agent A to report its attempt STOPPED")
     assert (a.output_root / "lost" / "release").exists() is False  # it was stopped, never released
 
-    release(b, "lost")
+    release(b, "lost-attempt2")
     done = wait_job(c, retry_id, "SUCCESS", "FAILED", "STOPPED")
     assert done.status_name == "SUCCESS" and done.exit_code == 0
     attempts = {j.job_id: j for j in c.stub.ListJobs(cpb.ListJobsQuery(), timeout=5).jobs}
     assert set(attempts) == {job.job_id, retry_id}
     assert Counter(j.status_name for j in attempts.values()) == Counter({"STOPPED": 1, "SUCCESS": 1})
     assert attempts[job.job_id].error_message.startswith("NODE_LOST")  # the first verdict stands
-    assert runs(a, "lost") == 1 and runs(b, "lost") == 1
+    assert runs(a, "lost") == 1 and runs(b, "lost-attempt2") == 1
     assert agent_attempts(a) == {(job.job_id, 1)} and agent_attempts(b) == {(job.job_id, 2)}
 
 
 def test_job_canceled_while_its_node_is_unreachable_is_not_requeued(
         coordinator_factory, agent_factory) -> None:  # type: ignore[no-untyped-def]
-    c = coordinator_factory(node_timeout=3)
+    c = coordinator_factory(node_timeout=3, lost_after=2)
     a = agent_factory("A", extra=["--coordinator", c.addr])
     b = agent_factory("B", extra=["--coordinator", c.addr])
     register(c, a)
@@ -186,7 +190,7 @@ def test_job_canceled_while_its_node_is_unreachable_is_not_requeued(
 
 def test_agent_down_across_a_coordinator_restart_is_inspect_error_once_the_node_is_lost(
         coordinator_factory, agent_factory) -> None:  # type: ignore[no-untyped-def]
-    c = coordinator_factory(node_timeout=3)
+    c = coordinator_factory(node_timeout=3, lost_after=3)
     a = agent_factory("a", extra=["--coordinator", c.addr])
     register(c, a)
     job = submit(c, GATED, "inspect-error")
@@ -199,7 +203,7 @@ def test_agent_down_across_a_coordinator_restart_is_inspect_error_once_the_node_
     done = wait_job(c, job.job_id, "STOPPED", "SUCCESS", "FAILED", timeout=20)
     assert done.status_name == "STOPPED" and done.exit_code == -1, done
     assert done.error_message.startswith("SERVER_RESTART_CONTAINER_INSPECT_ERROR"), done.error_message
-    assert node(c, a.node_name).state_name == "LOST"
+    assert node(c, a.node_name).state_name == "UNREACHABLE"
     assert pid_alive(wrapper)
     a.start()  # back: its attempt was ended, so it is fenced rather than left running
     wait_for(lambda: node(c, a.node_name).state_name == "READY", 20, "node READY again")

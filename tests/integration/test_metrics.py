@@ -58,15 +58,6 @@ def stopped(s: Samples) -> Samples | None:
     return s if values(s, "gpufleet_agent_jobs", state="STOPPED") == [1.0] else None
 
 
-def _has_flag(module: str) -> bool:
-    mod = __import__(module, fromlist=["OPTIONS"])
-    return any(o.name == "metrics-listen" for o in getattr(mod, "OPTIONS", []))
-
-
-AGENT_WIRED = _has_flag("gpufleet.agent.main")
-COORDINATOR_WIRED = _has_flag("gpufleet.coordinator.main")
-
-
 # ---------------------------------------------------------------------------------------------
 # in process: the agent's parts put together as agent/main.py does, metrics on port 0
 
@@ -139,7 +130,14 @@ def test_in_process_scrape_shows_dcgm_gauges_with_the_job_on_its_gpu(inproc: InP
         assert held[0]["modelName"] == "Fake GPU"
         free = [lab for _, lab, _ in series if lab["gpu"] != "1"]
         assert all(lab["job_id"] == "" and lab["attempt"] == "" for lab in free)
-    used = values(m, "DCGM_FI_DEV_FB_USED", gpu="1")[0]
+    # Fake GPUs show load from the first sample after a job holds them (issue 15: idle reads idle).
+    used = wait_for(lambda: values(scrape(inproc.metrics_port), "DCGM_FI_DEV_FB_USED", gpu="1")[0] or None,
+                    what="load on the held fake GPU")
+    assert values(m, "DCGM_FI_DEV_FB_USED", gpu="0") == [0.0]
+    # Per-job GPU accounting (issue 15) and the exclusivity counts are in the same scrape.
+    wait_for(lambda: (v := values(scrape(inproc.metrics_port), "gpufleet_job_gpu_seconds", job_id="metrics-job"))
+             and v[0] > 0, what="GPU-seconds of the running job")
+    assert values(m, "gpufleet_gpu_processes", gpu="0", kind="foreign") == [0.0]
     assert 512 <= used <= 80 * 1024  # MiB of an 80 GiB fake GPU
     assert values(m, "gpufleet_agent_runtime_up") == [1.0]
     assert values(m, "gpufleet_agent_last_tick_age_seconds")[0] < 10
@@ -179,37 +177,39 @@ def test_in_process_unhealthy_gpu_and_scrape_cost(inproc: InProcessAgent) -> Non
 # the daemons, once agent/main.py and coordinator/main.py have --metrics-listen
 
 
-@pytest.mark.xfail(not AGENT_WIRED, reason="waiting for wiring: agent has no --metrics-listen yet",
-                   strict=False, run=False)
 def test_agent_daemon_serves_metrics(agent_factory: Callable[..., AgentProc]) -> None:
     port = free_port()
     a = agent_factory("m", extra=["--metrics-listen", f"127.0.0.1:{port}"])
     a.launch("dj1", [PY, "-c", "import time; time.sleep(60)"], gpus=[0, 3])
-    m = wait_for(lambda: running(scrape(port)), what="the running job in the agent's /metrics")
+    def launched(s: Samples) -> Samples | None:  # the RPC counter moves as the handler returns
+        return s if running(s) and values(s, "gpufleet_rpc_total", method="Launch", code="OK") else None
+
+    m = wait_for(lambda: launched(scrape(port)), what="the running job in the agent's /metrics")
     for gpu in ("0", "3"):
         assert [lab["job_id"] for _, lab, _ in m["DCGM_FI_DEV_GPU_UTIL"] if lab["gpu"] == gpu] == ["dj1"]
     assert values(m, "DCGM_FI_DEV_GPU_UTIL", gpu="1", job_id="")
     assert values(m, "gpufleet_agent_runtime_up") == [1.0]
     assert values(m, "gpufleet_gpus", source="fake") == [4.0]
-    if "gpufleet_rpc_total" in m:  # the interceptor is wired into the agent's gRPC server too
-        assert values(m, "gpufleet_rpc_total", method="Launch", code="OK") == [1.0]
+    # the RPC interceptor is wired into the agent's gRPC server too
+    assert values(m, "gpufleet_rpc_total", method="Launch", code="OK") == [1.0]
 
 
-@pytest.mark.xfail(not (AGENT_WIRED and COORDINATOR_WIRED),
-                   reason="waiting for wiring: no --metrics-listen yet", strict=False, run=False)
 def test_coordinator_daemon_serves_metrics(coordinator_factory: Callable[..., CoordinatorProc],
                                            agent_factory: Callable[..., AgentProc]) -> None:
     cport = free_port()
     c = coordinator_factory(extra=["--metrics-listen", f"127.0.0.1:{cport}"])
     agent_factory("a1", extra=["--coordinator", c.addr, "--metrics-listen", f"127.0.0.1:{free_port()}"])
+    fleet = {"service": "gpufleet.v1.Fleet", "method": "Register", "code": "OK"}
+
     def ready(s: Samples) -> Samples | None:
-        return s if values(s, "gpufleet_nodes", state="READY") == [1.0] else None
+        # The RPC counter moves as the handler returns, just after the node row is committed: wait for both.
+        return s if (values(s, "gpufleet_nodes", state="READY") == [1.0]
+                     and values(s, "gpufleet_rpc_total", **fleet)) else None
 
     m = wait_for(lambda: ready(scrape(cport)), what="the registered node in the coordinator's /metrics")
     assert values(m, "gpufleet_queue_depth") == [0.0]
     assert values(m, "gpufleet_coordinator_db_up") == [1.0]
     assert values(m, "gpufleet_placements_total") == [0.0]
     assert "gpufleet_jobs" in m and "gpufleet_placement_duration_seconds_count" in m
-    if "gpufleet_rpc_total" in m:  # the interceptor is wired into the coordinator's gRPC server too
-        fleet = {"service": "gpufleet.v1.Fleet", "method": "Register", "code": "OK"}
-        assert values(m, "gpufleet_rpc_total", **fleet) == [1.0]
+    # the RPC interceptor is wired into the coordinator's gRPC server too
+    assert values(m, "gpufleet_rpc_total", **fleet) == [1.0]

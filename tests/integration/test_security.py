@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 import pytest
 from gpufleet.agent.registrar import Registrar
+from gpufleet.coordinator import tokens as ctok
 from gpufleet.coordinator.agents import AgentPool
 from gpufleet.coordinator.db.engine import make_engine, migrate
 from gpufleet.coordinator.fleet import Fleet
@@ -301,8 +302,8 @@ def coord(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coord]
     reconciler = Reconciler(engine, agents)
     fleet = Fleet(engine, reconciler, lambda: None)
     life = Lifecycle(engine, agents, reconciler, lambda: None)
-    interceptor = auth.CoordinatorAuth(engine, agent_certs=True)
-    tokens = {name: auth.create_token(engine, name, role)
+    interceptor = ctok.CoordinatorAuth(engine, agent_certs=True)
+    tokens = {name: ctok.create_token(engine, name, role)
               for name, role in [("root", "admin"), ("alice", "user"), ("bob", "user"), ("val", "viewer")]}
     with serving(pki, "coord", [lambda s: add_to_server(CoordinatorService(engine, life, agents),
                                                          FleetService(fleet), s)], [interceptor]) as addr:
@@ -469,10 +470,10 @@ def test_users_change_only_their_own_models_and_jobs(coord: Coord) -> None:
 
 
 def test_a_revoked_token_is_refused_at_once(coord: Coord) -> None:
-    token = auth.create_token(coord.engine, "carol", "user")
+    token = ctok.create_token(coord.engine, "carol", "user")
     stub = coordinator_pb2_grpc.CoordinatorStub(coord.channel(token))
     stub.ListModels(cpb.ListModelsRequest(), timeout=TIMEOUT)
-    auth.revoke_token(coord.engine, "carol")
+    ctok.revoke_token(coord.engine, "carol")
     code, msg = code_of(lambda: stub.ListModels(cpb.ListModelsRequest(), timeout=TIMEOUT))
     assert (code, msg) == (UNAUTH, "unknown or revoked token")
 
@@ -514,9 +515,9 @@ def test_a_database_failure_during_the_token_check_is_unavailable_and_says_nothi
         pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     good = make_engine(f"sqlite:///{tmp_path / 'good.db'}")
     migrate(good)
-    token = auth.create_token(good, "root", "admin")
+    token = ctok.create_token(good, "root", "admin")
     broken = make_engine(f"sqlite:///{tmp_path / 'never-migrated.db'}")  # no tokens table
-    interceptor = auth.CoordinatorAuth(broken)
+    interceptor = ctok.CoordinatorAuth(broken)
     agents = AgentPool()
     reconciler = Reconciler(good, agents)
     life = Lifecycle(good, agents, reconciler, lambda: None)

@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from gpufleet.coordinator import tokens as ctok
 from gpufleet.coordinator.db import tokens as db
 from gpufleet.coordinator.db.engine import make_engine, migrate
 from gpufleet.coordinator.db.schema import metadata
@@ -51,7 +52,7 @@ def test_tables_agree_with_migration_0002(db_url: str) -> None:
 
 
 def test_token_format_and_only_a_salted_hash_is_stored(engine: Engine) -> None:
-    token = auth.create_token(engine, "alice", "user")
+    token = ctok.create_token(engine, "alice", "user")
     assert token.startswith("gft_") and len(token) == 4 + 43
     assert set(token[4:]) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
     cells = all_cells(engine)
@@ -62,56 +63,56 @@ def test_token_format_and_only_a_salted_hash_is_stored(engine: Engine) -> None:
     assert row.hash == hashlib.sha256(bytes.fromhex(row.salt) + token.encode()).hexdigest()
     assert len(row.salt) == 32
     # Same name, new token: a different salt, a different hash.
-    other = auth.create_token(engine, "alice", "user")
+    other = ctok.create_token(engine, "alice", "user")
     with engine.connect() as conn:
         row2 = db.get_token(conn, other[4:16])
     assert row2 is not None and row2.salt != row.salt and row2.hash != row.hash
 
 
 def test_verify_accepts_the_token_and_nothing_near_it(engine: Engine) -> None:
-    token = auth.create_token(engine, "alice", "viewer")
-    info = auth.verify_token(engine, token)
+    token = ctok.create_token(engine, "alice", "viewer")
+    info = ctok.verify_token(engine, token)
     assert (info.name, info.role, info.id) == ("alice", "viewer", token[4:16])
     flipped = token[:-1] + ("A" if token[-1] != "A" else "B")
     near = (flipped, token[:-1], token + "x", "gft_" + "A" * 43, token.replace("gft_", "gfx_"), "", "Bearer")
     for bad in near:
-        with pytest.raises(auth.TokenRejected, match="unknown or revoked token"):
-            auth.verify_token(engine, bad)
+        with pytest.raises(ctok.TokenRejected, match="unknown or revoked token"):
+            ctok.verify_token(engine, bad)
 
 
 def test_revoke_by_id_by_display_form_and_by_name(engine: Engine) -> None:
-    a1 = auth.create_token(engine, "alice", "user")
-    a2 = auth.create_token(engine, "alice", "user")
-    b = auth.create_token(engine, "bob", "admin")
-    v = auth.create_token(engine, "val", "viewer")
-    assert auth.revoke_token(engine, a1[4:16]) == [a1[4:16]]
-    with pytest.raises(auth.TokenRejected, match="unknown or revoked token"):
-        auth.verify_token(engine, a1)
-    assert auth.verify_token(engine, a2).name == "alice"  # only that one
-    assert auth.revoke_token(engine, "alice") == [a2[4:16]]
-    with pytest.raises(auth.TokenRejected):
-        auth.verify_token(engine, a2)
-    shown = next(t for t in auth.list_tokens(engine) if t.name == "val").display
+    a1 = ctok.create_token(engine, "alice", "user")
+    a2 = ctok.create_token(engine, "alice", "user")
+    b = ctok.create_token(engine, "bob", "admin")
+    v = ctok.create_token(engine, "val", "viewer")
+    assert ctok.revoke_token(engine, a1[4:16]) == [a1[4:16]]
+    with pytest.raises(ctok.TokenRejected, match="unknown or revoked token"):
+        ctok.verify_token(engine, a1)
+    assert ctok.verify_token(engine, a2).name == "alice"  # only that one
+    assert ctok.revoke_token(engine, "alice") == [a2[4:16]]
+    with pytest.raises(ctok.TokenRejected):
+        ctok.verify_token(engine, a2)
+    shown = next(t for t in ctok.list_tokens(engine) if t.name == "val").display
     assert shown == f"gft_{v[4:16]}…"
-    auth.revoke_token(engine, shown)  # what `tokens list` prints is accepted back
+    ctok.revoke_token(engine, shown)  # what `tokens list` prints is accepted back
     with pytest.raises(NotFound, match="no live token"):
-        auth.revoke_token(engine, "alice")  # nothing live left under that name
+        ctok.revoke_token(engine, "alice")  # nothing live left under that name
     with pytest.raises(NotFound):
-        auth.revoke_token(engine, "nobody")
-    live = auth.list_tokens(engine)
+        ctok.revoke_token(engine, "nobody")
+    live = ctok.list_tokens(engine)
     assert [(t.name, t.role) for t in live] == [("bob", "admin")]
-    assert auth.verify_token(engine, b).role == "admin"
-    everything = auth.list_tokens(engine, include_revoked=True)
+    assert ctok.verify_token(engine, b).role == "admin"
+    everything = ctok.list_tokens(engine, include_revoked=True)
     assert len(everything) == 4 and sum(t.revoked_at is not None for t in everything) == 3
     assert set(everything[0].as_dict()) == {"id", "name", "role", "created_at", "expires_at", "revoked_at"}
 
 
 def test_expired_tokens_are_refused(engine: Engine) -> None:
     t0 = datetime(2025, 1, 1, tzinfo=UTC)
-    token = auth.create_token(engine, "ci", "user", expires_in=timedelta(hours=1), now=t0)
-    assert auth.verify_token(engine, token, now=t0 + timedelta(minutes=59)).name == "ci"
-    with pytest.raises(auth.TokenRejected, match="expired token"):
-        auth.verify_token(engine, token, now=t0 + timedelta(hours=1))
+    token = ctok.create_token(engine, "ci", "user", expires_in=timedelta(hours=1), now=t0)
+    assert ctok.verify_token(engine, token, now=t0 + timedelta(minutes=59)).name == "ci"
+    with pytest.raises(ctok.TokenRejected, match="expired token"):
+        ctok.verify_token(engine, token, now=t0 + timedelta(hours=1))
 
 
 @pytest.mark.parametrize(("name", "role", "field"), [
@@ -120,19 +121,19 @@ def test_expired_tokens_are_refused(engine: Engine) -> None:
 ])
 def test_create_refuses_bad_names_and_roles(engine: Engine, name: str, role: str, field: str) -> None:
     with pytest.raises(InvalidArgument) as exc:
-        auth.create_token(engine, name, role)
+        ctok.create_token(engine, name, role)
     assert exc.value.field == field
-    assert auth.list_tokens(engine, include_revoked=True) == []
+    assert ctok.list_tokens(engine, include_revoked=True) == []
 
 
 def test_tokens_never_reach_the_log(engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    token = auth.create_token(engine, "alice", "admin")
-    auth.verify_token(engine, token)
-    auth.TokenVerifier(engine).verify(token)
-    auth.revoke_token(engine, token)
-    with pytest.raises(auth.TokenRejected):
-        auth.verify_token(engine, token)
+    token = ctok.create_token(engine, "alice", "admin")
+    ctok.verify_token(engine, token)
+    ctok.TokenVerifier(engine).verify(token)
+    ctok.revoke_token(engine, token)
+    with pytest.raises(ctok.TokenRejected):
+        ctok.verify_token(engine, token)
     text = caplog.text + " ".join(str(getattr(r, "fields", "")) for r in caplog.records)
     assert token[4:16] in text  # the key id is logged, so an operator can tell tokens apart ...
     assert token not in text and token[16:] not in text  # ... never the secret
@@ -147,17 +148,17 @@ class Clock:
 
 
 def test_verifier_caches_successes_for_ttl(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    token = auth.create_token(engine, "alice", "user")
+    token = ctok.create_token(engine, "alice", "user")
     calls: list[str] = []
-    real = auth.verify_token
+    real = ctok.verify_token
 
-    def counting(eng: Engine, tok: str, now: datetime | None = None) -> auth.TokenInfo:
+    def counting(eng: Engine, tok: str, now: datetime | None = None) -> ctok.TokenInfo:
         calls.append(tok[4:16])
         return real(eng, tok, now)
 
-    monkeypatch.setattr(auth, "verify_token", counting)
+    monkeypatch.setattr(ctok, "verify_token", counting)
     clock = Clock()
-    v = auth.TokenVerifier(engine, ttl=5.0, clock=clock)
+    v = ctok.TokenVerifier(engine, ttl=5.0, clock=clock)
     try:
         for _ in range(100):
             assert v.verify(token).name == "alice"
@@ -168,10 +169,10 @@ def test_verifier_caches_successes_for_ttl(engine: Engine, monkeypatch: pytest.M
         clock.t += 4.9
         assert v.verify(token).name == "alice"
         clock.t += 0.2
-        with pytest.raises(auth.TokenRejected):
+        with pytest.raises(ctok.TokenRejected):
             v.verify(token)
         # Failures are not cached: every try asks the database.
-        with pytest.raises(auth.TokenRejected):
+        with pytest.raises(ctok.TokenRejected):
             v.verify(token)
         assert len(calls) == 3
     finally:
@@ -179,12 +180,12 @@ def test_verifier_caches_successes_for_ttl(engine: Engine, monkeypatch: pytest.M
 
 
 def test_revoke_in_process_clears_every_verifier_at_once(engine: Engine) -> None:
-    token = auth.create_token(engine, "alice", "user")
-    v = auth.TokenVerifier(engine, ttl=3600)
+    token = ctok.create_token(engine, "alice", "user")
+    v = ctok.TokenVerifier(engine, ttl=3600)
     try:
         assert v.verify(token).name == "alice"
-        auth.revoke_token(engine, "alice")
-        with pytest.raises(auth.TokenRejected, match="unknown or revoked"):
+        ctok.revoke_token(engine, "alice")
+        with pytest.raises(ctok.TokenRejected, match="unknown or revoked"):
             v.verify(token)
     finally:
         v.close()
@@ -223,7 +224,8 @@ def test_every_coordinator_method_has_a_policy() -> None:
     assert user_changes <= methods
     # admin only (arrays and pipelines until their jobs' ownership is recorded per member)
     assert methods - reads - user_changes == {"DrainNode", "UndrainNode", "SubmitArray", "CancelArray",
-                                              "SubmitPipeline", "CancelPipeline"}
+                                              "SubmitPipeline", "CancelPipeline", *auth.ADMIN_METHODS}
+    assert auth.ADMIN_METHODS == {"CreateToken", "ListTokens", "RevokeToken"}  # ListTokens is no viewer read
     fleet = {m.name for m in cpb.DESCRIPTOR.services_by_name["Fleet"].methods}
     for name in fleet:  # the Fleet check relies on every request naming its node
         req = cpb.DESCRIPTOR.services_by_name["Fleet"].methods_by_name[name].input_type

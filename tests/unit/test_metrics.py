@@ -30,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gpufleet.errors import InvalidArgument
 from gpufleet.metrics import RpcMetricsInterceptor, new_registry, start_http, stop_http
+from tests.placing import assign
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -303,7 +304,7 @@ def test_coordinator_queue_jobs_nodes_and_counters(engine: Any) -> None:
     now = datetime.now(UTC)
     with engine.begin() as conn:
         ids = [repo.create_job(conn, spec={"image": "busybox"}, now=now).id for _ in range(5)]
-        repo.assign_job(conn, ids[0], "n1", [0], actor="test", now=now)
+        assign(conn, ids[0], "n1", [0], actor="test", now=now)
         for name in ("n1", "n2"):
             repo.upsert_node(conn, name, address=f"{name}:1", labels={}, agent_version="0", runtime="process",
                              gpus=[{"index": 0, "healthy": True}], now=now)
@@ -356,7 +357,7 @@ def test_ended_jobs_are_counted_by_status_and_reason(engine: Any) -> None:
     for status, message in outcomes:
         with engine.begin() as conn:
             job = repo.create_job(conn, spec={"image": "busybox"})
-            repo.assign_job(conn, job.id, "n1", [0], actor="test")
+            assign(conn, job.id, "n1", [0], actor="test")
         end_job(engine, job.id, status, message, actor="test", exit_code=3 if status is JobStatus.FAILED else None)
     end_job(engine, job.id, JobStatus.FAILED, "EXIT_NONZERO", actor="test")  # already ended: not counted again
     delta = {k: ended(*k) - v for k, v in before.items()}

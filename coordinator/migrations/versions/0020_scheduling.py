@@ -1,7 +1,7 @@
 """Scheduling options: dependencies, pipelines, arrays, time limits, auto-test
 
 Revision ID: 0020
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-05
 
 Expand only: three new tables; older coordinators never read them.
@@ -15,7 +15,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0020"
-down_revision: str | Sequence[str] | None = "0004"
+down_revision: str | Sequence[str] | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -257,6 +257,7 @@ def test_auto_on_this_machine_gives_no_gpus() -> None:
 
 def test_fake_numbers_are_plausible_and_move() -> None:
     source = FakeGpus(4, seed=7)
+    source.set_held({0, 1, 2, 3})
     rounds = [source.sample() for _ in range(50)]
     for samples in rounds:
         assert [s.index for s in samples] == [0, 1, 2, 3]
@@ -277,6 +278,32 @@ def test_fake_numbers_are_plausible_and_move() -> None:
         assert len({s.temperature_c for s in series}) > 5
         assert len({s.uuid for s in series}) == 1
     assert [s.uuid for s in rounds[0]] == [s.uuid for s in FakeGpus(4).sample()]
+
+
+def test_idle_fake_gpus_read_idle_and_held_ones_show_load() -> None:
+    source = FakeGpus(3, seed=1)
+    for _ in range(20):
+        for s in source.sample():
+            assert (s.utilization_gpu, s.utilization_memory, s.memory_used_bytes) == (0, 0, 0)
+            assert s.power_w < 80 and s.temperature_c < 40
+    source.set_held({1})
+    rounds = [source.sample() for _ in range(20)]
+    for samples in rounds:
+        idle, held = samples[0], samples[1]
+        assert idle.utilization_gpu == 0 and idle.memory_used_bytes == 0 and idle.power_w < 80
+        assert held.utilization_gpu >= 40 and held.memory_used_bytes > 0 and held.power_w > 200
+    source.set_held(set())
+    assert all(s.utilization_gpu == 0 for s in source.sample())
+
+
+def test_the_monitor_tells_fake_gpus_which_are_held() -> None:
+    monitor = GpuMonitor(FakeGpus(2, seed=3), interval=60)
+    held: set[int] = set()
+    monitor.held = lambda: held
+    assert [s.utilization_gpu for s in monitor.refresh()] == [0, 0]
+    held.add(0)
+    first, second = monitor.refresh()
+    assert first.utilization_gpu >= 40 and second.utilization_gpu == 0
 
 
 def test_fake_is_deterministic_with_a_seed() -> None:

@@ -5,7 +5,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from gpufleet.agent.probe import MetricRow, probe_outputs, resolve_total_epoch
+from gpufleet.agent.probe import MetricRow, probe_outputs
 
 
 def write(folder: Path, name: str, text: str) -> Path:
@@ -103,7 +103,9 @@ def test_unexpected_error_is_probe_error_and_logged(tmp_path: Path, caplog: pyte
     ],
 )
 def test_resolve_total_epoch(spec_value: int, params_json: str, want: int) -> None:
-    assert resolve_total_epoch(spec_value, params_json) == want
+    # The probe's own resolution: the spec's value when positive, else params_json's (read even when the
+    # folder is missing, so the verdict names the epochs it expected).
+    assert probe_outputs(Path("/nonexistent/gpufleet-probe"), spec_value, 1, params_json).total_epoch == want
 
 
 @pytest.mark.parametrize("key", ["total_epoch", "totalEpoch"])

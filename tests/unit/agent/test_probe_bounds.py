@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from gpufleet.agent import convert
-from gpufleet.agent.probe import MAX_INT32, probe_outputs, resolve_total_epoch
+from gpufleet.agent.probe import MAX_INT32, probe_outputs
 from gpufleet.coordinator.lifecycle import check_epoch_params
 
 from gpufleet.errors import InvalidArgument
@@ -31,7 +31,7 @@ from gpufleet.v1 import common_pb2 as pb
     ],
 )
 def test_total_epoch_from_params_is_bounded_to_int32(params_json: str, want: int) -> None:
-    assert resolve_total_epoch(0, params_json) == want
+    assert probe_outputs(Path("/nonexistent/gpufleet-probe"), 0, 1, params_json).total_epoch == want
 
 
 @pytest.mark.parametrize("params_json", ['{"total_epoch": 10000000000}', '{"total_epoch": 2, "val_interval": 1e20}'])

@@ -194,6 +194,8 @@ def test_a_good_process_plan(roots: Roots) -> None:
         "MY_VAR": "x=y",
         "CUDA_VISIBLE_DEVICES": "3,1",
         "NVIDIA_VISIBLE_DEVICES": "3,1",
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+        "GPUFLEET_GPU_UUIDS": "",
         "GPUFLEET_JOB_ID": "train.v2_x",
         "GPUFLEET_ATTEMPT": "3",
         "GPUFLEET_OUTPUT_DIR": str(out),
@@ -213,6 +215,31 @@ def test_a_cpu_job_sees_no_gpu_and_gets_defaults(roots: Roots) -> None:
     assert plan.env["GPUFLEET_JOB_TYPE"] == "TRAIN"
     assert plan.env["GPUFLEET_TOTAL_EPOCH"] == "0"
     assert plan.argv == [] and plan.image == "registry.local:5000/team/img:1.0"
+
+
+UUIDS = {i: f"GPU-{i}0000000-aaaa-bbbb-cccc-dddddddddddd" for i in range(4)}
+
+
+def _real(roots: Roots, runtime: str, gpus: list[int]) -> LaunchPlan:
+    kw: dict[str, Any] = {"command": [PY, "-c", "pass"]} if runtime == "process" else {"image": "busybox"}
+    return validate("job-1", 1, JobSpec(output_dir="job-1", **kw), gpus, runtime=runtime, roots=roots,
+                    known_gpus={0, 1, 2, 3}, real_gpus=True, log_max_bytes=1024, base_env={}, gpu_uuids=UUIDS)
+
+
+@pytest.mark.parametrize("runtime", ["process", "docker"])
+def test_real_gpus_are_handed_over_by_uuid(roots: Roots, runtime: str) -> None:
+    plan = _real(roots, runtime, [3, 1])
+    want = f"{UUIDS[3]},{UUIDS[1]}"
+    assert plan.env["CUDA_VISIBLE_DEVICES"] == want and plan.env["NVIDIA_VISIBLE_DEVICES"] == want
+    assert plan.env["GPUFLEET_GPU_UUIDS"] == want and plan.env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    assert plan.gpu_indices == [3, 1]
+
+
+def test_fake_gpus_keep_indices_and_name_their_uuids(roots: Roots) -> None:
+    plan = validate("job-1", 1, JobSpec(output_dir="job-1", command=[PY, "-c", "pass"]), [2], runtime="process",
+                    roots=roots, known_gpus={0, 1, 2, 3}, real_gpus=False, log_max_bytes=1024, base_env={},
+                    gpu_uuids=UUIDS)
+    assert plan.env["CUDA_VISIBLE_DEVICES"] == "2" and plan.env["GPUFLEET_GPU_UUIDS"] == UUIDS[2]
 
 
 def test_the_job_cannot_override_what_the_agent_sets(roots: Roots) -> None:

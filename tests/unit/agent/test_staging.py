@@ -69,15 +69,15 @@ def test_happy_path_links_every_part(root: Path) -> None:
     stage = root.resolve() / "tmp" / "stage-1"
     assert result.stage_dir == stage
     assert (result.made, result.skipped, result.extracted, result.warnings) == (7, 0, 0, [])
-    assert result.counts == {"train/input1": 2, "train/input2": 1, "train/label": 1, "train/label_json": 1,
+    assert result.counts == {"train/input1": 2, "train/input2": 1, "train/label": 1, "train/label-json": 1,
                              "val/input1": 1, "test/label": 1}
     assert tree(stage) == sorted([
         "test", "test/label", "test/label/1_label.png",
         "train", "train/input1", "train/input1/1.png", "train/input1/2.png", "train/input2",
-        "train/input2/1_t.png", "train/label", "train/label/1_label.png", "train/label_json",
-        "train/label_json/1.geojson", "val", "val/input1", "val/input1/1.png",
+        "train/input2/1_t.png", "train/label", "train/label/1_label.png", "train/label-json",
+        "train/label-json/1.geojson", "val", "val/input1", "val/input1/1.png",
     ])
-    staged = stage / "train/label_json/1.geojson"
+    staged = stage / "train/label-json/1.geojson"
     assert staged.read_text() == '{"type": "FeatureCollection"}'
     assert os.path.samefile(staged, root / "ds/a/1.geojson")  # a hardlink, not a copy
     assert (root / "ds/a/1.geojson").stat().st_nlink == 2

@@ -30,7 +30,7 @@ def engine(db_url: str) -> Iterator[Engine]:
 
 def _node(engine: Engine, name: str, gpus: int, **labels: str) -> None:
     with engine.begin() as conn:
-        repo.upsert_node(conn, name, address=f"{name}:1", labels=labels, agent_version="t", runtime="process",
+        repo.upsert_node(conn, name, address=f"{name}:1", labels=labels, agent_version="t", runtime="docker",
                          gpus=[{"index": i, "uuid": f"GPU-{name}-{i}"} for i in range(gpus)], now=T0)
 
 

@@ -13,15 +13,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from gpufleet.coordinator import states
 from gpufleet.coordinator.agents import Observation
 from gpufleet.coordinator.db.rows import JobRow
 from gpufleet.coordinator.reconciler import KEEP, Decision, decide, judge_missing, outputs_complete
 from gpufleet.coordinator.states import DesiredState, JobStatus, JobType
 
+from tests.invariants import AgentJob, CoordJob, _check_match
+
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
 MISSING = "SERVER_RESTART_CONTAINER_MISSING_OUTPUT_INCOMPLETE"
-RESTART_NONZERO = "SERVER_RESTART_CONTAINER_EXIT_NONZERO"
+# One reason per event, whichever daemon restarted first (issue 12).
+RESTART_NONZERO = "EXIT_NONZERO"
 
 # Probe verdicts as the agent reports them (coordinator.agents.probe_from_pb's shape).
 COMPLETE = {"completed": True, "reason": "ok", "val_lines": 3, "expected_lines": 3, "has_result_zip": False,
@@ -135,6 +139,13 @@ TABLE: list[tuple[str, JobRow, Observation, tuple[bool, ...], Want]] = [
     # no exit code: the agent could not start it on the host
     ("failed-to-start", job(observed=None), found("FAILED", None, "the process runtime needs spec.command"),
      BOTH, finish(S.FAILED, None, "LAUNCH_FAILED: the process runtime needs spec.command", exact=True)),
+    # an exit code the state contradicts: the exit code decides, in the stored convention (0, -1, other)
+    ("failed-exit-0", job(), found("FAILED", 0, probe=COMPLETE), BOTH,
+     finish(S.SUCCESS, 0, "", exact=True, probe=COMPLETE)),
+    ("failed-exit-minus-1", job(), found("FAILED", -1, "killed"), BOTH,
+     finish(S.STOPPED, -1, "STOPPED_ON_AGENT: killed", exact=True)),
+    ("succeeded-exit-minus-1-desired-stop", job(desired=STOP), found("SUCCEEDED", -1), BOTH,
+     finish(S.STOPPED, -1, "STOPPED_BY_USER", exact=True)),
     # -- stopped on the agent ---------------------------------------------------------------------
     ("stopped-by-user", job(desired=STOP), found("STOPPED", 143, "stopped on request"), BOTH,
      finish(S.STOPPED, -1, "STOPPED_BY_USER", exact=True)),
@@ -222,6 +233,30 @@ def test_exit_code_decides_over_a_succeeded_label(startup: bool) -> None:
     assert d.action == "finish" and d.status is JobStatus.FAILED and d.exit_code == 137
 
 
+AGENT_REPORTS = [(state, code) for state in ("SUCCEEDED", "FAILED", "STOPPED", "LOST")
+                 for code in (None, 0, -1, 1, 3, 137, 143)]
+
+
+@pytest.mark.parametrize(("state", "exit_code"), AGENT_REPORTS)
+@pytest.mark.parametrize("desired", [RUN, STOP])
+@pytest.mark.parametrize("job_type", [TRAIN, EVAL])
+def test_every_final_report_is_a_status_the_repository_stores(state: str, exit_code: int | None,
+                                                              desired: DesiredState, job_type: JobType) -> None:
+    """decide() is the one rule turning an agent's report into a job status; the repository's guard
+    (states.exit_code_for, run by repo.set_job_status) accepts every verdict it gives, so no report can
+    leave a job RUNNING because its status and exit code disagree."""
+    for probe in (None, COMPLETE, INCOMPLETE, ZIP):
+        for startup in BOTH:
+            d = decide(job(desired=desired, job_type=job_type), found(state, exit_code, probe=probe),
+                       startup=startup)
+            assert d.action == "finish" and d.status is not None, d
+            assert states.exit_code_for(d.status, d.exit_code, "j1") == (
+                d.exit_code if d.exit_code is not None else states.exit_code_for(d.status, None)), d
+            if exit_code is not None and state != "LOST":  # a known exit code decides
+                want = {0: S.SUCCESS, -1: S.STOPPED}.get(exit_code, S.FAILED)
+                assert d.status is (S.STOPPED if state == "STOPPED" else want), d
+
+
 # -- judge_missing / outputs_complete ----------------------------------------------------------
 
 JUDGE = [
@@ -266,3 +301,29 @@ OUTPUTS = [
 @pytest.mark.parametrize(("job_type", "probe", "expected"), OUTPUTS)
 def test_outputs_complete(job_type: JobType, probe: dict[str, Any] | None, expected: bool) -> None:
     assert outputs_complete(job_type, probe) is expected
+
+
+# -- the fault matrix's checker accepts only this rule --------------------------------------------
+
+@pytest.mark.parametrize(("agent_state", "exit_code", "probe", "coordinator", "ok"), [
+    ("SUCCEEDED", 0, COMPLETE, "SUCCESS", True),
+    ("FAILED", 3, None, "FAILED", True),
+    ("FAILED", 3, None, "SUCCESS", False),
+    ("STOPPED", 143, None, "STOPPED", True),
+    ("STOPPED", 0, None, "STOPPED", True),  # a stop is a stop, whatever it exited with
+    ("STOPPED", 0, None, "SUCCESS", False),  # the reading tests once accepted beside production's
+    ("LOST", None, COMPLETE, "SUCCESS", True),
+    ("LOST", None, INCOMPLETE, "STOPPED", True),
+    ("LOST", None, INCOMPLETE, "SUCCESS", False),
+])
+def test_invariants_accept_only_the_production_rule(agent_state: str, exit_code: int | None,
+                                                     probe: dict[str, Any] | None, coordinator: str,
+                                                     ok: bool) -> None:
+    cj = CoordJob(id="j1", root_id="j1", attempt=1, status=coordinator, desired_state="RUN",
+                  exit_code={"SUCCESS": 0, "STOPPED": -1}.get(coordinator, exit_code), error_message="", node="n1",
+                  gpu_indices=[0], acked=False, finished_at=T0, job_type="TRAIN")
+    aj = AgentJob(job_id="j1", attempt=1, state=agent_state, gpu_indices=[0], runtime="process", runtime_id="1",
+                  exit_code=exit_code, finished_at=0.0, stop_requested=False, probe=probe)
+    violations: list[str] = []
+    _check_match(cj, aj, "n1", violations)
+    assert (violations == []) is ok, violations

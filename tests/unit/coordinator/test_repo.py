@@ -32,6 +32,8 @@ from gpufleet.coordinator.states import (
 from sqlalchemy import Connection, Engine
 
 from gpufleet.errors import FailedPrecondition, InvalidArgument, NotFound
+from tests.placing import assign
+from tests.unit.coordinator import audit
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 M = ModelStatus
@@ -54,7 +56,7 @@ def count(conn: Connection, table: sa.Table) -> int:
 
 
 def job_events(conn: Connection, job_id: str) -> list[tuple[str | None, str | None]]:
-    return [(e.from_state, e.to_state) for e in repo.list_events(conn, "job", job_id)]
+    return [(e.from_state, e.to_state) for e in audit.list_events(conn, "job", job_id)]
 
 
 def queued_job(conn: Connection, n: int = 0, **kw: object) -> str:
@@ -240,7 +242,7 @@ def test_model_state_updates_are_checked_stamped_and_recorded(engine: Engine) ->
             repo.update_model_states(conn, model.uuid, reason="x", actor="y", status="READY")
         model_events = [
             (e.from_state, e.to_state, (e.detail or {}).get("field"), e.actor)
-            for e in repo.list_events(conn, "model", model.uuid)
+            for e in audit.list_events(conn, "model", model.uuid)
         ]
     assert model_events == [
         (None, "READY", None, "api"),
@@ -263,7 +265,7 @@ def test_claim_order_is_priority_then_age(engine: Engine) -> None:
         mid = queued_job(conn, 2, priority=5)
         newest_low = queued_job(conn, 9, priority=0)
         placed = queued_job(conn, 3, priority=99)
-        assert repo.assign_job(conn, placed, "n1", [0])
+        assert assign(conn, placed, "n1", [0])
     with engine.begin() as conn:
         claimed = [j.id for j in repo.claim_queued(conn, 10)]
         assert claimed == [old_high, new_high, mid, old_low, newest_low]
@@ -272,13 +274,16 @@ def test_claim_order_is_priority_then_age(engine: Engine) -> None:
             repo.claim_queued(conn, 0)
 
 
-def test_assign_guard_second_assign_loses(engine: Engine) -> None:
+def test_an_assigned_job_is_claimed_no_more(engine: Engine) -> None:
+    """The scheduler's path: claim (the guard: only QUEUED rows), then the batched assignment."""
     with engine.begin() as conn:
         job_id = queued_job(conn)
     with engine.begin() as conn:
-        assert repo.assign_job(conn, job_id, "n1", [0, 1], now=at(5))
+        assert [j.id for j in repo.claim_queued(conn, 10)] == [job_id]
+        repo.assign_jobs(conn, [(job_id, "n1", [0, 1])], now=at(5))
     with engine.begin() as conn:
-        assert not repo.assign_job(conn, job_id, "n2", [3], now=at(6))
+        assert repo.claim_queued(conn, 10) == []  # a second replica finds nothing to place
+        assert not assign(conn, job_id, "n2", [3], now=at(6))
         job = repo.get_job(conn, job_id)
     assert (job.status, job.node, job.gpu_indices, job.assigned_at) == (
         JobStatus.RUNNING,
@@ -292,8 +297,6 @@ def test_assign_guard_second_assign_loses(engine: Engine) -> None:
         assert repo.gpus_in_use(conn) == {"n1": {0, 1}}
         assert [j.id for j in repo.running_jobs(conn)] == [job_id]
         assert [j.id for j in repo.jobs_on_node(conn, "n1")] == [job_id]
-        with pytest.raises(InvalidArgument, match="gpu_indices"):
-            repo.assign_job(conn, job_id, "n1", [1, 1])
 
 
 def test_illegal_status_write_changes_nothing(engine: Engine) -> None:
@@ -317,7 +320,7 @@ def test_final_status_exit_codes_and_first_reason_kept(engine: Engine) -> None:
     with engine.begin() as conn:
         a, b, c, d = (queued_job(conn, i) for i in range(4))
         for job_id in (a, b, c):
-            repo.assign_job(conn, job_id, "n1", [0])
+            assign(conn, job_id, "n1", [0])
         reason = TerminationReason.SERVER_RESTART_CONTAINER_MISSING_OUTPUT_INCOMPLETE.message("2/10 epochs")
         assert repo.set_job_status(
             conn, a, JobStatus.STOPPED, error_message=reason, actor="reconciler", now=at(9)
@@ -350,10 +353,10 @@ def test_final_status_exit_codes_and_first_reason_kept(engine: Engine) -> None:
         assert repo.set_job_status(conn, d, JobStatus.CANCELED, actor="user:bob")
         assert repo.get_job(conn, d).exit_code is None
         # Acknowledgements to the agent.
-        assert {j.id for j in repo.unacked_final_jobs(conn, "n1")} == {a, b, c}
+        assert not any(repo.get_job(conn, x).acked for x in (a, b, c, d))
         assert repo.mark_acked(conn, [a, b, d]) == 3
         assert repo.mark_acked(conn, [a]) == 0
-        assert [j.id for j in repo.unacked_final_jobs(conn, "n1")] == [c]
+        assert [x for x in (a, b, c, d) if not repo.get_job(conn, x).acked] == [c]
 
 
 def test_requeue_creates_next_attempt_with_same_root(engine: Engine) -> None:
@@ -373,7 +376,7 @@ def test_requeue_creates_next_attempt_with_same_root(engine: Engine) -> None:
         )
         with pytest.raises(FailedPrecondition, match="only an ended attempt"):
             repo.requeue_job(conn, first.id, reason="x", actor="y")
-        repo.assign_job(conn, first.id, "n1", [0, 1])
+        assign(conn, first.id, "n1", [0, 1])
         repo.set_job_status(conn, first.id, JobStatus.STOPPED, error_message="NODE_LOST", actor="reconciler")
         second = repo.requeue_job(
             conn,
@@ -403,7 +406,7 @@ def test_requeue_creates_next_attempt_with_same_root(engine: Engine) -> None:
         assert repo.requeue_job(conn, first.id, reason="again", actor="replica-2") is None
         assert repo.list_jobs(conn, root_id=first.id).total_elements == 2
         # The retry budget is spent: an automatic requeue is refused, a user restart is not.
-        repo.assign_job(conn, second.id, "n2", [0, 1])
+        assign(conn, second.id, "n2", [0, 1])
         repo.set_job_status(conn, second.id, JobStatus.STOPPED, actor="reconciler")
         with pytest.raises(FailedPrecondition, match="retry limit"):
             repo.requeue_job(conn, second.id, reason="NODE_LOST", actor="reconciler")
@@ -417,7 +420,7 @@ def test_requeue_creates_next_attempt_with_same_root(engine: Engine) -> None:
 def test_desired_and_observed_state(engine: Engine) -> None:
     with engine.begin() as conn:
         job_id = queued_job(conn)
-        repo.assign_job(conn, job_id, "n1", [0])
+        assign(conn, job_id, "n1", [0])
         assert repo.set_observed_state(conn, job_id, "PENDING", at(1))
         assert repo.set_observed_state(conn, job_id, "RUNNING", at(2))
         assert not repo.set_observed_state(conn, job_id, "RUNNING", at(3))  # unchanged: no write
@@ -526,13 +529,11 @@ def test_node_register_is_idempotent_and_revives_lost_nodes(engine: Engine) -> N
         )
         assert again.registered_at == at(0) and again.last_heartbeat == at(5)
         assert count(conn, nodes) == 1
-        assert [(e.from_state, e.to_state) for e in repo.list_events(conn, "node", "n1")] == [(None, "READY")]
+        assert [(e.from_state, e.to_state) for e in audit.list_events(conn, "node", "n1")] == [(None, "READY")]
 
         assert repo.heartbeat_node(conn, "n1", gpus, now=at(7)) is NodeState.READY
         assert repo.get_node(conn, "n1").last_heartbeat == at(7)
         assert repo.heartbeat_node(conn, "ghost", gpus) is None
-        assert [n.name for n in repo.stale_nodes(conn, at(8))] == ["n1"]
-        assert repo.stale_nodes(conn, at(7)) == []
 
         with pytest.raises(InvalidTransition, match="node n1: cannot go from READY to DRAINED"):
             repo.set_node_state(conn, "n1", NodeState.DRAINED, reason="x", actor="y")
@@ -574,7 +575,7 @@ def test_node_register_is_idempotent_and_revives_lost_nodes(engine: Engine) -> N
                 conn, "bad name", address="x:1", labels={}, agent_version="", runtime="", gpus=[]
             )
         assert [n.name for n in repo.list_nodes(conn)] == ["n1"]
-        history = [(e.from_state, e.to_state) for e in repo.list_events(conn, "node", "n1")]
+        history = [(e.from_state, e.to_state) for e in audit.list_events(conn, "node", "n1")]
     assert history == [
         (None, "READY"),
         ("READY", "LOST"),
@@ -597,7 +598,6 @@ def test_concurrent_claimers_take_every_job_exactly_once(engine: Engine) -> None
         all_ids = {queued_job(conn, i, priority=i % 3) for i in range(200)}
     barrier = threading.Barrier(2)
     claimed: dict[str, list[str]] = {"a": [], "b": []}
-    won: dict[str, list[str]] = {"a": [], "b": []}
     errors: list[BaseException] = []
 
     def worker(name: str) -> None:
@@ -608,10 +608,9 @@ def test_concurrent_claimers_take_every_job_exactly_once(engine: Engine) -> None
                     batch = repo.claim_queued(conn, 10)
                     if not batch:
                         return
-                    for job in batch:
-                        claimed[name].append(job.id)
-                        if repo.assign_job(conn, job.id, f"node-{name}", [0], actor=name):
-                            won[name].append(job.id)
+                    # The scheduler's path: the claimed batch is assigned in one batched write.
+                    repo.assign_jobs(conn, [(job.id, f"node-{name}", [0]) for job in batch], actor=name)
+                    claimed[name].extend(job.id for job in batch)
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 
@@ -621,13 +620,16 @@ def test_concurrent_claimers_take_every_job_exactly_once(engine: Engine) -> None
     for t in threads:
         t.join(timeout=120)
     assert not errors, errors
-    assert Counter(won["a"] + won["b"]) == Counter(all_ids)  # every job placed exactly once
-    assert not set(claimed["a"]) & set(claimed["b"])  # and never handed to both claimers
-    print(f"\n[{engine.dialect.name}] worker a placed {len(won['a'])}, worker b placed {len(won['b'])}")
+    assert not set(claimed["a"]) & set(claimed["b"])  # never handed to both claimers
+    print(f"\n[{engine.dialect.name}] worker a placed {len(claimed['a'])}, worker b placed {len(claimed['b'])}")
     with engine.connect() as conn:
         assert repo.claim_queued(conn, 10) == []
-        placed = conn.execute(sa.select(jobs.c.node, sa.func.count()).group_by(jobs.c.node)).all()
-    assert sum(n for _, n in placed) == 200
+        rows = conn.execute(sa.select(jobs.c.id, jobs.c.node, jobs.c.status)).all()
+        assigned = Counter(e.entity_id for e in audit.list_events(conn, "job") if e.reason == "assigned")
+    assert assigned == Counter(all_ids)  # every job placed exactly once
+    # ... on the node of the worker that claimed it, and RUNNING there
+    assert {r.id: r.node for r in rows} == {j: f"node-{n}" for n in ("a", "b") for j in claimed[n]}
+    assert {r.status for r in rows} == {JobStatus.RUNNING.value}
 
 
 @pytest.mark.postgres
@@ -722,7 +724,7 @@ def test_zip_shortcut_completes_both_steps_with_end_times(engine: Engine) -> Non
             step2_metric_saved=True,
         )
         got = repo.get_model(conn, model.uuid)
-    assert got.states == (M.COMPLETED, M.COMPLETED, M.COMPLETED) and states.model_finished(got.states)
+    assert got.states == (M.COMPLETED, M.COMPLETED, M.COMPLETED)
     assert (got.step1_started_at, got.step1_finished_at, got.step2_finished_at) == (at(10), at(70), at(70))
     assert got.step2_started_at is None and got.step1_metric_saved and got.step2_metric_saved
     assert states.format_duration(got.step_seconds(states.Step.TRAIN, at(999))) == "1m 0s"

@@ -22,6 +22,8 @@ from gpufleet.coordinator.scheduler import Scheduler
 from gpufleet.coordinator.states import JobStatus, NodeState
 from sqlalchemy import Connection, Engine
 
+from tests.unit.coordinator import audit
+
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
@@ -38,7 +40,7 @@ def gpu(i: int, **kw: Any) -> dict[str, Any]:
 
 
 def node(conn: Connection, name: str, gpus: list[dict[str, Any]], **labels: str) -> None:
-    repo.upsert_node(conn, name, address=f"{name}:1", labels=labels, agent_version="t", runtime="process",
+    repo.upsert_node(conn, name, address=f"{name}:1", labels=labels, agent_version="t", runtime="docker",
                      gpus=gpus, now=T0)
 
 
@@ -72,7 +74,7 @@ def test_assign_jobs_and_gpus_in_use(engine: Engine) -> None:
     with engine.connect() as conn:
         rows = {j.id: j for j in (repo.get_job(conn, i) for i in ids)}
         assert repo.gpus_in_use(conn) == {"a": {0, 1, 3}, "b": set()}
-        events = repo.list_events(conn, "job")
+        events = audit.list_events(conn, "job")
     assert [(rows[i].status, rows[i].node, rows[i].gpu_indices) for i in ids] == [
         (JobStatus.RUNNING, "a", (0, 1)), (JobStatus.RUNNING, "a", (3,)), (JobStatus.RUNNING, "b", ()),
         (JobStatus.QUEUED, None, ())]

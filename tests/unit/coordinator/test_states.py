@@ -229,7 +229,6 @@ def test_action_matrix_on_the_usual_path() -> None:
     testing = states.run_test(trained)
     assert testing == (IP, DONE, IP)
     assert states.test_succeeded(testing) == (DONE, DONE, DONE)
-    assert states.model_finished(states.test_succeeded(testing))
     assert states.cancel_test(testing) == (STOP, DONE, STOP)
     assert states.run_test(states.cancel_test(testing)) == (IP, DONE, IP)
     stopped = states.cancel_train(training)
@@ -271,7 +270,7 @@ def test_reachable_states_keep_the_invariants() -> None:
     while todo:
         cur = todo.popleft()
         nexts = _apply_all(cur)
-        if not states.model_finished(cur):
+        if (cur.step1, cur.step2) != (DONE, DONE):  # both steps COMPLETED: no action is left
             assert any(n != cur for n in nexts), f"dead end at {cur}"
         for n in nexts:
             if n not in seen:
@@ -287,44 +286,6 @@ def test_reachable_states_keep_the_invariants() -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Agent reports, exit codes, reasons, durations.
-
-AGENT_TABLE = [
-    # state, exit code, probe complete -> status
-    ("PENDING", None, None, J.RUNNING),
-    ("RUNNING", None, None, J.RUNNING),
-    ("AGENT_JOB_STATE_RUNNING", None, None, J.RUNNING),
-    ("SUCCEEDED", 0, None, J.SUCCESS),
-    ("SUCCEEDED", None, None, J.SUCCESS),
-    ("SUCCEEDED", 3, True, J.FAILED),  # the exit code decides (SkyPilot #8928)
-    ("FAILED", 2, None, J.FAILED),
-    ("FAILED", None, None, J.FAILED),  # could not start
-    ("FAILED", 0, None, J.SUCCESS),  # exit code decides
-    ("FAILED", -1, None, J.STOPPED),
-    ("STOPPED", -1, None, J.STOPPED),
-    ("STOPPED", 143, None, J.STOPPED),  # the stop signal's code
-    ("STOPPED", 137, False, J.STOPPED),
-    ("STOPPED", 0, None, J.SUCCESS),  # finished before the signal landed
-    ("STOPPED", None, None, J.STOPPED),
-    ("LOST", None, True, J.SUCCESS),  # durable success marker: never re-run
-    ("LOST", None, False, J.STOPPED),
-    ("LOST", None, None, J.STOPPED),
-    ("LOST", 0, False, J.SUCCESS),  # a known exit code outranks the probe
-    ("LOST", 1, True, J.FAILED),
-    ("lost", None, True, J.SUCCESS),
-]
-
-
-@pytest.mark.parametrize(("agent_state", "exit_code", "probe", "expected"), AGENT_TABLE)
-def test_job_from_agent(
-    agent_state: str, exit_code: int | None, probe: bool | None, expected: JobStatus
-) -> None:
-    assert states.job_from_agent(agent_state, exit_code, probe) is expected
-
-
-def test_job_from_agent_rejects_unknown_state() -> None:
-    with pytest.raises(InvalidArgument, match="agent_state"):
-        states.job_from_agent("EXPLODED", None, None)
-
 
 @pytest.mark.parametrize(
     ("status", "given", "stored"),
@@ -346,25 +307,12 @@ def test_exit_code_contradicting_status_is_refused(status: JobStatus, given: int
         states.exit_code_for(status, given, "j1")
 
 
-@pytest.mark.parametrize(
-    ("code", "status"), [(0, J.SUCCESS), (-1, J.STOPPED), (1, J.FAILED), (137, J.FAILED)]
-)
-def test_status_for_exit_code(code: int, status: JobStatus) -> None:
-    assert states.status_for_exit_code(code) is status
-
-
 def test_termination_reasons() -> None:
-    assert TerminationReason.NODE_LOST.to_status() is J.STOPPED
-    assert TerminationReason.SERVER_RESTART_CONTAINER_EXIT_NONZERO.to_status() is J.FAILED
-    assert TerminationReason.SERVER_RESTART_CONTAINER_INSPECT_ERROR.to_status() is J.STOPPED
     reason = TerminationReason.SERVER_RESTART_CONTAINER_MISSING_OUTPUT_INCOMPLETE
-    assert reason.to_status() is J.STOPPED
     assert reason.message("no result zip") == (
         "SERVER_RESTART_CONTAINER_MISSING_OUTPUT_INCOMPLETE: no result zip"
     )
     assert TerminationReason.NODE_LOST.message() == "NODE_LOST"
-    for r in TerminationReason:  # every reason maps to a final status
-        assert r.to_status() in states.JOB_TERMINAL
 
 
 @pytest.mark.parametrize(

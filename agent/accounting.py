@@ -1,0 +1,65 @@
+"""Per-job GPU accounting on the agent (issue 15): each GPU sample of a held GPU is folded into its
+job's totals: peak memory, mean utilisation, energy (J = W x s) and GPU-seconds.
+
+Fed by the GpuMonitor thread after every sample (no extra NVML call: energy is integrated from the
+power reading, not read with the slow total-energy call); read by /metrics. The interval between two
+samples counts at most `max_gap` seconds, so an agent that was down does not bill the gap. At most
+`max_jobs` jobs are kept (oldest dropped first).
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class JobGpuUsage:
+    samples: int = 0
+    utilization_sum: float = 0.0
+    peak_memory_bytes: int = 0
+    energy_joules: float = 0.0
+    gpu_seconds: float = 0.0
+    _last: dict[int, float] = field(default_factory=dict)  # gpu index -> time of its last sample
+
+    @property
+    def mean_utilization(self) -> float:
+        return self.utilization_sum / self.samples if self.samples else 0.0
+
+
+class Accounting:
+    def __init__(self, max_gap: float = 60.0, max_jobs: int = 512) -> None:
+        self.max_gap = max_gap
+        self.max_jobs = max_jobs
+        self._lock = threading.Lock()
+        self._jobs: OrderedDict[str, JobGpuUsage] = OrderedDict()
+
+    def add(self, samples: list[Any], holders: dict[int, str], now: float) -> None:
+        with self._lock:
+            for s in samples:
+                job_id = holders.get(s.index)
+                if not job_id:
+                    continue
+                u = self._jobs.get(job_id)
+                if u is None:
+                    u = self._jobs[job_id] = JobGpuUsage()
+                    while len(self._jobs) > self.max_jobs:
+                        self._jobs.popitem(last=False)
+                u.samples += 1
+                u.utilization_sum += s.utilization_gpu
+                u.peak_memory_bytes = max(u.peak_memory_bytes, s.memory_used_bytes)
+                last = u._last.get(s.index)
+                if last is not None and now > last:
+                    dt = min(now - last, self.max_gap)
+                    u.gpu_seconds += dt
+                    u.energy_joules += s.power_w * dt
+                u._last[s.index] = now
+
+    def usage(self, job_id: str) -> JobGpuUsage | None:
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def snapshot(self) -> dict[str, JobGpuUsage]:
+        with self._lock:
+            return dict(self._jobs)

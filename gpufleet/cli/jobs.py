@@ -1,0 +1,135 @@
+"""`gpufleet jobs ...`: plain jobs and every job attempt."""
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from gpufleet.cli.base import (
+    CTX,
+    _table,
+    call,
+    call_idempotent,
+    coord,
+    emit,
+    jobs_app,
+    poll,
+    rpc_errors,
+)
+from gpufleet.v1 import agent_pb2 as apb
+from gpufleet.v1 import common_pb2 as pb
+from gpufleet.v1 import coordinator_pb2 as cpb
+
+# -- jobs ------------------------------------------------------------------------------------------
+JOB_COLUMNS = ["job", "name", "attempt", "status", "exit", "node", "gpus", "epoch", "error"]
+
+
+def job_rows(jobs: list[cpb.Job]) -> list[list[Any]]:
+    return [[j.job_id, j.name, j.attempt, j.status_name, j.exit_code if j.HasField("exit_code") else "-",
+             j.node or "-", ",".join(map(str, j.gpu_indices)) or "-",
+             f"{j.progress.current_epoch}/{j.progress.total_epoch}" if j.HasField("progress") else "-",
+             j.error_message[:50]] for j in jobs]
+
+
+def show_job(j: cpb.Job, title: str) -> None:
+    emit(j, lambda: _table(title, JOB_COLUMNS, job_rows([j])))
+
+
+@jobs_app.command("submit", context_settings={"allow_interspersed_args": False})
+def jobs_submit(
+    argv: Annotated[list[str], typer.Argument(help="the command to run (argv, after --)")],
+    output_dir: Annotated[str, typer.Option(help="folder under the agents' output root")] = "",
+    image: str = "", gpus: int = 1, priority: int = 0, name: str = "", max_retries: int = 0,
+    env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE (repeat)")] = None,
+    request_id: Annotated[str, typer.Option(help="idempotency key: a submit repeating it returns the job the "
+                                                 "first one made (default: a new one, kept across this "
+                                                 "command's own retries)")] = "",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the job id (for scripts: "
+                                                              "JOB=$(gpufleet jobs submit -q -- ...))")] = False,
+) -> None:
+    """Submit a plain job: gpufleet jobs submit --gpus 1 -- python train.py"""
+    envs = {}
+    for item in env or []:
+        k, sep, v = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--env")
+        envs[k] = v
+    import hashlib
+    import uuid as uuidlib
+
+    rid = request_id or uuidlib.uuid4().hex
+    # The default folder follows from the key, so repeating a command with --request-id repeats the request.
+    default_dir = f"jobs/{hashlib.sha256(rid.encode()).hexdigest()[:8]}"
+    spec = pb.JobSpec(command=argv, image=image, env=envs, output_dir=output_dir or default_dir)
+    j = call_idempotent(coord().SubmitJob, cpb.SubmitJobRequest(
+        spec=spec, gpus=gpus, priority=priority, name=name, max_retries=max_retries, request_id=rid))
+    if quiet:
+        print(j.job_id)
+        return
+    show_job(j, "job submitted")
+
+
+@jobs_app.command("list")
+def jobs_list(status: str = "", model: str = "", node: str = "", page: int = 0, size: int = 20) -> None:
+    """List job attempts, newest first."""
+    st = cpb.JobStatusCode.Value("JOB_STATUS_CODE_" + status.upper()) if status else 0
+    r = call(coord().ListJobs, cpb.ListJobsQuery(status=st, model_uuid=model, node=node, page=page, size=size))  # type: ignore[arg-type]
+    emit(r, lambda: _table(f"jobs ({r.total_elements})", JOB_COLUMNS, job_rows(list(r.jobs))))
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: str) -> None:
+    """One job attempt."""
+    show_job(call(coord().GetJob, cpb.JobRef(job_id=job_id)), f"job {job_id}")
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: str) -> None:
+    """Cancel a queued job or stop a running one."""
+    show_job(call(coord().CancelJob, cpb.JobRef(job_id=job_id)), f"job {job_id}")
+
+
+@jobs_app.command("logs")
+def jobs_logs(job_id: str, follow: Annotated[bool, typer.Option("--follow", "-f")] = False,
+              tail: Annotated[int, typer.Option(help="last N lines")] = 0) -> None:
+    """A job's output (proxied from its agent)."""
+    with rpc_errors():
+        for chunk in coord().StreamJobLogs(apb.StreamLogsRequest(job_id=job_id, follow=follow, tail_lines=tail),
+                                           timeout=None if follow else CTX.timeout):
+            sys.stdout.buffer.write(chunk.data)
+            sys.stdout.flush()
+
+
+@jobs_app.command("metrics")
+def jobs_metrics(job_id: str) -> None:
+    """Per-epoch metrics stored for a job."""
+    r = call(coord().GetJobMetrics, cpb.JobRef(job_id=job_id))
+
+    def table() -> None:
+        keys = sorted({k for row in r.rows for k in row.values})
+        _table(f"metrics of {job_id} (best epoch {r.best_epoch or '-'})", ["split", "epoch", *keys],
+               [[row.split, row.epoch, *[f"{row.values[k]:.4g}" if k in row.values else "" for k in keys]]
+                for row in r.rows])
+
+    emit(r, table)
+
+
+FINAL_JOB_STATUSES = ("SUCCESS", "FAILED", "STOPPED", "CANCELED")
+
+
+@jobs_app.command("wait")
+def jobs_wait(
+    job_id: Annotated[str, typer.Argument(help="the job attempt's id")],
+    timeout: Annotated[float, typer.Option("--wait-timeout", help="give up after this many seconds")] = 600,
+) -> None:
+    """Wait until a job has ended and show it; exit 0 if it succeeded, 1 otherwise."""
+    def ended() -> cpb.Job | None:
+        j = coord().GetJob(cpb.JobRef(job_id=job_id), timeout=CTX.timeout)
+        return j if j.status_name in FINAL_JOB_STATUSES else None
+
+    with rpc_errors():
+        j = poll(ended, timeout, f"job {job_id} to end")
+    show_job(j, f"job {job_id}")
+    if j.status_name != "SUCCESS":
+        raise typer.Exit(1)

@@ -1,0 +1,126 @@
+"""`gpufleet nodes ...` and `gpufleet agent status`: the fleet's GPU servers."""
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from gpufleet.cli.base import (
+    CTX,
+    _table,
+    agent_app,
+    as_dict,
+    call,
+    coord,
+    dial,
+    emit,
+    err,
+    nodes_app,
+    out,
+    poll,
+    rpc_errors,
+)
+from gpufleet.v1 import agent_pb2 as apb
+from gpufleet.v1 import agent_pb2_grpc
+from gpufleet.v1 import common_pb2 as pb
+from gpufleet.v1 import coordinator_pb2 as cpb
+
+# -- nodes -----------------------------------------------------------------------------------------
+NODE_COLUMNS = ["node", "state", "address", "gpus (healthy/total)", "running", "agent", "last heartbeat"]
+
+
+def node_rows(nodes: list[cpb.Node]) -> list[list[Any]]:
+    return [[n.name, n.state_name, n.address, f"{sum(g.healthy for g in n.gpus)}/{len(n.gpus)}", n.running_jobs,
+             n.agent_version, n.last_heartbeat.ToDatetime().strftime("%H:%M:%S") if n.HasField("last_heartbeat")
+             else "-"] for n in nodes]
+
+
+def show_node(n: cpb.Node, name: str) -> None:
+    emit(n, lambda: _table(f"node {name}", NODE_COLUMNS, node_rows([n])))
+
+
+@nodes_app.command("list")
+def nodes_list() -> None:
+    """Every node with its state and GPUs."""
+    r = call(coord().ListNodes, cpb.ListNodesRequest())
+    emit(r, lambda: _table("nodes", NODE_COLUMNS, node_rows(list(r.nodes))))
+
+
+def gpu_table(title: str, gpus: list[pb.GpuInfo]) -> None:
+    _table(title, ["gpu", "name", "util %", "mem used/total GiB", "temp C", "power W", "healthy", "job"],
+           [[g.index, g.name, f"{g.utilization_gpu:.0f}",
+             f"{g.memory_used_bytes / 2**30:.1f}/{g.memory_total_bytes / 2**30:.0f}", f"{g.temperature_c:.0f}",
+             f"{g.power_w:.0f}/{g.power_limit_w:.0f}", "yes" if g.healthy else f"no ({g.health_reason})",
+             g.assigned_job_id or "-"] for g in gpus])
+
+
+@nodes_app.command("show")
+def nodes_show(name: str) -> None:
+    """One node with GPU telemetry."""
+    r = call(coord().ListNodes, cpb.ListNodesRequest())
+    match = [n for n in r.nodes if n.name == name]
+    if not match:
+        err.print(f"[red]error (NOT_FOUND):[/] node {name} is not registered")
+        raise typer.Exit(1)
+    n = match[0]
+    def table() -> None:
+        _table(f"node {name}", NODE_COLUMNS, node_rows([n]))
+        gpu_table("GPUs", list(n.gpus))
+
+    emit(n, table)
+
+
+@nodes_app.command("drain")
+def nodes_drain(name: str) -> None:
+    """No new placements; running jobs finish."""
+    show_node(call(coord().DrainNode, cpb.NodeRef(name=name)), name)
+
+
+@nodes_app.command("undrain")
+def nodes_undrain(name: str) -> None:
+    """Accept placements again."""
+    show_node(call(coord().UndrainNode, cpb.NodeRef(name=name)), name)
+
+
+@nodes_app.command("wait")
+def nodes_wait(
+    names: Annotated[list[str], typer.Argument(help="node names (as in their certificates / --node-name)")],
+    timeout: Annotated[float, typer.Option("--wait-timeout", help="give up after this many seconds")] = 120,
+) -> None:
+    """Wait until these nodes have registered and are READY (the coordinator may still be starting)."""
+    def ready() -> list[cpb.Node] | None:
+        r = coord().ListNodes(cpb.ListNodesRequest(), timeout=CTX.timeout)
+        found = [n for n in r.nodes if n.name in names and n.state_name == "READY"]
+        return found if len(found) == len(set(names)) else None
+
+    with rpc_errors():
+        found = poll(ready, timeout, f"node(s) {', '.join(names)} to be READY")
+    emit(cpb.ListNodesResponse(nodes=found), lambda: _table("nodes", NODE_COLUMNS, node_rows(found)))
+
+
+# -- agent -----------------------------------------------------------------------------------------
+@agent_app.command("status")
+def agent_status(address: Annotated[str, typer.Argument(help="agent HOST:PORT")]) -> None:
+    """Health, GPUs and jobs, straight from one agent."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    ch = dial(address)  # agents take a client certificate (role client: reads only), no token
+    CTX.coordinator = address
+    with rpc_errors():
+        health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=CTX.timeout)
+        stub = agent_pb2_grpc.AgentStub(ch)
+        node = stub.GetNode(apb.GetNodeRequest(), timeout=CTX.timeout)
+        jobs = stub.ListJobs(apb.ListJobsRequest(), timeout=CTX.timeout)
+    if CTX.output == "json":
+        print(json.dumps({"health": health_pb2.HealthCheckResponse.ServingStatus.Name(health.status),
+                          "node": as_dict(node), "jobs": as_dict(jobs).get("jobs", [])}, indent=2))
+        return
+    out.print(f"agent {node.node_name} ({node.hostname}) v{node.agent_version}: "
+              f"{health_pb2.HealthCheckResponse.ServingStatus.Name(health.status)}, runtime {node.runtime}, "
+              f"GPUs from {node.gpu_source}, up {node.uptime_seconds:.0f}s")
+    gpu_table("GPUs", list(node.gpus))
+    _table("jobs", ["job", "attempt", "state", "exit", "gpus", "message"],
+           [[j.job_id, j.attempt, pb.AgentJobState.Name(j.state).removeprefix("AGENT_JOB_STATE_"),
+             j.exit_code if j.HasField("exit_code") else "-", ",".join(map(str, j.gpu_indices)) or "-",
+             j.message[:50]] for j in jobs.jobs])
