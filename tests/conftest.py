@@ -1,13 +1,14 @@
 """Shared fixtures: real dockerd + tiny image (tests.dockerd), PostgreSQL (tests.postgres), agents."""
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.harness import AgentProc, CoordinatorProc, ensure_job_user, wait_for
+from tests.harness import AgentProc, CoordinatorProc, ensure_job_user, open_path_to, wait_for
 
 pytest_plugins = ["tests.dockerd"] + (
     ["tests.postgres"] if (Path(__file__).parent / "postgres.py").exists() else []
@@ -18,8 +19,14 @@ PY = sys.executable
 
 @pytest.fixture(autouse=True, scope="session")
 def _job_user() -> None:
-    """Agents run process jobs as the unprivileged `gpufleet-job` (scripts/setup-dev.sh makes it too)."""
+    """Agents run process jobs as the unprivileged `gpufleet-job` (scripts/setup-dev.sh makes it too).
+    Test jobs run this interpreter and this checkout (`python -m gpufleet.trainer`): the job user must
+    reach both by path, and both may sit under a 0700 home (/root on CI machines)."""
     ensure_job_user()
+    if os.geteuid() == 0:
+        open_path_to(Path(sys.executable).resolve())
+        open_path_to(Path(sys.executable).parent)
+        open_path_to(Path(__file__).resolve().parents[1])
 
 
 @pytest.fixture
