@@ -22,14 +22,19 @@ from gpufleet.v1 import common_pb2 as pb
 from gpufleet.v1 import coordinator_pb2 as cpb
 
 # -- jobs ------------------------------------------------------------------------------------------
-JOB_COLUMNS = ["job", "name", "attempt", "status", "exit", "node", "gpus", "epoch", "error"]
+JOB_COLUMNS = ["job", "name", "attempt", "status", "exit", "node", "gpus", "epoch", "error / waits for"]
+
+
+def why(j: cpb.Job) -> str:
+    """The error of an ended job, or why a queued one waits."""
+    return f"{j.pending_code}: {j.pending_reason}" if j.pending_code else j.error_message
 
 
 def job_rows(jobs: list[cpb.Job]) -> list[list[Any]]:
     return [[j.job_id, j.name, j.attempt, j.status_name, j.exit_code if j.HasField("exit_code") else "-",
              j.node or "-", ",".join(map(str, j.gpu_indices)) or "-",
              f"{j.progress.current_epoch}/{j.progress.total_epoch}" if j.HasField("progress") else "-",
-             j.error_message[:50]] for j in jobs]
+             why(j)[:70]] for j in jobs]
 
 
 def show_job(j: cpb.Job, title: str) -> None:
@@ -47,6 +52,14 @@ def jobs_submit(
                                                  "command's own retries)")] = "",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the job id (for scripts: "
                                                               "JOB=$(gpufleet jobs submit -q -- ...))")] = False,
+    after: Annotated[list[str] | None, typer.Option(help="start after this job succeeded (repeat; Slurm "
+                                                         "afterok); with --after-any, after it ended")] = None,
+    after_any: Annotated[bool, typer.Option(help="--after jobs only need to end, not succeed")] = False,
+    time_limit: Annotated[int, typer.Option(help="stop it (reason TIME_LIMIT) after this many seconds")] = 0,
+    wait_for_capacity: Annotated[bool, typer.Option(help="queue it even if no node could run it now")] = False,
+    array: Annotated[int, typer.Option(help="submit N copies (a sweep): FLEET_ARRAY_INDEX 0..N-1, "
+                                            "output folder OUTPUT/i")] = 0,
+    max_running: Annotated[int, typer.Option(help="with --array: at most this many at once")] = 0,
 ) -> None:
     """Submit a plain job: gpufleet jobs submit --gpus 1 -- python train.py"""
     envs = {}
@@ -62,8 +75,19 @@ def jobs_submit(
     # The default folder follows from the key, so repeating a command with --request-id repeats the request.
     default_dir = f"jobs/{hashlib.sha256(rid.encode()).hexdigest()[:8]}"
     spec = pb.JobSpec(command=argv, image=image, env=envs, output_dir=output_dir or default_dir)
-    j = call_idempotent(coord().SubmitJob, cpb.SubmitJobRequest(
-        spec=spec, gpus=gpus, priority=priority, name=name, max_retries=max_retries, request_id=rid))
+    req = cpb.SubmitJobRequest(
+        spec=spec, gpus=gpus, priority=priority, name=name, max_retries=max_retries, request_id=rid,
+        depends_on=after or [], dependency_mode="afterany" if after_any else "", time_limit_seconds=time_limit,
+        wait_for_capacity=wait_for_capacity)
+    if array:
+        req.ClearField("request_id")  # an array is one request of N jobs; it is not retried blindly
+        arr = call(coord().SubmitArray, cpb.SubmitArrayRequest(job=req, count=array, max_running=max_running))
+        if quiet:
+            print(arr.array_id)
+            return
+        emit(arr, lambda: _table(f"array {arr.array_id}", JOB_COLUMNS, job_rows(list(arr.jobs))))
+        return
+    j = call_idempotent(coord().SubmitJob, req)
     if quiet:
         print(j.job_id)
         return
@@ -93,7 +117,11 @@ def jobs_cancel(job_id: str) -> None:
 @jobs_app.command("logs")
 def jobs_logs(job_id: str, follow: Annotated[bool, typer.Option("--follow", "-f")] = False,
               tail: Annotated[int, typer.Option(help="last N lines")] = 0) -> None:
-    """A job's output (proxied from its agent)."""
+    """A job's output (proxied from its agent). With -f on a queued job, waits for it to start."""
+    if follow:
+        j = call(coord().GetJob, cpb.JobRef(job_id=job_id))
+        if j.status_name == "QUEUED":
+            print(f"waiting for job {job_id} to start ({why(j)})", file=sys.stderr, flush=True)
     with rpc_errors():
         for chunk in coord().StreamJobLogs(apb.StreamLogsRequest(job_id=job_id, follow=follow, tail_lines=tail),
                                            timeout=None if follow else CTX.timeout):

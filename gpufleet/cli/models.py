@@ -38,12 +38,14 @@ def models_create(
     params: Annotated[str, typer.Option(help="trainer parameters as a JSON object")] = "{}",
     version: str = "", train_type: str = "", memo: str = "", gpus: int = 1, priority: int = 0,
     max_retries: int = 0,
+    auto_test: Annotated[str, typer.Option(help="run step 2 by itself once step 1 completes: 'best' or an "
+                                                "epoch")] = "",
 ) -> None:
     """Create a model (READY)."""
     spec = pb.JobSpec(image=image, command=command or [])
     m = call(coord().CreateModel, cpb.CreateModelRequest(
         model_no=model_no, version=version, train_type=train_type, memo=memo, params_json=params, spec=spec,
-        gpus=gpus, priority=priority, max_retries=max_retries))
+        gpus=gpus, priority=priority, max_retries=max_retries, auto_test=auto_test))
     show_model(m)
 
 
