@@ -372,9 +372,11 @@ class FleetService(coordinator_pb2_grpc.FleetServicer):
         return cpb.HeartbeatResponse(stop=[pbd(d) for d in a.stop], acknowledged=[pbd(d) for d in a.acknowledged],
                                      reregister=a.reregister)
 
-
     @rpc
     def Report(self, request: cpb.ReportRequest, context: Any) -> cpb.ReportResponse:
+        for i, r in enumerate(request.reports):
+            if r.job.state not in pb.AgentJobState.values():
+                raise InvalidArgument(f"reports[{i}].job.state", f"unknown agent job state {r.job.state}")
         entries = [
             Entry(seq=r.seq, kind=r.kind, job_id=r.job.job_id, attempt=r.job.attempt,
                   obs=observation_from_pb(r.job), metrics=[(m.split, m.epoch, dict(m.values)) for m in r.metrics],

@@ -593,10 +593,91 @@ def test_random_heartbeat(env: Env, req: cpb.HeartbeatRequest) -> None:
         assert r.reregister and not r.stop and not r.acknowledged
 
 
+# -- newer RPCs: tokens (admin), arrays and pipelines, the agents' Report ---------------------------
+
+
+@st.composite
+def token_calls(draw: Any) -> tuple[str, Any]:
+    method = draw(st.sampled_from(["CreateToken", "ListTokens", "RevokeToken"]))
+    if method == "CreateToken":
+        return method, cpb.CreateTokenRequest(
+            name=draw(st.one_of(SAFE_NAME, STR)), role=draw(st.one_of(st.sampled_from(["admin", "user", "viewer"]),
+                                                                       STR)),
+            expires_in_seconds=draw(INT64))
+    if method == "ListTokens":
+        return method, cpb.ListTokensRequest(include_revoked=draw(st.booleans()))
+    return method, cpb.RevokeTokenRequest(ident=draw(st.one_of(SAFE_NAME, STR)))
+
+
+@st.composite
+def workflow_calls(draw: Any) -> tuple[str, Any]:
+    method = draw(st.sampled_from(["SubmitArray", "GetArray", "CancelArray", "SubmitPipeline", "GetPipeline",
+                                   "CancelPipeline"]))
+    if method == "SubmitArray":
+        params = draw(st.lists(st.one_of(st.just('{"lr": 0.1}'), STR), max_size=3))
+        return method, cpb.SubmitArrayRequest(job=draw(submit_job_requests()), params=params,
+                                              count=draw(st.one_of(st.integers(-2, 4), INT32)),
+                                              max_running=draw(st.one_of(st.integers(-2, 3), INT32)))
+    if method == "SubmitPipeline":
+        names = draw(st.lists(st.one_of(st.sampled_from(["a", "b", "c"]), STR), max_size=4))
+        steps = [cpb.PipelineStep(name=n, job=draw(submit_job_requests()), shadow=draw(st.booleans()),
+                                  after=draw(st.lists(st.one_of(st.sampled_from(["a", "b", "c"]), STR), max_size=2)))
+                 for n in names]
+        return method, cpb.SubmitPipelineRequest(name=draw(STR), steps=steps)
+    ident = draw(st.one_of(st.sampled_from(["arr-000000000000", "pl-000000000000"]), STR))
+    if method.endswith("Array"):
+        return method, cpb.ArrayRef(array_id=ident)
+    return method, cpb.PipelineRef(pipeline_id=ident)
+
+
+@st.composite
+def report_requests(draw: Any) -> cpb.ReportRequest:
+    name = draw(st.one_of(st.sampled_from(["@node:fuzz"]), STR))
+    reports = [cpb.JobReport(seq=draw(INT64), kind=draw(st.one_of(st.sampled_from(
+        ["started", "progress", "ended", "metrics"]), STR)), metric_rows=draw(INT32),
+        job=pb.JobStatus(job_id=draw(st.one_of(SAFE_NAME, STR)), attempt=draw(INT64), state=draw(ENUM)))
+        for _ in range(draw(st.integers(0, 3)))]
+    return cpb.ReportRequest(node_name=name, reports=reports)
+
+
+@SETTINGS
+@given(call_=token_calls())
+def test_random_token_calls(env: Env, call_: tuple[str, Any]) -> None:
+    method, req = call_
+    before = env.totals()
+    code, details, _ = call(env.stub, method, req)
+    judge(env, method, code, details)
+    assert env.totals() == before
+
+
+@SETTINGS
+@given(call_=workflow_calls())
+def test_random_arrays_and_pipelines(env: Env, call_: tuple[str, Any]) -> None:
+    method, req = call_
+    before = env.totals()
+    code, details, _ = call(env.stub, method, req)
+    judge(env, method, code, details)
+    if code != C.OK or not method.startswith("Submit"):
+        assert env.totals() == before, f"{method} answered {code.name} but changed what is stored"
+
+
+@SETTINGS
+@given(req=report_requests())
+def test_random_report(env: Env, req: cpb.ReportRequest) -> None:
+    req.node_name = env.resolve(req.node_name)
+    assume(req.node_name != env.a.node_name)
+    before = env.totals()
+    code, details, _ = call(env.fleet, "Report", req)
+    judge(env, "Report", code, details)
+    assert env.totals() == before
+
+
 COVERED = {
     "Coordinator": {"CreateModel", "SubmitJob", "ListModels", "ListJobs", "ListNodes", "GetJob", "CancelJob",
-                    "GetJobMetrics", "StreamJobLogs", "DrainNode", "UndrainNode", "StageDataset", *MODEL_RPCS},
-    "Fleet": {"Register", "Heartbeat"},
+                    "GetJobMetrics", "StreamJobLogs", "DrainNode", "UndrainNode", "StageDataset", *MODEL_RPCS,
+                    "CreateToken", "ListTokens", "RevokeToken", "SubmitArray", "GetArray", "CancelArray",
+                    "SubmitPipeline", "GetPipeline", "CancelPipeline"},
+    "Fleet": {"Register", "Heartbeat", "Report"},
 }
 
 
