@@ -352,6 +352,8 @@ def test_fleet_calls_need_the_agent_certificate_of_that_node(coord: Coord) -> No
 
 def test_the_agent_registrar_registers_over_mtls(coord: Coord, pki: Pki) -> None:
     class Sup:
+        store = None  # the reporter's outbox: not started by heartbeat_once
+
         def jobs(self) -> list[Any]:
             return []
 

@@ -12,10 +12,9 @@ from typing import Any
 
 import httpx
 import pytest
+from gpufleet.coordinator import tokens
 from gpufleet.coordinator.db import engine as dbengine
 from playwright.sync_api import Page, expect, sync_playwright
-
-from gpufleet import auth
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -38,7 +37,7 @@ def browser() -> Any:
 def viewer_token(state: Path) -> str:
     eng = dbengine.make_engine(dbengine.default_sqlite_url(state))
     try:
-        return auth.create_token(eng, "web-viewer", "viewer")
+        return tokens.create_token(eng, "web-viewer", "viewer")
     finally:
         eng.dispose()
 
@@ -75,7 +74,7 @@ def test_a_viewer_sees_no_buttons(coordinator_factory: Callable[..., Any], serve
     c = coordinator_factory(start=False, extra=["--auth", "on"])
     eng = dbengine.make_engine(dbengine.default_sqlite_url(c.root / "state"))
     dbengine.migrate(eng)
-    admin = auth.create_token(eng, "web-admin", "admin")
+    admin = tokens.create_token(eng, "web-admin", "admin")
     eng.dispose()
     token = viewer_token(c.root / "state")
     c.start()

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from gpufleet.coordinator import tokens
 from gpufleet.coordinator.db import engine as dbengine
 
-from gpufleet import auth
 from tests.harness import wait_for
 
 
@@ -18,7 +18,7 @@ def tokens_for(state: Path) -> dict[str, str]:
     eng = dbengine.make_engine(dbengine.default_sqlite_url(state))
     try:
         dbengine.migrate(eng)
-        return {r: auth.create_token(eng, f"t-{r}", r) for r in ("admin", "user", "viewer")}
+        return {r: tokens.create_token(eng, f"t-{r}", r) for r in ("admin", "user", "viewer")}
     finally:
         eng.dispose()
 
