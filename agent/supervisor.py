@@ -21,12 +21,13 @@ from typing import Any
 
 from gpufleet.agent import exclusivity
 from gpufleet.agent import probe as probe_mod
+from gpufleet.agent.ending import ALIVE, decide_end
 from gpufleet.agent.exits import ExitWatcher
 from gpufleet.agent.gpus import GpuMonitor
 from gpufleet.agent.progress import ProgressState, ProgressTracker
 from gpufleet.agent.runtime.base import Handle, Observation, Runtime, RuntimeError_, Seen
 from gpufleet.agent.spec import JobSpec, Roots, check_job_id, validate
-from gpufleet.agent.states import LIVE, JobState, ended_state
+from gpufleet.agent.states import LIVE, JobState
 from gpufleet.agent.store import Event, JobRecord, Store, StoreFull
 
 from gpufleet import failpoints
@@ -405,7 +406,7 @@ class Supervisor:
                 log.exception("observe failed", extra={"fields": {"job_id": job.job_id, "attempt": job.attempt}})
 
     def _observe_one(self, job: JobRecord, obs: Observation, handle: Handle, job_dir: Path, now: float) -> None:
-        if obs.seen in (Seen.RUNNING, Seen.CREATED):
+        if obs.seen in ALIVE:
             if job.state == JobState.PENDING and obs.seen == Seen.RUNNING:
                 job = self._update(job, state=JobState.RUNNING, started_at=obs.started_at or now)
             if job.stop_requested and self._kill_due(job):
@@ -429,14 +430,11 @@ class Supervisor:
             tail = self.runtime.logs(handle, job_dir, 200)[-LOG_TAIL_BYTES:]
         except Exception:  # noqa: BLE001 - the tail is a courtesy; the exit code is what matters
             tail = b""
-        if obs.seen == Seen.EXITED and obs.exit_code is not None:
-            state = ended_state(obs.exit_code, job.stop_requested)
-            message = obs.message or ("stopped on request" if state == JobState.STOPPED else "")
-        elif job.stop_requested:
-            state, message = JobState.STOPPED, "stopped on request; exit code unknown"
-        else:
-            state = JobState.LOST
-            message = f"{obs.message or 'vanished without an exit code'}; probe: {verdict.get('reason', '')}"
+        ending = decide_end(obs.seen, obs.exit_code, job.stop_requested, runtime_message=obs.message,
+                            probe_reason=verdict.get("reason", ""))
+        if ending is None:
+            return  # alive after all: _observe_one only calls this for an attempt that is gone
+        state, message = ending.state, ending.message
         job = self._update(
             job, state=state, exit_code=obs.exit_code, signal=obs.signal,
             finished_at=obs.finished_at or now, message=message, probe=verdict, log_tail=tail,
