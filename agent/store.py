@@ -29,13 +29,16 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from gpufleet.agent.jobstore import Event, JobRecord, Recording, StoreFull, check_insert
 from gpufleet.agent.states import LIVE, JobState, check
 
-from gpufleet.errors import Aborted, FailedPrecondition, NotFound, ResourceExhausted
+from gpufleet.errors import FailedPrecondition, NotFound
+
+__all__ = ["EVENTS_KEPT", "SCHEMA_VERSION", "Event", "JobRecord", "Store", "StoreFull"]
 
 SCHEMA_VERSION = 1
 EVENTS_KEPT = 20_000
@@ -57,48 +60,6 @@ CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, kind TEXT NOT NULL,
     job_id TEXT NOT NULL, attempt INTEGER NOT NULL, payload TEXT NOT NULL);
 """
-
-
-@dataclass
-class JobRecord:
-    job_id: str
-    attempt: int
-    state: JobState
-    spec: dict[str, Any]
-    gpu_indices: list[int]
-    runtime: str
-    created_at: float
-    runtime_id: str = ""
-    start_marker: str = ""
-    exit_code: int | None = None
-    signal: int = 0
-    message: str = ""
-    started_at: float | None = None
-    finished_at: float | None = None
-    stop_requested: bool = False
-    stop_deadline: float | None = None
-    probe: dict[str, Any] | None = None
-    progress: dict[str, Any] | None = None
-    log_tail: bytes = b""
-    acknowledged: bool = False
-
-    @property
-    def key(self) -> tuple[str, int]:
-        return (self.job_id, self.attempt)
-
-    @property
-    def live(self) -> bool:
-        return self.state in LIVE
-
-
-@dataclass
-class Event:
-    seq: int
-    at: float
-    kind: str
-    job_id: str
-    attempt: int
-    payload: dict[str, Any] = field(default_factory=dict)
 
 
 _COLS = (
@@ -133,12 +94,8 @@ def _row_to_job(r: sqlite3.Row) -> JobRecord:
     )
 
 
-class StoreFull(ResourceExhausted):
-    """The state dir's filesystem is full: new launches are refused, running jobs stay tracked."""
-
-
-class Store:
-    """Typed access to the agent's SQLite file. Thread-safe (one connection, one lock)."""
+class Store(Recording):
+    """The agent's SQLite file, implementing `JobStore`. Thread-safe (one connection, one lock)."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -304,31 +261,17 @@ class Store:
 
     def _check_insert(self, db: sqlite3.Connection, job: JobRecord) -> None:
         r = db.execute("SELECT max_attempt FROM attempts WHERE job_id=?", (job.job_id,)).fetchone()
-        if r is not None and job.attempt < r["max_attempt"]:
-            raise FailedPrecondition(
-                f"job {job.job_id}: attempt {job.attempt} is older than attempt {r['max_attempt']} "
-                "already given to this agent (stale attempts are never started)"
-            )
         live = db.execute(
             "SELECT attempt, state FROM jobs WHERE job_id=? AND attempt<>? AND state IN ('PENDING','RUNNING')",
             (job.job_id, job.attempt),
         ).fetchone()
-        if live is not None:
-            raise Aborted(
-                f"job {job.job_id}: attempt {live['attempt']} is still {live['state']}; "
-                f"stop it before launching attempt {job.attempt}"
-            )
-        if r is not None and job.attempt == r["max_attempt"]:
-            # Same attempt again after it was acknowledged and dropped: never run it twice.
-            raise FailedPrecondition(
-                f"job {job.job_id}: attempt {job.attempt} already ran on this agent and was acknowledged"
-            )
+        holds = {}
         for idx in job.gpu_indices:
             held = db.execute("SELECT job_id, attempt FROM gpu_holds WHERE gpu_index=?", (idx,)).fetchone()
             if held is not None:
-                raise ResourceExhausted(
-                    f"gpu_indices: GPU {idx} is held by job {held['job_id']} attempt {held['attempt']}"
-                )
+                holds[idx] = (held["job_id"], held["attempt"])
+        check_insert(job, r["max_attempt"] if r is not None else None,
+                     (live["attempt"], live["state"]) if live is not None else None, holds)
 
     def update(self, job: JobRecord, kind: str = "state", **changes: Any) -> tuple[JobRecord, Event | None]:
         """Apply `changes` to the stored attempt in one transaction; validate any state change.

@@ -24,11 +24,11 @@ from gpufleet.agent import probe as probe_mod
 from gpufleet.agent.ending import ALIVE, decide_end
 from gpufleet.agent.exits import ExitWatcher
 from gpufleet.agent.gpus import GpuMonitor
+from gpufleet.agent.jobstore import Event, JobRecord, JobStore, StoreFull
 from gpufleet.agent.progress import ProgressState, ProgressTracker
 from gpufleet.agent.runtime.base import Handle, Observation, Runtime, RuntimeError_, Seen
 from gpufleet.agent.spec import JobSpec, Roots, check_job_id, validate
 from gpufleet.agent.states import LIVE, JobState
-from gpufleet.agent.store import Event, JobRecord, Store, StoreFull
 
 from gpufleet import failpoints
 from gpufleet.errors import FailedPrecondition, InvalidArgument
@@ -61,7 +61,7 @@ class _Watch:
 class Supervisor:
     def __init__(
         self,
-        store: Store,
+        store: JobStore,
         runtime: Runtime,
         gpus: GpuMonitor,
         roots: Roots,
@@ -121,7 +121,7 @@ class Supervisor:
         if handle is not None:
             event(log, "job.reattach", job_id=job.job_id, attempt=job.attempt, runtime_id=handle.runtime_id)
             if job.stop_requested:
-                self._update(job, runtime_id=handle.runtime_id, start_marker=handle.start_marker)
+                self._notified(self.store.record_handle(job, handle.runtime_id, handle.start_marker))
                 return
             # The agent died after creating the container/process but before recording it: the
             # launch was accepted, so finish it. runtime.start finds the existing object (never a
@@ -130,7 +130,7 @@ class Supervisor:
             self._start(job, found=handle)
             return
         if job.stop_requested:
-            self._update(job, state=JobState.STOPPED, finished_at=self.clock(), message="stopped before start")
+            self._notified(self.store.record_ended(job, JobState.STOPPED, self.clock(), "stopped before start"))
             return
         # The agent died between recording the job and creating it: the launch was accepted, finish it.
         event(log, "job.launch.resume", job_id=job.job_id, attempt=job.attempt)
@@ -221,7 +221,8 @@ class Supervisor:
         Running jobs are not affected: they stay tracked and record their end once space returns.
         """
         seen: set[int] = set()
-        for folder in (self.store.path.parent, self.roots.jobs_root):
+        kept = self.store.path  # None: an in-memory store, only the jobs' folder needs room
+        for folder in ([kept.parent] if kept else []) + [self.roots.jobs_root]:
             try:
                 dev = os.stat(folder).st_dev
                 st = os.statvfs(folder)
@@ -252,18 +253,17 @@ class Supervisor:
             except (InvalidArgument, FailedPrecondition, OSError) as exc:
                 if found is not None:
                     # It exists already: never judge it from the spec, the monitor observes it.
-                    return self._update(job, runtime_id=found.runtime_id, start_marker=found.start_marker)
-                return self._update(job, state=JobState.FAILED, finished_at=self.clock(),
-                                    message=f"cannot start after restart: {exc}")
+                    return self._notified(self.store.record_handle(job, found.runtime_id, found.start_marker))
+                return self._notified(self.store.record_ended(job, JobState.FAILED, self.clock(),
+                                                              f"cannot start after restart: {exc}"))
         try:
             handle = self.runtime.start(plan)
         except (RuntimeError_, OSError) as exc:
             event(log, "job.start_failed", logging.WARNING, job_id=job.job_id, attempt=job.attempt, error=str(exc))
-            return self._update(job, state=JobState.FAILED, finished_at=self.clock(), message=str(exc))
+            return self._notified(self.store.record_ended(job, JobState.FAILED, self.clock(), str(exc)))
         failpoints.hit("agent.launch.after_start")
         now = self.clock()
-        job = self._update(job, state=JobState.RUNNING, runtime_id=handle.runtime_id,
-                           start_marker=handle.start_marker, started_at=now)
+        job = self._notified(self.store.record_started(job, now, handle.runtime_id, handle.start_marker))
         event(log, "job.started", job_id=job.job_id, attempt=job.attempt, runtime=self.runtime.name,
               runtime_id=handle.runtime_id)
         if self.runtime.name == "process" and handle.runtime_id.isdigit():
@@ -282,15 +282,14 @@ class Supervisor:
             if job.state not in LIVE:
                 return job  # stopping an ended job is a no-op
             if not job.stop_requested:
-                job = self._update(job, kind="stop", stop_requested=True,
-                                   stop_deadline=self.clock() + grace_seconds)
+                job = self._notified(self.store.record_stop_requested(job, self.clock() + grace_seconds))
                 event(log, "job.stop", job_id=job_id, attempt=job.attempt, grace_seconds=grace_seconds)
                 if job.runtime_id:
                     self._watch(job).kill_at = self.mono() + grace_seconds
                     self._signal(job, signal.SIGTERM if grace_seconds > 0 else signal.SIGKILL)
                 else:
-                    job = self._update(job, state=JobState.STOPPED, finished_at=self.clock(),
-                                       message="stopped before it started")
+                    job = self._notified(self.store.record_ended(job, JobState.STOPPED, self.clock(),
+                                                                 "stopped before it started"))
         self._wake.set()
         if wait > 0:
             return self._wait_ended(job, min(wait, grace_seconds + 5.0))
@@ -408,7 +407,7 @@ class Supervisor:
     def _observe_one(self, job: JobRecord, obs: Observation, handle: Handle, job_dir: Path, now: float) -> None:
         if obs.seen in ALIVE:
             if job.state == JobState.PENDING and obs.seen == Seen.RUNNING:
-                job = self._update(job, state=JobState.RUNNING, started_at=obs.started_at or now)
+                job = self._notified(self.store.record_started(job, obs.started_at or now))
             if job.stop_requested and self._kill_due(job):
                 w = self._watch(job)
                 if not w.killed:
@@ -435,10 +434,10 @@ class Supervisor:
         if ending is None:
             return  # alive after all: _observe_one only calls this for an attempt that is gone
         state, message = ending.state, ending.message
-        job = self._update(
-            job, state=state, exit_code=obs.exit_code, signal=obs.signal,
-            finished_at=obs.finished_at or now, message=message, probe=verdict, log_tail=tail,
-        )
+        job = self._notified(self.store.record_ended(
+            job, state, obs.finished_at or now, message, exit_code=obs.exit_code, signal=obs.signal,
+            probe=verdict, log_tail=tail,
+        ))
         self._watches.pop(job.key, None)
         event(log, "job.ended", job_id=job.job_id, attempt=job.attempt, state=state.value,
               exit_code=obs.exit_code, probe=verdict.get("reason"))
@@ -479,7 +478,7 @@ class Supervisor:
             st = w.tracker.state
             prog = {"current_epoch": st.current_epoch, "total_epoch": st.total_epoch,
                     "metrics": dict(st.metrics), "updated_at": st.updated_at}
-            self._update(job, kind="progress", progress=prog)
+            self._notified(self.store.record_progress(job, prog))
 
     def _watch(self, job: JobRecord) -> _Watch:
         w = self._watches.get(job.key)
@@ -504,8 +503,9 @@ class Supervisor:
         except Exception:  # noqa: BLE001 - a leftover is reported on the next restore, not fatal
             log.exception("cleanup failed", extra={"fields": {"runtime_id": handle.runtime_id}})
 
-    def _update(self, job: JobRecord, kind: str = "state", **changes: Any) -> JobRecord:
-        new, ev = self.store.update(job, kind=kind, **changes)
+    def _notified(self, written: tuple[JobRecord, Event | None]) -> JobRecord:
+        """The record a store write returned, after waking whoever waits for its event."""
+        new, ev = written
         self._notify(ev)
         return new
 

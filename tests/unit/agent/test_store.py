@@ -1,4 +1,8 @@
-"""The agent's SQLite store: records, GPU holds, fencing, the event log, schema guard, crash safety."""
+"""The agent's store: records, GPU holds, fencing, the event log, schema guard, crash safety.
+
+One suite for every `JobStore`: the `store` fixture runs each contract test against the SQLite store
+and its in-memory twin (Nomad's db_test.go); what only a file can show (schema guard, WAL, SIGKILL,
+a full disk) uses `sqlite_store` or the file itself. The always-failing store's tests are below."""
 from __future__ import annotations
 
 import signal
@@ -12,6 +16,8 @@ from typing import Any
 
 import gpufleet.agent.store as store_mod
 import pytest
+from gpufleet.agent.jobstore import JobStore
+from gpufleet.agent.memstore import FailingStore, MemoryStore
 from gpufleet.agent.states import InvalidTransition, JobState
 from gpufleet.agent.store import JobRecord, Store, StoreFull
 
@@ -32,8 +38,15 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(db_path: Path) -> Iterator[Store]:
+def sqlite_store(db_path: Path) -> Iterator[Store]:
     s = Store(db_path)
+    yield s
+    s.close()
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def store(request: pytest.FixtureRequest, db_path: Path) -> Iterator[JobStore]:
+    s: JobStore = Store(db_path) if request.param == "sqlite" else MemoryStore()
     yield s
     s.close()
 
@@ -47,12 +60,12 @@ def raw(path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         con.close()
 
 
-def seqs(store: Store) -> list[int]:
+def seqs(store: JobStore) -> list[int]:
     return [e.seq for e in store.events_after(0)]
 
 
 # -- reads -------------------------------------------------------------------------------------
-def test_insert_then_get_and_find_return_the_same_record(store: Store) -> None:
+def test_insert_then_get_and_find_return_the_same_record(store: JobStore) -> None:
     job = rec("j1", 1, gpus=(0, 2), probe={"completed": False, "reason": "x"}, progress={"current_epoch": 1},
               log_tail=b"\x00bytes\xff", message="m")
     ev = store.insert(job)
@@ -64,7 +77,7 @@ def test_insert_then_get_and_find_return_the_same_record(store: Store) -> None:
     assert store.max_attempt("j1") == 1
 
 
-def test_get_without_attempt_returns_the_newest_attempt(store: Store) -> None:
+def test_get_without_attempt_returns_the_newest_attempt(store: JobStore) -> None:
     store.insert(rec("j", 1))
     store.update(store.get("j", 1), state=F, exit_code=1)
     store.insert(rec("j", 2))
@@ -79,7 +92,7 @@ def test_get_without_attempt_returns_the_newest_attempt(store: Store) -> None:
         ("j", 9, "job 'j' attempt 9 is not known to this agent"),
     ],
 )
-def test_unknown_job_is_not_found_with_a_message_naming_it(store: Store, job_id: str, attempt: int | None,
+def test_unknown_job_is_not_found_with_a_message_naming_it(store: JobStore, job_id: str, attempt: int | None,
                                                             message: str) -> None:
     store.insert(rec("j", 1))
     with pytest.raises(NotFound) as e:
@@ -88,7 +101,7 @@ def test_unknown_job_is_not_found_with_a_message_naming_it(store: Store, job_id:
     assert store.find(job_id, attempt or 1) is None
 
 
-def test_jobs_filter_by_state(store: Store) -> None:
+def test_jobs_filter_by_state(store: JobStore) -> None:
     for name in ("a", "b", "c"):
         store.insert(rec(name))
     store.update(store.get("b"), state=R)
@@ -99,7 +112,7 @@ def test_jobs_filter_by_state(store: Store) -> None:
 
 
 # -- insert refusals ---------------------------------------------------------------------------
-def test_gpu_held_twice_is_refused_and_nothing_is_written(store: Store) -> None:
+def test_gpu_held_twice_is_refused_and_nothing_is_written(store: JobStore) -> None:
     store.insert(rec("a", 1, gpus=(0, 1)))
     last = store.last_seq()
     with pytest.raises(ResourceExhausted) as e:
@@ -111,7 +124,7 @@ def test_gpu_held_twice_is_refused_and_nothing_is_written(store: Store) -> None:
     assert store.max_attempt("b") == 0  # no fence written either: attempt 1 may still come
 
 
-def test_older_attempt_is_fenced_also_after_the_newer_one_was_dropped(store: Store) -> None:
+def test_older_attempt_is_fenced_also_after_the_newer_one_was_dropped(store: JobStore) -> None:
     store.insert(rec("j", 3))
     store.update(store.get("j", 3), state=S, exit_code=0)
     with pytest.raises(FailedPrecondition) as e:
@@ -130,7 +143,7 @@ def test_older_attempt_is_fenced_also_after_the_newer_one_was_dropped(store: Sto
     assert store.get("j").attempt == 4 and store.max_attempt("j") == 4
 
 
-def test_a_new_attempt_is_refused_while_another_is_live(store: Store) -> None:
+def test_a_new_attempt_is_refused_while_another_is_live(store: JobStore) -> None:
     store.insert(rec("j", 1, gpus=(0,)))
     last = store.last_seq()
     with pytest.raises(Aborted) as e:
@@ -155,7 +168,7 @@ def test_a_new_attempt_is_refused_while_another_is_live(store: Store) -> None:
     ],
     ids=lambda v: "-".join(s.value for s in v) if isinstance(v, list) else v.value,
 )
-def test_update_refuses_an_illegal_transition_and_changes_nothing(store: Store, path: list[JobState],
+def test_update_refuses_an_illegal_transition_and_changes_nothing(store: JobStore, path: list[JobState],
                                                                   illegal: JobState) -> None:
     store.insert(rec("j", 1, gpus=(0,)))
     job = store.get("j", 1)
@@ -170,7 +183,7 @@ def test_update_refuses_an_illegal_transition_and_changes_nothing(store: Store, 
 
 
 @pytest.mark.parametrize("end", [S, F, T, L], ids=lambda s: s.value)
-def test_ending_a_job_releases_its_gpus_in_the_same_transaction(store: Store, end: JobState) -> None:
+def test_ending_a_job_releases_its_gpus_in_the_same_transaction(store: JobStore, end: JobState) -> None:
     store.insert(rec("a", 1, gpus=(0, 1)))
     store.insert(rec("other", 1, gpus=(2,)))
     job, ev = store.update(store.get("a", 1), state=R)
@@ -182,7 +195,7 @@ def test_ending_a_job_releases_its_gpus_in_the_same_transaction(store: Store, en
     assert store.get("a").gpu_indices == [0, 1]  # the record still says which GPUs it had
 
 
-def test_update_without_a_state_change_appends_no_state_event(store: Store) -> None:
+def test_update_without_a_state_change_appends_no_state_event(store: JobStore) -> None:
     store.insert(rec("j"))
     last = store.last_seq()
     job, ev = store.update(store.get("j"), message="hello")
@@ -192,13 +205,13 @@ def test_update_without_a_state_change_appends_no_state_event(store: Store) -> N
     assert store.get("j").progress == {"current_epoch": 2}
 
 
-def test_update_of_an_unknown_attempt_is_not_found(store: Store) -> None:
+def test_update_of_an_unknown_attempt_is_not_found(store: JobStore) -> None:
     with pytest.raises(NotFound):
         store.update(rec("nobody"), state=R)
     assert store.last_seq() == 0
 
 
-def test_drop_forgets_the_record_and_its_holds_but_keeps_the_fence(store: Store) -> None:
+def test_drop_forgets_the_record_and_its_holds_but_keeps_the_fence(store: JobStore) -> None:
     store.insert(rec("j", 2, gpus=(3,)))
     store.update(store.get("j"), state=L)
     assert store.drop("j", 2) is True
@@ -230,8 +243,9 @@ def test_event_seq_strictly_increases_and_survives_reopening(db_path: Path) -> N
 
 
 @pytest.mark.parametrize(("kept", "left"), [(0, []), (1, [1000])])
-def test_last_seq_after_pruning(store: Store, db_path: Path, monkeypatch: pytest.MonkeyPatch, kept: int,
+def test_last_seq_after_pruning(sqlite_store: Store, db_path: Path, monkeypatch: pytest.MonkeyPatch, kept: int,
                                 left: list[int]) -> None:
+    store = sqlite_store
     monkeypatch.setattr(store_mod, "EVENTS_KEPT", kept)
     store.insert(rec("j"))
     # Pretend 997 more events happened (and were pruned), so that the next ones reach seq 1000.
@@ -255,7 +269,7 @@ def test_a_newer_schema_version_is_refused_on_open(db_path: Path) -> None:
     assert raw(db_path, "SELECT value FROM meta WHERE key='schema_version'") == [("2",)]  # left alone
 
 
-def test_schema_version_is_recorded_on_a_new_file(store: Store, db_path: Path) -> None:
+def test_schema_version_is_recorded_on_a_new_file(sqlite_store: Store, db_path: Path) -> None:
     version = raw(db_path, "SELECT value FROM meta WHERE key='schema_version'")
     assert version == [(str(store_mod.SCHEMA_VERSION),)]
     assert raw(db_path, "PRAGMA journal_mode") == [("wal",)]
@@ -322,7 +336,7 @@ def _boom(*_a: Any, **_k: Any) -> None:
     raise Boom("disk went away")
 
 
-def test_a_writer_failing_mid_update_leaves_the_old_state(store: Store,
+def test_a_writer_failing_mid_update_leaves_the_old_state(store: JobStore,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     store.insert(rec("j", 1, gpus=(0,)))
     job, _ = store.update(store.get("j"), state=R)
@@ -337,7 +351,7 @@ def test_a_writer_failing_mid_update_leaves_the_old_state(store: Store,
     assert ev is not None and store.get("j").exit_code == 0 and store.gpu_holds() == {}
 
 
-def test_a_writer_failing_mid_insert_writes_nothing(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_writer_failing_mid_insert_writes_nothing(store: JobStore, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(store, "_append_event", _boom)
     with pytest.raises(Boom):
         store.insert(rec("j", 1, gpus=(0,)))
@@ -345,7 +359,8 @@ def test_a_writer_failing_mid_insert_writes_nothing(store: Store, monkeypatch: p
     assert store.last_seq() == 0
 
 
-def test_a_full_store_refuses_new_jobs_and_keeps_the_old(store: Store) -> None:
+def test_a_full_store_refuses_new_jobs_and_keeps_the_old(sqlite_store: Store) -> None:
+    store = sqlite_store
     store.insert(rec("old", 1, gpus=(0,)))
     pages = store._db.execute("PRAGMA page_count").fetchone()[0]
     store._db.execute(f"PRAGMA max_page_count={pages + 1}")  # as if the disk filled up now
@@ -354,3 +369,68 @@ def test_a_full_store_refuses_new_jobs_and_keeps_the_old(store: Store) -> None:
     assert isinstance(e.value, ResourceExhausted) and "full" in str(e.value)
     assert store.find("new", 1) is None and store.gpu_holds() == {0: ("old", 1)}
     assert store.get("old").state is P and store.ping()
+
+
+# -- the supervisor's vocabulary (every JobStore) ------------------------------------------------
+def test_record_methods_write_what_the_supervisor_means(store: JobStore) -> None:
+    store.insert(rec("j", 1, gpus=(0,)))
+    job, ev = store.record_started(store.get("j"), 10.0, runtime_id="42", start_marker="7")
+    assert (job.state, job.started_at, job.runtime_id, job.start_marker) == (R, 10.0, "42", "7")
+    assert ev is not None and ev.payload == {"state": "RUNNING"}
+    job, ev = store.record_progress(job, {"current_epoch": 3})
+    assert ev is not None and ev.kind == "progress" and store.get("j").progress == {"current_epoch": 3}
+    job, ev = store.record_stop_requested(job, 99.0)
+    assert ev is not None and ev.kind == "stop" and (job.stop_requested, job.stop_deadline) == (True, 99.0)
+    job, ev = store.record_ended(job, T, 20.0, "stopped on request", exit_code=143, log_tail=b"bye")
+    assert ev is not None and ev.payload == {"state": "STOPPED"}
+    assert store.get("j") == job and (job.finished_at, job.exit_code, job.log_tail) == (20.0, 143, b"bye")
+    assert store.gpu_holds() == {}
+    assert [e.kind for e in store.events_after(0)] == ["state", "state", "progress", "stop", "state"]
+
+
+def test_record_handle_keeps_the_state(store: JobStore) -> None:
+    store.insert(rec("j", 1))
+    job, ev = store.record_handle(store.get("j"), "c0ffee", "")
+    assert ev is None and job.state is P and store.get("j").runtime_id == "c0ffee"
+
+
+def test_reported_seq_never_moves_back(store: JobStore) -> None:
+    assert store.reported_seq() == 0
+    store.set_reported_seq(5)
+    store.set_reported_seq(3)
+    assert store.reported_seq() == 5
+
+
+def test_records_handed_out_are_copies(store: JobStore) -> None:
+    store.insert(rec("j", 1, gpus=(0,)))
+    got = store.get("j")
+    got.gpu_indices.append(9)
+    got.spec["output_dir"] = "elsewhere"
+    assert store.get("j").gpu_indices == [0] and store.get("j").spec == {"output_dir": "j"}
+
+
+# -- the always-failing store --------------------------------------------------------------------
+WRITES: list[tuple[str, Any]] = [
+    ("insert", lambda s: s.insert(rec("new", 1, gpus=(1,)))),
+    ("update", lambda s: s.update(s.get("old"), state=R)),
+    ("record_started", lambda s: s.record_started(s.get("old"), 1.0)),
+    ("record_stop_requested", lambda s: s.record_stop_requested(s.get("old"), 1.0)),
+    ("record_ended", lambda s: s.record_ended(s.get("old"), F, 1.0, "x", exit_code=1)),
+    ("record_progress", lambda s: s.record_progress(s.get("old"), {"current_epoch": 1})),
+    ("drop", lambda s: s.drop("old", 1)),
+    ("set_reported_seq", lambda s: s.set_reported_seq(7)),
+]
+
+
+@pytest.mark.parametrize("write", [w[1] for w in WRITES], ids=[w[0] for w in WRITES])
+def test_the_failing_store_refuses_every_write_with_the_stores_error_and_changes_nothing(write: Any) -> None:
+    s = FailingStore()
+    s.failing = False
+    s.insert(rec("old", 1, gpus=(0,)))
+    before, holds, last = s.jobs(), s.gpu_holds(), s.last_seq()
+    s.failing = True
+    with pytest.raises(StoreFull) as e:
+        write(s)
+    assert isinstance(e.value, ResourceExhausted) and "cannot be written" in str(e.value)
+    assert s.jobs() == before and s.gpu_holds() == holds and s.last_seq() == last
+    assert s.reported_seq() == 0 and s.refused == 1 and not s.ping()
