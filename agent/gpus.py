@@ -523,6 +523,7 @@ class GpuMonitor:
         self._thread: threading.Thread | None = None
         self.last_error = ""
         self.last_success = 0.0
+        self.last_pass = monotonic()
         self.samples_taken = 0
         # Which GPU indices jobs hold now (the supervisor's assignments); fake GPUs show load there.
         # (A dict of index -> job id also names the jobs, for per-job GPU accounting.)
@@ -591,6 +592,8 @@ class GpuMonitor:
             self._sample()
         except Exception:  # noqa: BLE001 - recorded in last_error; the loop must survive
             pass
+        # A pass completed, sampled or not: health watches for a stuck sampler, not a failing one.
+        self.last_pass = self._monotonic()
 
     def refresh(self) -> list[GpuSample]:
         """Sample now on the caller's thread; raises what the source raised (recorded in last_error)."""

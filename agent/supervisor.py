@@ -171,6 +171,7 @@ class Supervisor:
     def _loop(self) -> None:
         while not self._stopping.is_set():
             try:
+                failpoints.hit("loop.supervisor")  # fault tests hang a pass here (delay=MS)
                 self.tick()
                 self.last_tick_ok = time.monotonic()
             except Exception:  # noqa: BLE001 - the loop must survive anything

@@ -1,16 +1,17 @@
 """`gpufleet-coordinator`: migrate the database, reconcile, then serve and schedule until SIGTERM.
 
-`gpufleet-coordinator migrate` only applies the migrations and exits.
+`gpufleet-coordinator migrate` only applies the migrations and exits. `build(config)` makes the
+daemon (gpufleet/daemon.py `Daemon`: server, loops, health checks) and `serve` runs it.
 """
 from __future__ import annotations
 
 import logging
 import os
 import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from gpufleet.coordinator import token_cli
+from gpufleet.coordinator import settings, token_cli
 from gpufleet.coordinator import tokens as coord_tokens
 from gpufleet.coordinator.agents import AgentPool
 from gpufleet.coordinator.capacity import UserCapacityInterceptor
@@ -19,73 +20,52 @@ from gpufleet.coordinator.fleet import Fleet
 from gpufleet.coordinator.keeper import Keeper
 from gpufleet.coordinator.lifecycle import Lifecycle
 from gpufleet.coordinator.metrics import CoordinatorCollector
+from gpufleet.coordinator.nudges import SchedulerNudges
 from gpufleet.coordinator.reconciler import Reconciler
 from gpufleet.coordinator.scheduler import Scheduler
 from gpufleet.coordinator.service import CoordinatorService, FleetService, add_to_server
+from gpufleet.coordinator.settings import CoordinatorConfig
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Engine
 
 from gpufleet import config, startup
 from gpufleet import log as flog
 from gpufleet import tls as fleet_tls
-from gpufleet.daemon import main_wrapper, serve_until_signalled, start_metrics, tune_for_latency
+from gpufleet.daemon import Daemon, LoopEntry, main_wrapper, serve, tune_for_latency
 from gpufleet.errors import FailedPrecondition, InvalidArgument
-from gpufleet.metrics import RpcMetricsInterceptor, new_registry, stop_http
+from gpufleet.metrics import RpcMetricsInterceptor, new_registry
 from gpufleet.server import (
     bind,
     build_server,
     check_listen_security,
     enable_reflection,
-    set_health,
 )
 
 log = logging.getLogger("gpufleet.coordinator")
 SERVICES = ["gpufleet.v1.Coordinator", "gpufleet.v1.Fleet"]
 
-OPTIONS = [
-    config.Option("listen", "127.0.0.1:50050", "HOST:PORT to serve gpufleet.v1.Coordinator and Fleet on"),
-    config.Option("state-dir", "/var/lib/gpufleet/coordinator", "where the embedded SQLite database lives"),
-    config.Option("database-url", "", "SQLAlchemy URL (default: SQLite in --state-dir; "
-                  "postgresql+psycopg://user@host/db for production). Keep passwords in the environment"),
-    config.Option("node-timeout", 10.0, "seconds without a heartbeat before a node is UNREACHABLE (its jobs keep "
-                  "running)", float),
-    config.Option("lost-after", 300.0, "seconds a job may stay unheard before it is requeued (default for jobs "
-                  "and models that do not set lost_after_seconds)", float),
-    config.Option("heartbeat-interval", 2.0, "seconds between agent heartbeats", float),
-    config.Option("reconcile-interval", 5.0,
-                  "seconds between full reconcile passes (a heartbeat reporting an ended job triggers one at once)",
-                  float),
-    config.Option("schedule-interval", 2.0, "seconds between scheduling passes (also event-driven)", float),
-    config.Option("on-restart", "keep", "keep: running jobs survive a coordinator restart; stop: stop them"),
-    config.Option("tls-cert", "", "the coordinator's certificate (PEM, role coordinator)"),
-    config.Option("tls-key", "", "its private key (PEM)"),
-    config.Option("tls-ca", "", "the fleet CA (PEM): agents and clients must present certificates it signed"),
-    config.Option("auth", "auto", "auto (tokens, and agent certificates with TLS, unless plaintext on "
-                  "loopback), on, or off"),
-    config.Option("insecure", False, "allow plaintext gRPC on a non-loopback address", bool),
-    config.Option("metrics-listen", "127.0.0.1:9411", "HOST:PORT for Prometheus /metrics (empty: off)"),
-    config.Option("log-level", "info", "debug, info, warning, error"),
-]
+OPTIONS = settings.OPTIONS  # re-exported: the README test and the benches read them here
+
+@dataclass
+class Database:
+    """The coordinator's database, opened and migrated, and the settings checked on the way there."""
+
+    engine: Engine
+    state_dir: Path
+    tls: bool
 
 
-def run(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "tokens":  # the first admin token, on the coordinator host
-        return token_cli.run(argv[1:])
-    migrate_only = bool(argv) and argv[0] == "migrate"
-    if migrate_only:
-        argv = argv[1:]
-    opts = config.parse("gpufleet-coordinator", "gpufleet coordinator: fleet state, scheduling, reconciling",
-                        OPTIONS, argv)
-    flog.setup(opts.log_level)
-    if opts.on_restart not in ("keep", "stop"):
-        raise InvalidArgument("--on-restart", f"must be keep or stop, got {opts.on_restart!r}")
-    if opts.node_timeout <= 0:
+def open_database(cfg: CoordinatorConfig) -> Database:
+    """Check the settings that need no database, then open it and apply every migration."""
+    if cfg.on_restart not in ("keep", "stop"):
+        raise InvalidArgument("--on-restart", f"must be keep or stop, got {cfg.on_restart!r}")
+    if cfg.node_timeout <= 0:
         raise InvalidArgument("--node-timeout", "must be > 0")
     # Before anything is made on disk: a certificate without its key never falls back to plaintext.
-    tls = startup.check_tls_flags(opts.tls_cert, opts.tls_key, opts.tls_ca, "coordinator")
-    state_dir = config.state_path(opts.state_dir)
+    tls = startup.check_tls_flags(cfg.tls_cert, cfg.tls_key, cfg.tls_ca, "coordinator")
+    state_dir = config.state_path(cfg.state_dir)
     startup.private_dir(state_dir)
-    url = opts.database_url or dbengine.default_sqlite_url(state_dir)
+    url = cfg.database_url or dbengine.default_sqlite_url(state_dir)
     if url.startswith("sqlite:///"):
         db_file = Path(url.removeprefix("sqlite:///").split("?", 1)[0])
         if not db_file.exists():  # created 0600, not 0644: it holds env secrets and log tails
@@ -99,39 +79,34 @@ def run(argv: list[str] | None = None) -> int:
                                  "restore it from a backup") from None
     startup.private_sqlite(url)
     flog.event(log, "db.migrated", dialect=engine.dialect.name, status=str(status))
-    if migrate_only:
-        return 0
-    check_listen_security(opts.listen, opts.insecure, tls)
-    if opts.auth not in ("auto", "on", "off"):
-        raise InvalidArgument("--auth", f"must be auto, on or off, got {opts.auth!r}")
-    loopback = config.is_loopback(config.split_hostport(opts.listen, "--listen")[0])
-    auth_on = opts.auth == "on" or (opts.auth == "auto" and (tls or not loopback))
+    return Database(engine, state_dir, tls)
+
+
+def build(cfg: CoordinatorConfig, db: Database | None = None) -> Daemon:
+    """Open (or take) the database and make the server (bound, not started) with the coordinator's
+    loops. Nothing is scheduled or reconciled before `serve` starts the loops."""
+    db = db or open_database(cfg)
+    engine, state_dir, tls = db.engine, db.state_dir, db.tls
+    check_listen_security(cfg.listen, cfg.insecure, tls)
+    if cfg.auth not in ("auto", "on", "off"):
+        raise InvalidArgument("--auth", f"must be auto, on or off, got {cfg.auth!r}")
+    loopback = config.is_loopback(config.split_hostport(cfg.listen, "--listen")[0])
+    auth_on = cfg.auth == "on" or (cfg.auth == "auto" and (tls or not loopback))
     if not auth_on and not loopback:
-        flog.event(log, "auth.off", logging.WARNING, listen=opts.listen,
+        flog.event(log, "auth.off", logging.WARNING, listen=cfg.listen,
                    detail="--auth off on a non-loopback address: anyone who reaches it is admin")
     auth_interceptors = [coord_tokens.CoordinatorAuth(engine, agent_certs=tls)] if auth_on else []
 
-    tune_for_latency()
-    agents = AgentPool(fleet_tls.channel_credentials(opts.tls_ca, opts.tls_cert, opts.tls_key) if tls else None)
-    sched_ref: list[Scheduler] = []
-
-    def wake() -> None:
-        if sched_ref:
-            sched_ref[0].wake()
-
-    def nodes_changed() -> None:  # registered, lost, drained: the scheduler must not use a stale list
-        if sched_ref:
-            sched_ref[0].invalidate_nodes()
-            sched_ref[0].wake()
-
-    reconciler = Reconciler(engine, agents, interval=opts.reconcile_interval, on_restart=opts.on_restart,
-                            wake_scheduler=wake)
-    fleet = Fleet(engine, reconciler, nodes_changed, node_timeout=opts.node_timeout,
-                  heartbeat_interval=opts.heartbeat_interval, lost_after=opts.lost_after)
-    scheduler = Scheduler(engine, agents, fleet.fresh_nodes, interval=opts.schedule_interval,
+    agents = AgentPool(fleet_tls.channel_credentials(cfg.tls_ca, cfg.tls_cert, cfg.tls_key) if tls else None)
+    nudges = SchedulerNudges()  # the parts below tell the scheduler of work; it listens once built
+    reconciler = Reconciler(engine, agents, interval=cfg.reconcile_interval, on_restart=cfg.on_restart,
+                            wake_scheduler=nudges.wake)
+    fleet = Fleet(engine, reconciler, nudges.nodes_changed, node_timeout=cfg.node_timeout,
+                  heartbeat_interval=cfg.heartbeat_interval, lost_after=cfg.lost_after)
+    scheduler = Scheduler(engine, agents, fleet.fresh_nodes, interval=cfg.schedule_interval,
                           node_unreachable=fleet.unreachable)
-    sched_ref.append(scheduler)
-    life = Lifecycle(engine, agents, reconciler, wake, nodes_changed=nodes_changed)
+    nudges.listen(scheduler.wake, scheduler.invalidate_nodes)
+    life = Lifecycle(engine, agents, reconciler, nudges.wake, nodes_changed=nudges.nodes_changed)
     keeper = Keeper(life)
 
     registry = new_registry()
@@ -140,32 +115,43 @@ def run(argv: list[str] | None = None) -> int:
                                             UserCapacityInterceptor()])
     add_to_server(CoordinatorService(engine, life, agents), FleetService(fleet, agents), server)
     enable_reflection(server, SERVICES)
-    creds = fleet_tls.server_credentials(opts.tls_cert, opts.tls_key, opts.tls_ca) if tls else None
-    port = bind(server, opts.listen, creds)
-    server.start()
-    # Reconcile what the database says against the agents before placing anything new.
-    reconciler.start()
-    fleet.start()
-    scheduler.start()
-    keeper.start()
-    set_health(hs, SERVICES, True)
-    host, _ = config.split_hostport(opts.listen, "--listen")
-    (state_dir / "coordinator.addr").write_text(f"{host}:{port}\n")
-    metrics_server = start_metrics(opts.metrics_listen, registry, state_dir)
-    flog.event(log, "coordinator.ready", listen=f"{host}:{port}", database=engine.dialect.name, tls=tls,
-               auth=auth_on)
+    creds = fleet_tls.server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_ca) if tls else None
+    port = bind(server, cfg.listen, creds)
+    host, _ = config.split_hostport(cfg.listen, "--listen")
 
-    serve_until_signalled(hs, SERVICES, lambda: _db_ok(engine) and time.monotonic() - reconciler.last_ok < 60)
-    server.stop(grace=2).wait()
-    stop_http(metrics_server)
-    keeper.close()
-    scheduler.close()
-    fleet.close()
-    reconciler.close()
-    agents.close()
-    engine.dispose()
-    flog.event(log, "coordinator.stopped")
-    return 0
+    # The coordinator's loops, in start order (closed in reverse): reconcile what the database says
+    # against the agents before placing anything new.
+    loops = [
+        LoopEntry("reconciler", reconciler.loop.interval, reconciler.start, reconciler.close,
+                  lambda: reconciler.last_ok),
+        LoopEntry("node-sweep", fleet.loop.interval, fleet.start, fleet.close, lambda: fleet.last_ok),
+        LoopEntry("scheduler", scheduler.loop.interval, scheduler.start, scheduler.close,
+                  lambda: scheduler.last_ok),
+        LoopEntry("keeper", keeper.loop.interval, keeper.start, keeper.close, lambda: keeper.last_ok),
+    ]
+    return Daemon(
+        name="coordinator", logger=log, server=server, health=hs, services=SERVICES, port=port, host=host,
+        state_dir=state_dir, loops=loops, checks={"database": lambda: _db_ok(engine)},
+        registry=registry, metrics_listen=cfg.metrics_listen, closers=[agents.close, engine.dispose],
+        ready_fields=lambda: {"database": engine.dialect.name, "tls": tls, "auth": auth_on},
+        stale_floor=cfg.stale_floor,
+    )
+
+
+def run(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "tokens":  # the first admin token, on the coordinator host
+        return token_cli.run(argv[1:])
+    migrate_only = bool(argv) and argv[0] == "migrate"
+    if migrate_only:
+        argv = argv[1:]
+    cfg = settings.parse(argv)
+    flog.setup(cfg.log_level)
+    db = open_database(cfg)
+    if migrate_only:
+        return 0
+    tune_for_latency()
+    return serve(build(cfg, db))
 
 
 def _db_ok(engine: object) -> bool:

@@ -7,9 +7,9 @@ import argparse
 import os
 import tomllib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from gpufleet.errors import InvalidArgument
 
@@ -89,6 +89,19 @@ def parse(prog: str, description: str, options: Sequence[Option], argv: Sequence
     except InvalidArgument as exc:
         ap.error(str(exc))
     return out
+
+
+T = TypeVar("T")
+
+
+def typed(cls: type[T], options: Sequence[Option], ns: argparse.Namespace) -> T:
+    """The parsed settings as the daemon's config dataclass: one field per option (dashes become
+    underscores), so a misspelt or forgotten option fails here, at start-up, not deep in a daemon."""
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    missing = sorted(o.name.replace("-", "_") for o in options if o.name.replace("-", "_") not in names)
+    if missing:
+        raise TypeError(f"{cls.__name__} has no field for the options {', '.join(missing)}")
+    return cls(**{o.name.replace("-", "_"): getattr(ns, o.name.replace("-", "_")) for o in options})
 
 
 def split_hostport(value: str, field: str) -> tuple[str, int]:

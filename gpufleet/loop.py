@@ -7,6 +7,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from gpufleet import failpoints
+
 log = logging.getLogger("gpufleet.loop")
 
 
@@ -41,6 +43,7 @@ class Loop:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
+                failpoints.hit(f"loop.{self.name}")  # fault tests hang a pass here (delay=MS)
                 while self.step() and not self._stop.is_set():
                     pass
                 self.last_ok = self.mono()
