@@ -44,9 +44,11 @@ class Loop:
         while not self._stop.is_set():
             try:
                 failpoints.hit(f"loop.{self.name}")  # fault tests hang a pass here (delay=MS)
-                while self.step() and not self._stop.is_set():
-                    pass
-                self.last_ok = self.mono()
+                more = True
+                while more and not self._stop.is_set():
+                    more = bool(self.step())
+                    # Every completed step counts: a long backlog worked off step by step is busy, not stuck.
+                    self.last_ok = self.mono()
             except Exception:  # noqa: BLE001 - the loop must survive anything (e.g. a database restart)
                 log.exception("loop step failed", extra={"fields": {"loop": self.name}})
             woken = self._wake.wait(self.interval)
