@@ -19,59 +19,15 @@ What the methods promise, for every implementation:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from gpufleet.agent.states import LIVE, JobState
+from gpufleet.agent.states import JobState
 
 from gpufleet.errors import Aborted, FailedPrecondition, ResourceExhausted
 
-
-@dataclass
-class JobRecord:
-    job_id: str
-    attempt: int
-    state: JobState
-    spec: dict[str, Any]
-    gpu_indices: list[int]
-    runtime: str
-    created_at: float
-    runtime_id: str = ""
-    start_marker: str = ""
-    exit_code: int | None = None
-    signal: int = 0
-    message: str = ""
-    started_at: float | None = None
-    finished_at: float | None = None
-    stop_requested: bool = False
-    stop_deadline: float | None = None
-    probe: dict[str, Any] | None = None
-    progress: dict[str, Any] | None = None
-    log_tail: bytes = b""
-    acknowledged: bool = False
-
-    @property
-    def key(self) -> tuple[str, int]:
-        return (self.job_id, self.attempt)
-
-    @property
-    def live(self) -> bool:
-        return self.state in LIVE
-
-
-@dataclass
-class Event:
-    seq: int
-    at: float
-    kind: str
-    job_id: str
-    attempt: int
-    payload: dict[str, Any] = field(default_factory=dict)
-
-
-class StoreFull(ResourceExhausted):
-    """The state dir's filesystem is full: new launches are refused, running jobs stay tracked."""
+if TYPE_CHECKING:  # the records live beside the SQLite store, which implements this interface
+    from gpufleet.agent.store import Event, JobRecord
 
 
 def check_insert(job: JobRecord, max_attempt: int | None, other_live: tuple[int, str] | None,

@@ -40,6 +40,7 @@ SERVICE = "gpufleet.v1.Agent"
 
 OPTIONS = settings.OPTIONS  # re-exported: the README test and the benches read them here
 
+
 def choose_runtime(name: str, state_dir: Path, node_name: str, docker_host: str, container_user: str = "",
                    job_user: JobUser | None = None, output_root: Path | None = None) -> Runtime:
     from gpufleet.agent.runtime.process import ProcessRuntime

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from gpufleet.agent.jobstore import Event, JobRecord, Recording, StoreFull, check_insert
+from gpufleet.agent.jobstore import Recording, check_insert
 from gpufleet.agent.states import LIVE, JobState, check
+from gpufleet.agent.store import Event, JobRecord, StoreFull
 
 from gpufleet.errors import NotFound
 

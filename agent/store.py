@@ -29,16 +29,14 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from gpufleet.agent.jobstore import Event, JobRecord, Recording, StoreFull, check_insert
+from gpufleet.agent.jobstore import Recording, check_insert
 from gpufleet.agent.states import LIVE, JobState, check
 
-from gpufleet.errors import FailedPrecondition, NotFound
-
-__all__ = ["EVENTS_KEPT", "SCHEMA_VERSION", "Event", "JobRecord", "Store", "StoreFull"]
+from gpufleet.errors import FailedPrecondition, NotFound, ResourceExhausted
 
 SCHEMA_VERSION = 1
 EVENTS_KEPT = 20_000
@@ -60,6 +58,48 @@ CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, kind TEXT NOT NULL,
     job_id TEXT NOT NULL, attempt INTEGER NOT NULL, payload TEXT NOT NULL);
 """
+
+
+@dataclass
+class JobRecord:
+    job_id: str
+    attempt: int
+    state: JobState
+    spec: dict[str, Any]
+    gpu_indices: list[int]
+    runtime: str
+    created_at: float
+    runtime_id: str = ""
+    start_marker: str = ""
+    exit_code: int | None = None
+    signal: int = 0
+    message: str = ""
+    started_at: float | None = None
+    finished_at: float | None = None
+    stop_requested: bool = False
+    stop_deadline: float | None = None
+    probe: dict[str, Any] | None = None
+    progress: dict[str, Any] | None = None
+    log_tail: bytes = b""
+    acknowledged: bool = False
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.job_id, self.attempt)
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE
+
+
+@dataclass
+class Event:
+    seq: int
+    at: float
+    kind: str
+    job_id: str
+    attempt: int
+    payload: dict[str, Any] = field(default_factory=dict)
 
 
 _COLS = (
@@ -92,6 +132,10 @@ def _row_to_job(r: sqlite3.Row) -> JobRecord:
         log_tail=bytes(r["log_tail"] or b""),
         acknowledged=bool(r["acknowledged"]),
     )
+
+
+class StoreFull(ResourceExhausted):
+    """The state dir's filesystem is full: new launches are refused, running jobs stay tracked."""
 
 
 class Store(Recording):
@@ -265,7 +309,7 @@ class Store(Recording):
             "SELECT attempt, state FROM jobs WHERE job_id=? AND attempt<>? AND state IN ('PENDING','RUNNING')",
             (job.job_id, job.attempt),
         ).fetchone()
-        holds = {}
+        holds: dict[int, tuple[str, int]] = {}
         for idx in job.gpu_indices:
             held = db.execute("SELECT job_id, attempt FROM gpu_holds WHERE gpu_index=?", (idx,)).fetchone()
             if held is not None:

@@ -24,11 +24,12 @@ from gpufleet.agent import probe as probe_mod
 from gpufleet.agent.ending import ALIVE, decide_end
 from gpufleet.agent.exits import ExitWatcher
 from gpufleet.agent.gpus import GpuMonitor
-from gpufleet.agent.jobstore import Event, JobRecord, JobStore, StoreFull
+from gpufleet.agent.jobstore import JobStore
 from gpufleet.agent.progress import ProgressState, ProgressTracker
 from gpufleet.agent.runtime.base import Handle, Observation, Runtime, RuntimeError_, Seen
 from gpufleet.agent.spec import JobSpec, Roots, check_job_id, validate
 from gpufleet.agent.states import LIVE, JobState
+from gpufleet.agent.store import Event, JobRecord, StoreFull
 
 from gpufleet import failpoints
 from gpufleet.errors import FailedPrecondition, InvalidArgument

@@ -46,6 +46,7 @@ SERVICES = ["gpufleet.v1.Coordinator", "gpufleet.v1.Fleet"]
 
 OPTIONS = settings.OPTIONS  # re-exported: the README test and the benches read them here
 
+
 @dataclass
 class Database:
     """The coordinator's database, opened and migrated, and the settings checked on the way there."""
