@@ -62,6 +62,8 @@ OPTIONS = [
     config.Option("auth", "auto", "auto (tokens, and agent certificates with TLS, unless plaintext on "
                   "loopback), on, or off"),
     config.Option("insecure", False, "allow plaintext gRPC on a non-loopback address", bool),
+    config.Option("viewers-read-logs", False, "with auth: let viewer tokens read every job's logs and metrics "
+                  "(default: only the job's owner and admins)", bool),
     config.Option("metrics-listen", "127.0.0.1:9411", "HOST:PORT for Prometheus /metrics (empty: off)"),
     config.Option("log-level", "info", "debug, info, warning, error"),
 ]
@@ -109,7 +111,8 @@ def run(argv: list[str] | None = None) -> int:
     if not auth_on and not loopback:
         flog.event(log, "auth.off", logging.WARNING, listen=opts.listen,
                    detail="--auth off on a non-loopback address: anyone who reaches it is admin")
-    auth_interceptors = [coord_tokens.CoordinatorAuth(engine, agent_certs=tls)] if auth_on else []
+    auth_interceptors = [coord_tokens.CoordinatorAuth(engine, agent_certs=tls,
+                                                      viewers_read_logs=opts.viewers_read_logs)] if auth_on else []
 
     tune_for_latency()
     agents = AgentPool(fleet_tls.channel_credentials(opts.tls_ca, opts.tls_cert, opts.tls_key) if tls else None)
