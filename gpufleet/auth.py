@@ -129,39 +129,73 @@ def _forget(reset: Any) -> None:
         pass
 
 
+class _Lazy:
+    """A request still in its wire bytes, parsed at the first attribute a check reads.
+
+    A check authenticates from metadata and the peer certificate first, so an unauthenticated
+    request is refused without ever being parsed (a large one costs its bytes, not its objects);
+    gRPC's max_receive_message_length (gpufleet.server) bounds the bytes before any of this runs.
+    """
+
+    __slots__ = ("_context", "_msg", "_parse", "_raw")
+
+    def __init__(self, raw: bytes, parse: Callable[[bytes], Any] | None, context: grpc.ServicerContext) -> None:
+        self._raw: bytes | None = raw
+        self._parse = parse
+        self._context = context
+        self._msg: Any = None
+
+    def get(self) -> Any:
+        if self._raw is not None:
+            try:
+                self._msg = self._parse(self._raw) if self._parse else self._raw
+            except Exception:  # noqa: BLE001 - protobuf's DecodeError and friends
+                self._context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request could not be parsed")
+            self._raw = None
+        return self._msg
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
+
+
 def _wrap(handler: grpc.RpcMethodHandler, check: Check) -> grpc.RpcMethodHandler:
     """The same handler, with `check(request, context)` first; what check returns (if anything)
     is called with the response of a successful unary call (to record ownership). The caller a
-    check sets lasts for the call only (worker threads are reused)."""
+    check sets lasts for the call only (worker threads are reused). A unary request reaches the
+    check unparsed (_Lazy) and is parsed only when the check reads it or the call goes ahead."""
+    parse = handler.request_deserializer
     kw = {"request_deserializer": handler.request_deserializer,
           "response_serializer": handler.response_serializer}
+    lazy_kw = {"request_deserializer": None, "response_serializer": handler.response_serializer}
     if handler.unary_unary:
         inner_uu = handler.unary_unary
 
-        def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
+        def unary_unary(raw: Any, context: grpc.ServicerContext) -> Any:
             reset = _CALLER.set(None)
             try:
+                request = _Lazy(raw, parse, context)
                 after = check(request, context)
-                response = inner_uu(request, context)
+                response = inner_uu(request.get(), context)
                 if after is not None and response is not None:
                     after(response)
                 return response
             finally:
                 _forget(reset)
 
-        return grpc.unary_unary_rpc_method_handler(unary_unary, **kw)
+        return grpc.unary_unary_rpc_method_handler(unary_unary, **lazy_kw)
     if handler.unary_stream:
         inner_us = handler.unary_stream
 
-        def unary_stream(request: Any, context: grpc.ServicerContext) -> Any:
+        def unary_stream(raw: Any, context: grpc.ServicerContext) -> Any:
             reset = _CALLER.set(None)
             try:
+                request = _Lazy(raw, parse, context)
                 check(request, context)
-                yield from inner_us(request, context)
+                yield from inner_us(request.get(), context)
             finally:
                 _forget(reset)
 
-        return grpc.unary_stream_rpc_method_handler(unary_stream, **kw)
+        return grpc.unary_stream_rpc_method_handler(unary_stream, **lazy_kw)
     if handler.stream_unary:
         inner_su = handler.stream_unary
 
