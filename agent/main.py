@@ -73,13 +73,14 @@ OPTIONS = [
 
 def choose_runtime(name: str, state_dir: Path, node_name: str, docker_host: str, container_user: str = "",
                    job_user: JobUser | None = None, output_root: Path | None = None) -> Runtime:
+    from gpufleet.agent.cgroups import JobCgroups
     from gpufleet.agent.runtime.process import ProcessRuntime
 
     if name not in ("auto", "docker", "process"):
         raise InvalidArgument("--runtime", f"must be docker, process or auto, got {name!r}")
     jobs_root = state_dir / "jobs"
     if name == "process":
-        return ProcessRuntime(jobs_root, job_user, output_root)
+        return ProcessRuntime(jobs_root, job_user, output_root, JobCgroups.detect(jobs_root))
     from gpufleet.agent.runtime.docker import DockerRuntime
 
     url = docker_host or None
@@ -88,7 +89,7 @@ def choose_runtime(name: str, state_dir: Path, node_name: str, docker_host: str,
     if name == "docker":
         raise InvalidArgument("--runtime", "docker was asked for but no Docker engine answers")
     log.info("runtime.auto", extra={"fields": {"chosen": "process", "why": "no Docker engine answers"}})
-    return ProcessRuntime(jobs_root, job_user, output_root)
+    return ProcessRuntime(jobs_root, job_user, output_root, JobCgroups.detect(jobs_root))
 
 
 def base_env() -> dict[str, str]:
@@ -178,6 +179,7 @@ def run(argv: list[str] | None = None) -> int:
     server.stop(grace=2).wait()
     stop_http(metrics_server)
     sup.close()
+    runtime.close()
     monitor.stop()
     store.close()
     flog.event(log, "agent.stopped")
