@@ -2,6 +2,7 @@
 
 Layout, below the agent's own cgroup (systemd: the unit's, with `Delegate=yes`):
 
+    agent/                          the agent itself, when controllers must be handed down
     gpufleet-jobs/<agent>/          holds no process (cgroup v2: processes live in leaves only);
                                     <agent> is a digest of the agent's jobs folder, so agents that
                                     share a cgroup (tests, containers) never touch each other's jobs
@@ -35,6 +36,7 @@ from gpufleet.log import event
 log = logging.getLogger("gpufleet.agent.cgroups")
 BASE = "gpufleet-jobs"
 PARK = "wrappers"
+AGENT_LEAF = "agent"  # where the agent moves itself when its own cgroup must hand controllers down
 CPU_PERIOD_US = 100_000
 # Where the wrapper is told its cgroups (removed from the job's own environment).
 ENV_CGROUP = "GPUFLEET_CGROUP"
@@ -89,11 +91,23 @@ class JobCgroups:
             event(log, "cgroups.off", detail=f"cannot make {base}: {exc.strerror}; jobs are contained by their "
                                              "process group only (systemd: Delegate=yes)")
             return None
-        # Hand the cpu and memory controllers down where the parent has them (fails harmlessly
-        # where they are not delegated: limits are then not applied, containment still is).
-        for where in (parent, parent / BASE, base):
-            for ctrl in ("cpu", "memory"):
-                _write(where / "cgroup.subtree_control", f"+{ctrl}")
+        # Hand the cpu and memory controllers down where the parent has them (where they are not
+        # delegated this fails harmlessly: limits are then not applied, containment still is).
+        wanted = [c for c in ("cpu", "memory") if c in _read(parent / "cgroup.controllers").split()]
+        if wanted and not all(_write(parent / "cgroup.subtree_control", f"+{c}") for c in wanted):
+            # cgroup v2 keeps processes out of a cgroup that hands controllers down (EBUSY): the agent
+            # moves itself into a leaf of its own cgroup, systemd's pattern for Delegate=yes, and retries.
+            leaf = parent / AGENT_LEAF
+            try:
+                leaf.mkdir(exist_ok=True)
+            except OSError:
+                pass
+            if _write(leaf / "cgroup.procs", str(os.getpid())):
+                for c in wanted:
+                    _write(parent / "cgroup.subtree_control", f"+{c}")
+        for where in (parent / BASE, base):
+            for c in wanted:
+                _write(where / "cgroup.subtree_control", f"+{c}")
         event(log, "cgroups.on", base=str(base),
               controllers=_read(base / "cgroup.subtree_control") or "none")
         return cls(base)
