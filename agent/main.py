@@ -43,13 +43,14 @@ OPTIONS = settings.OPTIONS  # re-exported: the README test and the benches read 
 
 def choose_runtime(name: str, state_dir: Path, node_name: str, docker_host: str, container_user: str = "",
                    job_user: JobUser | None = None, output_root: Path | None = None) -> Runtime:
+    from gpufleet.agent.cgroups import JobCgroups
     from gpufleet.agent.runtime.process import ProcessRuntime
 
     if name not in ("auto", "docker", "process"):
         raise InvalidArgument("--runtime", f"must be docker, process or auto, got {name!r}")
     jobs_root = state_dir / "jobs"
     if name == "process":
-        return ProcessRuntime(jobs_root, job_user, output_root)
+        return ProcessRuntime(jobs_root, job_user, output_root, JobCgroups.detect(jobs_root))
     from gpufleet.agent.runtime.docker import DockerRuntime
 
     url = docker_host or None
@@ -58,7 +59,7 @@ def choose_runtime(name: str, state_dir: Path, node_name: str, docker_host: str,
     if name == "docker":
         raise InvalidArgument("--runtime", "docker was asked for but no Docker engine answers")
     log.info("runtime.auto", extra={"fields": {"chosen": "process", "why": "no Docker engine answers"}})
-    return ProcessRuntime(jobs_root, job_user, output_root)
+    return ProcessRuntime(jobs_root, job_user, output_root, JobCgroups.detect(jobs_root))
 
 
 def base_env() -> dict[str, str]:
@@ -142,7 +143,7 @@ def build(cfg: AgentConfig) -> Daemon:
         name="agent", logger=log, server=server, health=hs, services=[SERVICE], port=port, host=host,
         state_dir=state_dir, loops=loops,
         checks={"store": store.ping, "runtime": lambda: sup.runtime_ok},
-        registry=registry, metrics_listen=cfg.metrics_listen, closers=[store.close],
+        registry=registry, metrics_listen=cfg.metrics_listen, closers=[runtime.close, store.close],
         ready_fields=lambda: {"runtime": runtime.name, "gpus": monitor.source.kind, "node": node_name,
                               "jobs": len(store.live_jobs())},
         stale_floor=cfg.stale_floor,

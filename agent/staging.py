@@ -7,6 +7,10 @@ Invariants:
   broke on names with spaces and could be made to run anything).
 - Placing a file is atomic (link to a temp name, then os.replace), so a reader never sees a
   half-replaced destination and a crash leaves either the old or the new file.
+- Sources are opened, not trusted: validation resolves each path once; placing and extracting open
+  that resolved path again below the data root without following any link (gpufleet.safefs) and
+  hardlink or read the opened descriptor. A folder swapped for a symlink after validation (issue 13)
+  makes the open fail and the file is skipped with a warning; nothing from outside is staged.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from gpufleet import failpoints, safefs
 from gpufleet.errors import FailedPrecondition, InvalidArgument
 from gpufleet.paths import relative_under
 
@@ -67,6 +72,7 @@ class _Item:
     part_dir: Path
     dest_name: str  # file name, or folder name for a zip
     key: str  # "split/part"
+    beneath: str = ""  # src relative to the data root: links inside the root already resolved
     zip_entries: list[zipfile.ZipInfo] = field(default_factory=list)
     is_zip: bool = False
 
@@ -86,6 +92,7 @@ def stage_dataset(data_root: Path, stage_id: str, links: list[StageLinkSpec],
     stage_dir = tmp / stage_id
 
     items, missing = _plan(root, tmp, stage_dir, links)
+    failpoints.hit("agent.stage.after_plan")
     legacy = _rename_legacy(stage_dir)
     _check_devices(items)
     _check_zip_space(items)
@@ -99,13 +106,17 @@ def stage_dataset(data_root: Path, stage_id: str, links: list[StageLinkSpec],
         _make_dir(item.part_dir, expected_tmp / stage_id / item.key)
         dest = item.part_dir / item.dest_name
         if item.is_zip:
-            _extract(item, dest)
+            _extract(root, item, dest)
             extracted += 1
             continue
         earlier = placed.get(dest)
-        result = _place(item, dest)
+        result = _place(root, item, dest)
         if result == "missing":  # vanished since validation
             warnings.append(f"{item.where}: source {item.rel!r} does not exist; skipped")
+            skipped += 1
+        elif result == "changed":
+            warnings.append(f"{item.where}: source {item.rel!r} changed since it was checked (a link or a "
+                            "non-file now stands in its path); skipped")
             skipped += 1
         elif result == "same":
             already += 1
@@ -212,17 +223,22 @@ def _plan(root: Path, tmp: Path, stage_dir: Path,
                 raise InvalidArgument(name, f"destination name {dest_name!r} is longer than 255 bytes")
             folder = FOLDERS[part]
             item = _Item(name, rel, src, stage_dir / link.split / folder, dest_name, f"{link.split}/{folder}",
-                         is_zip=is_zip)
+                         beneath=str(src.relative_to(root)), is_zip=is_zip)
             if is_zip:
-                item.zip_entries = _zip_entries(item)
+                item.zip_entries = _zip_entries(root, item)
             items.append(item)
     return items, missing
 
 
-def _zip_entries(item: _Item) -> list[zipfile.ZipInfo]:
+def _open_source(root: Path, item: _Item) -> int:
+    """A descriptor of the validated source, opened below the root without following any link."""
+    return safefs.open_regular(root, item.beneath)
+
+
+def _zip_entries(root: Path, item: _Item) -> list[zipfile.ZipInfo]:
     """Every entry of the zip, refusing any that could write outside its folder or is not data."""
     try:
-        with zipfile.ZipFile(item.src) as zf:
+        with os.fdopen(_open_source(root, item), "rb") as f, zipfile.ZipFile(f) as zf:
             infos = zf.infolist()
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise InvalidArgument(item.where, f"{item.rel!r} is not a readable zip file ({exc})") from exc
@@ -304,12 +320,22 @@ def _temp_name(folder: Path) -> Path:
     return folder / f".gpufleet-{secrets.token_hex(8)}.tmp"
 
 
-def _place(item: _Item, dest: Path) -> str:
-    """Hardlink item.src at dest: "made", "same" (already that file) or "missing"."""
+def _place(root: Path, item: _Item, dest: Path) -> str:
+    """Hardlink item's source at dest: "made", "same" (already that file), "missing" or "changed"."""
     try:
-        src_st = os.stat(item.src)
+        fd = _open_source(root, item)
     except FileNotFoundError:
         return "missing"
+    except OSError:  # ELOOP/EXDEV (a link in the path now), EINVAL (not a regular file), ENOTDIR
+        return "changed"
+    try:
+        return _place_fd(fd, item, dest)
+    finally:
+        os.close(fd)
+
+
+def _place_fd(fd: int, item: _Item, dest: Path) -> str:
+    src_st = os.fstat(fd)
     try:
         if os.path.samestat(src_st, os.lstat(dest)):
             # Also required for correctness: rename() of two links to one inode is a no-op
@@ -319,7 +345,14 @@ def _place(item: _Item, dest: Path) -> str:
         pass
     temp = _temp_name(item.part_dir)
     try:
-        os.link(item.src, temp)
+        # linkat(AT_SYMLINK_FOLLOW) of /proc/self/fd/N links the opened file itself, whatever its
+        # path has become since (AT_EMPTY_PATH would need CAP_DAC_READ_SEARCH). Python calls
+        # linkat, not link (which would link the magic link), only when given a directory fd.
+        dirfd = os.open(item.part_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.link(f"/proc/self/fd/{fd}", temp.name, dst_dir_fd=dirfd, follow_symlinks=True)
+        finally:
+            os.close(dirfd)
     except FileNotFoundError:
         return "missing"
     except OSError as exc:
@@ -337,7 +370,7 @@ def _place(item: _Item, dest: Path) -> str:
     return "made"
 
 
-def _extract(item: _Item, folder: Path) -> int:
+def _extract(root: Path, item: _Item, folder: Path) -> int:
     """Replace folder as a whole with the zip's validated entries; return the number of files written.
 
     The entries go into a temporary sibling first; only a complete extraction is swapped in
@@ -351,7 +384,12 @@ def _extract(item: _Item, folder: Path) -> int:
     expected = temp.resolve()
     files = 0
     try:
-        with zipfile.ZipFile(item.src) as zf:
+        try:
+            source = os.fdopen(_open_source(root, item), "rb")
+        except OSError as exc:
+            raise FailedPrecondition(f"StageDataset: {item.where}: {item.rel!r} changed since it was checked "
+                                     f"({exc.strerror}); nothing extracted from it") from None
+        with source, zipfile.ZipFile(source) as zf:
             for info in item.zip_entries:
                 rel = PurePosixPath(info.filename.replace("\\", "/"))
                 parts = [p for p in rel.parts if p not in ("", ".")]

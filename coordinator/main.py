@@ -96,7 +96,8 @@ def build(cfg: CoordinatorConfig, db: Database | None = None) -> Daemon:
     if not auth_on and not loopback:
         flog.event(log, "auth.off", logging.WARNING, listen=cfg.listen,
                    detail="--auth off on a non-loopback address: anyone who reaches it is admin")
-    auth_interceptors = [coord_tokens.CoordinatorAuth(engine, agent_certs=tls)] if auth_on else []
+    auth_interceptors = [coord_tokens.CoordinatorAuth(engine, agent_certs=tls,
+                                                      viewers_read_logs=cfg.viewers_read_logs)] if auth_on else []
 
     agents = AgentPool(fleet_tls.channel_credentials(cfg.tls_ca, cfg.tls_cert, cfg.tls_key) if tls else None)
     nudges = SchedulerNudges()  # the parts below tell the scheduler of work; it listens once built

@@ -1,14 +1,16 @@
 """gpufleet.v1.Coordinator and gpufleet.v1.Fleet servicers: decode, one domain call, encode."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import grpc
-from gpufleet.coordinator import convert
+from gpufleet.coordinator import convert, tenancy
 from gpufleet.coordinator.agents import AgentPool, observation_from_pb
 from gpufleet.coordinator.db import options, repo
+from gpufleet.coordinator.db import tokens as owners
 from gpufleet.coordinator.db.rows import JobRow
 from gpufleet.coordinator.fleet import Digest, Fleet
 from gpufleet.coordinator.lifecycle import MAX_GPUS, Lifecycle, check_job_id
@@ -20,6 +22,7 @@ from gpufleet.coordinator.workflows import JobRequest, Workflows
 from sqlalchemy.engine import Engine
 
 from gpufleet.agentsecret import secret_from
+from gpufleet.auth import caller
 from gpufleet.errors import FailedPrecondition, InvalidArgument, Unavailable, Upstream, rpc, rpc_stream
 from gpufleet.v1 import agent_pb2 as apb
 from gpufleet.v1 import common_pb2 as pb
@@ -74,13 +77,44 @@ class CoordinatorService(TokenAdmin, coordinator_pb2_grpc.CoordinatorServicer):
         self.agents = agents
         self.flows = Workflows(life)
 
-    def _model(self, uuid: str) -> cpb.Model:
+    def _model(self, uuid: str, redact: bool = True) -> cpb.Model:
         m = self.life.get_model(uuid)
         with self.engine.connect() as conn:
             prog = repo.get_progress(conn, [m.current_attempt_id]).get(m.current_attempt_id or "")
             opts = options.get_model_options(conn, [uuid]).get(uuid)
         out = convert.model_to_pb(m, prog)
         out.auto_test = opts.auto_test if opts else ""
+        return self._redact_models([out])[0] if redact else out
+
+    # -- tenants (coordinator/tenancy.py) ----------------------------------------------------------
+    def _owns_model(self, uuid: str) -> bool:
+        who = caller()
+        with self.engine.connect() as conn:
+            return who is not None and owners.get_owner(conn, "model", uuid) == who.name
+
+    def _scoped(self, req: JobRequest) -> JobRequest:
+        return dataclasses.replace(req, spec=tenancy.scope_spec(req.spec, caller(), self._owns_model))
+
+    def _redact_models(self, out: list[cpb.Model]) -> list[cpb.Model]:
+        who = caller()
+        if not tenancy.scoped(who):
+            return out
+        with self.engine.connect() as conn:
+            by = owners.owners_of(conn, "model", [m.uuid for m in out])
+        for m in out:
+            if not tenancy.may_see_secrets(who, by.get(m.uuid)):
+                tenancy.redact_env(m.spec)
+        return out
+
+    def _redact_jobs(self, rows: Sequence[JobRow], out: list[cpb.Job]) -> list[cpb.Job]:
+        who = caller()
+        if not tenancy.scoped(who):
+            return out
+        with self.engine.connect() as conn:
+            by = owners.job_owners(conn, [(r.id, r.model_uuid, r.root_id) for r in rows])
+        for r, j in zip(rows, out, strict=True):
+            if not tenancy.may_see_secrets(who, by.get(r.id)):
+                tenancy.redact_env(j.spec)
         return out
 
     # -- models --------------------------------------------------------------------------------
@@ -89,14 +123,16 @@ class CoordinatorService(TokenAdmin, coordinator_pb2_grpc.CoordinatorServicer):
         auto_test = check_auto_test(request.auto_test)
         m = self.life.create_model(
             model_no=request.model_no, version=request.version, train_type=request.train_type, memo=request.memo,
-            params_json=request.params_json, spec=convert.spec_from_pb(request.spec), gpus=request.gpus,
+            params_json=request.params_json, gpus=request.gpus,
+            spec=tenancy.scope_spec(convert.spec_from_pb(request.spec), caller(), self._owns_model,
+                                    default_output="models"),
             priority=request.priority, constraints=dict(request.constraints), max_retries=request.max_retries,
             lost_after_seconds=request.lost_after_seconds,
         )
         if auto_test:
             with self.engine.begin() as conn:
                 options.save_model_options(conn, m.uuid, auto_test=auto_test, time_limit_s=None)
-        return self._model(m.uuid)
+        return self._model(m.uuid, redact=False)  # the creator's (its owner is recorded after the answer)
 
     @rpc
     def GetModel(self, request: cpb.ModelRef, context: Any) -> cpb.Model:
@@ -108,7 +144,7 @@ class CoordinatorService(TokenAdmin, coordinator_pb2_grpc.CoordinatorServicer):
         status = convert.model_status_from_pb(request.status, "status")
         with self.engine.connect() as conn:
             p = repo.list_models(conn, status=status, model_no=request.model_no or None, page=page, size=size)
-        return cpb.ListModelsResponse(items=convert.models_page_to_pb(p.items),
+        return cpb.ListModelsResponse(items=self._redact_models(convert.models_page_to_pb(p.items)),
                                       total_elements=p.total_elements, total_pages=p.total_pages, page=page,
                                       size=size)
 
@@ -171,17 +207,19 @@ class CoordinatorService(TokenAdmin, coordinator_pb2_grpc.CoordinatorServicer):
             if never is not None:
                 raise FailedPrecondition(f"gpus: no node could ever run this job: {never.message}; "
                                          "set wait_for_capacity (CLI: --wait-for-capacity) to queue it anyway")
-        job = self.flows.submit_job(job_request(request), request_id=request.request_id)
+        job = self.flows.submit_job(self._scoped(job_request(request)), request_id=request.request_id)
         return self._with_reasons([job], [convert.job_to_pb(job)])[0]
 
     # -- arrays and pipelines -----------------------------------------------------------------------
     def _array(self, array_id: str, found: Sequence[tuple[JobRow, Any]]) -> cpb.JobArray:
         rows = [j for j, _ in found]
-        return cpb.JobArray(array_id=array_id, jobs=self._with_reasons(rows, [convert.job_to_pb(j) for j in rows]))
+        jobs = self._with_reasons(rows, [convert.job_to_pb(j) for j in rows])
+        return cpb.JobArray(array_id=array_id, jobs=self._redact_jobs(rows, jobs))
 
     @rpc
     def SubmitArray(self, request: cpb.SubmitArrayRequest, context: Any) -> cpb.JobArray:
-        array_id, made = self.flows.submit_array(job_request(request.job), request.count, request.max_running,
+        array_id, made = self.flows.submit_array(self._scoped(job_request(request.job)), request.count,
+                                                 request.max_running,
                                                  list(request.params))
         return self._array(array_id, [(j, None) for j in made])
 
@@ -208,7 +246,7 @@ class CoordinatorService(TokenAdmin, coordinator_pb2_grpc.CoordinatorServicer):
 
     @rpc
     def SubmitPipeline(self, request: cpb.SubmitPipelineRequest, context: Any) -> cpb.Pipeline:
-        steps = [(s.name, job_request(s.job), list(s.after), s.shadow) for s in request.steps]
+        steps = [(s.name, self._scoped(job_request(s.job)), list(s.after), s.shadow) for s in request.steps]
         pipeline_id = self.flows.submit_pipeline(request.name, steps)
         return self._pipeline(pipeline_id, self.flows.get_pipeline(pipeline_id))
 
@@ -225,7 +263,7 @@ class CoordinatorService(TokenAdmin, coordinator_pb2_grpc.CoordinatorServicer):
         job = self.life.get_job(request.job_id)
         with self.engine.connect() as conn:
             prog = repo.get_progress(conn, [job.id]).get(job.id)
-        return self._with_reasons([job], [convert.job_to_pb(job, prog)])[0]
+        return self._redact_jobs([job], self._with_reasons([job], [convert.job_to_pb(job, prog)]))[0]
 
     @rpc
     def ListJobs(self, request: cpb.ListJobsQuery, context: Any) -> cpb.ListJobsPage:
@@ -234,7 +272,8 @@ class CoordinatorService(TokenAdmin, coordinator_pb2_grpc.CoordinatorServicer):
         with self.engine.connect() as conn:
             p = repo.list_jobs(conn, status=status, model_uuid=request.model_uuid or None,
                                node=request.node or None, page=page, size=size)
-        return cpb.ListJobsPage(jobs=self._with_reasons(p.items, convert.jobs_page_to_pb(p.items)),
+        jobs = self._redact_jobs(p.items, self._with_reasons(p.items, convert.jobs_page_to_pb(p.items)))
+        return cpb.ListJobsPage(jobs=jobs,
                                 total_elements=p.total_elements,
                                 total_pages=p.total_pages)
 
@@ -318,6 +357,13 @@ class CoordinatorService(TokenAdmin, coordinator_pb2_grpc.CoordinatorServicer):
 
     @rpc
     def StageDataset(self, request: cpb.CoordinatorStageRequest, context: Any) -> apb.StageDatasetResponse:
+        who = caller()
+        if tenancy.scoped(who):
+            assert who is not None
+            for i, link in enumerate(request.links):
+                for part in ("input1", "input2", "label", "label_json"):
+                    if getattr(link, part):
+                        tenancy.check_readable(getattr(link, part), f"links[{i}].{part}", who)
         name, address = self.life.stage_dataset(request.uuid, request.node)
         try:
             r = self.agents.stub(address).StageDataset(

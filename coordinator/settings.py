@@ -29,6 +29,8 @@ OPTIONS = [
     config.Option("auth", "auto", "auto (tokens, and agent certificates with TLS, unless plaintext on "
                   "loopback), on, or off"),
     config.Option("insecure", False, "allow plaintext gRPC on a non-loopback address", bool),
+    config.Option("viewers-read-logs", False, "with auth: let viewer tokens read every job's logs and metrics "
+                  "(default: only the job's owner and admins)", bool),
     config.Option("metrics-listen", "127.0.0.1:9411", "HOST:PORT for Prometheus /metrics (empty: off)"),
     config.Option("log-level", "info", "debug, info, warning, error"),
 ]
@@ -52,6 +54,7 @@ class CoordinatorConfig:
     tls_ca: str = ""
     auth: str = "auto"
     insecure: bool = False
+    viewers_read_logs: bool = False
     metrics_listen: str = "127.0.0.1:9411"
     log_level: str = "info"
     # Not an option: the least time a loop may go without a completed pass before health fails

@@ -31,6 +31,7 @@ from gpufleet.auth import (
     JOB_METHODS,
     KEY_ID_CHARS,
     MODEL_METHODS,
+    OWNER_READ_METHODS,
     TOKEN_BYTES,
     TOKEN_PREFIX,
     TOKEN_ROLES,
@@ -41,10 +42,11 @@ from gpufleet.auth import (
     _wrap,
     bearer_token,
     is_read_method,
+    set_caller,
 )
 from gpufleet.errors import InvalidArgument, NotFound
 from gpufleet.log import event
-from gpufleet.tls import peer_identity
+from gpufleet.tls import names_address, peer_identity, peer_names
 
 log = logging.getLogger("gpufleet.auth")
 _TOKEN_LEN = len(TOKEN_PREFIX) + len(secrets.token_urlsafe(TOKEN_BYTES))
@@ -95,9 +97,10 @@ def _info(row: Any) -> TokenInfo:
 
 
 def check_token_name(name: str) -> None:
-    if not name or len(name) > 128 or not set(name) <= _NAME_CHARS:
+    if not name or len(name) > 128 or not set(name) <= _NAME_CHARS or name.startswith("."):
+        # The name is also the owner's folder (users/<name>/): never ".", ".." or hidden.
         raise InvalidArgument("name", "must be 1-128 characters of letters, digits, '.', '_', '@', '-', "
-                                      f"got {name!r}")
+                                      f"not starting with '.', got {name!r}")
 
 
 def create_token(engine: Engine, name: str, role: str, expires_in: timedelta | None = None,
@@ -243,18 +246,21 @@ class TokenVerifier:
 class CoordinatorAuth(grpc.ServerInterceptor):
     """Tokens and roles for gpufleet.v1.Coordinator; agent certificates for gpufleet.v1.Fleet.
 
-    `agent_certs=False` (tokens without TLS, e.g. a loopback coordinator) leaves Fleet open: without
-    TLS there is no certificate to check.
+    `agent_certs=False` (tokens without TLS, e.g. a loopback coordinator): every Fleet call is
+    refused, since without a certificate anyone could speak for any node (and be sent its jobs'
+    secrets). `viewers_read_logs`: viewers may read every job's logs and metrics (off by default).
     """
 
     def __init__(self, engine: Engine, *, agent_certs: bool = True, ttl: float = DEFAULT_TTL,
-                 verifier: TokenVerifier | None = None) -> None:
+                 verifier: TokenVerifier | None = None, viewers_read_logs: bool = False) -> None:
         self.engine = engine
         self.agent_certs = agent_certs
+        self.viewers_read_logs = viewers_read_logs
         self.verifier = verifier or TokenVerifier(engine, ttl=ttl)
         if not agent_certs:
-            event(log, "auth.fleet_open", logging.WARNING,
-                  detail="no mTLS: gpufleet.v1.Fleet calls are not checked against agent certificates")
+            event(log, "auth.fleet_refused", logging.WARNING,
+                  detail="auth on without mTLS: gpufleet.v1.Fleet calls are refused, so no agent can register; "
+                         "give --tls-cert/--tls-key/--tls-ca")
 
     def close(self) -> None:
         self.verifier.close()
@@ -265,7 +271,7 @@ class CoordinatorAuth(grpc.ServerInterceptor):
         if handler is None:
             return None
         if service == FLEET_SERVICE:
-            return _wrap(handler, self._fleet_check(method)) if self.agent_certs else handler
+            return _wrap(handler, self._fleet_check(method))
         if service == COORDINATOR_SERVICE:
             return _wrap(handler, self._coordinator_check(method))
         return handler
@@ -275,6 +281,12 @@ class CoordinatorAuth(grpc.ServerInterceptor):
         full = f"{FLEET_SERVICE}/{method}"
 
         def check(request: Any, context: grpc.ServicerContext) -> None:
+            if not self.agent_certs:
+                _deny(context, grpc.StatusCode.UNAUTHENTICATED,
+                      f"{full} needs mTLS when the coordinator's auth is on: start it with --tls-cert/--tls-key/"
+                      "--tls-ca and give the agent its certificate (`gpufleet certs issue NODE --role agent`)",
+                      method=full)
+                return
             ident = peer_identity(context)
             if ident is None:
                 _deny(context, grpc.StatusCode.UNAUTHENTICATED,
@@ -290,6 +302,10 @@ class CoordinatorAuth(grpc.ServerInterceptor):
                 _deny(context, grpc.StatusCode.PERMISSION_DENIED,
                       f"agent certificate {ident.name!r} may only speak for node {ident.name!r}, "
                       f"not {node!r} ({full})", method=full, peer=ident.name, node=node)
+                return
+            address = getattr(request, "address", None)
+            if address is not None:  # Register: the coordinator will dial it with the node's jobs
+                _check_address(context, full, ident.name, str(address))
 
         return check
 
@@ -327,11 +343,22 @@ class CoordinatorAuth(grpc.ServerInterceptor):
 
         def check(request: Any, context: grpc.ServicerContext) -> Callable[[Any], None] | None:
             who = self.authenticate(context, full)
+            set_caller(who)  # the servicer scopes paths and redacts secrets by it (coordinator/tenancy.py)
             fields = {"method": full, "token_id": who.token_id, "principal": who.name, "role": who.role}
             if who.role == "admin":
                 return self._recorder(method, who)
+            if method in OWNER_READ_METHODS:
+                if who.role == "viewer" and self.viewers_read_logs:
+                    return None
+                if who.role == "user":
+                    self._check_owner(context, method, request, who, fields, verb="read the logs and metrics of")
+                    return None
+                _deny(context, grpc.StatusCode.PERMISSION_DENIED,
+                      f"token {who.name!r} has role {who.role}, which may not call {full}: a job's logs and "
+                      "metrics are its owner's and admins' (an admin may let viewers read them with the "
+                      "coordinator's --viewers-read-logs)", **fields)
             if is_read_method(method):
-                return None  # viewers and users read everything
+                return None  # viewers and users read the rest; secrets are redacted by the servicer
             if who.role == "viewer":
                 _deny(context, grpc.StatusCode.PERMISSION_DENIED,
                       f"token {who.name!r} has role viewer, which may not call {full} "
@@ -351,11 +378,11 @@ class CoordinatorAuth(grpc.ServerInterceptor):
         return check
 
     def _check_owner(self, context: grpc.ServicerContext, method: str, request: Any, who: Principal,
-                     fields: Mapping[str, Any]) -> None:
+                     fields: Mapping[str, Any], verb: str = "change") -> None:
         own: db.Ownership | None = None
         try:
             with self.engine.connect() as conn:
-                if method in JOB_METHODS:
+                if method in JOB_METHODS or method in OWNER_READ_METHODS:
                     own = db.job_ownership(conn, str(getattr(request, "job_id", "")))
                 else:
                     own = db.model_ownership(conn, str(getattr(request, "uuid", "")))
@@ -370,7 +397,7 @@ class CoordinatorAuth(grpc.ServerInterceptor):
             return  # let the servicer answer NOT_FOUND / INVALID_ARGUMENT as it always does
         if own.owner != who.name:
             _deny(context, grpc.StatusCode.PERMISSION_DENIED,
-                  f"token {who.name!r} has role user, which may only change its own models and jobs; "
+                  f"token {who.name!r} has role user, which may only {verb} its own models and jobs; "
                   f"{own.what} is not owned by {who.name!r} ({COORDINATOR_SERVICE}/{method})", **fields)
 
     def _recorder(self, method: str, who: Principal) -> Callable[[Any], None] | None:
@@ -389,3 +416,15 @@ class CoordinatorAuth(grpc.ServerInterceptor):
         return record
 
 
+def _check_address(context: grpc.ServicerContext, full: str, node: str, address: str) -> None:
+    """The address a node registers must be one its certificate names: else a stolen or misissued
+    certificate could point the coordinator (and every Launch, env secrets included) anywhere."""
+    host = address.rpartition(":")[0].strip("[]") or address
+    names = peer_names(context)
+    if names is None or not names_address(names, host):
+        named = ", ".join((names.dns + names.ips) if names else []) or "none"
+        _deny(context, grpc.StatusCode.PERMISSION_DENIED,
+              f"address: {address!r} is not named by the certificate of node {node!r} (it names {named}); "
+              f"register at an address the certificate names, or reissue it with "
+              f"`gpufleet certs issue {node} --role agent --host {host}` ({full})",
+              method=full, peer=node, address=address)

@@ -8,13 +8,17 @@ Agent (gpufleet.v1.Agent), when it serves mTLS (`AgentAuth`):
                        no certificate: UNAUTHENTICATED
 Coordinator (`CoordinatorAuth`):
     gpufleet.v1.Fleet        only agent certificates, and only for their own node: the certificate's
-                             CN must equal the request's node_name (Register, Heartbeat)
+                             CN must equal the request's node_name (Register, Heartbeat, Report), and
+                             the address a node registers must be one of its certificate's names.
+                             With auth on but no mTLS every Fleet call is refused.
     gpufleet.v1.Coordinator  `authorization: Bearer gft_...` metadata; the token's role decides:
         admin   everything
         user    reads, CreateModel/SubmitJob, and changes only to models and jobs it created
                 (recorded in the owners table under the token's name; jobs of a model belong to
-                the model's owner)
-        viewer  reads only: Get*, List*, Stream*, DatasetCounts
+                the model's owner); logs and metrics of its own jobs only; its paths are scoped
+                to users/<name>/ and others' env values redacted (coordinator/tenancy.py)
+        viewer  reads only: Get*, List*, DatasetCounts (env values redacted); logs and metrics
+                only with the coordinator's --viewers-read-logs
 Health and reflection stay open on both daemons. Without TLS and tokens (the demo, loopback
 development) no interceptor is installed at all: `auth=None` changes nothing.
 
@@ -37,6 +41,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +71,9 @@ CREATE_METHODS = {"CreateModel": "model", "SubmitJob": "job"}  # -> the owned en
 MODEL_METHODS = frozenset({"RunTrain", "RestartTrain", "ResumeTrain", "CancelTrain", "RunTest", "CancelTest",
                            "SyncStatus", "StageDataset"})  # request.uuid names the model
 JOB_METHODS = frozenset({"CancelJob"})  # request.job_id names the job
+# Reads of what a job printed or measured: its owner and admins; viewers where the coordinator's
+# --viewers-read-logs says so; other users never (a log can hold whatever the job printed).
+OWNER_READ_METHODS = frozenset({"StreamJobLogs", "GetJobMetrics"})  # request.job_id names the job
 
 
 # Coordinator methods only an admin token may call, reads included (token management).
@@ -99,44 +107,116 @@ class Principal:
 
 Check = Callable[[Any, grpc.ServicerContext], Callable[[Any], None] | None]
 
+# Who the current RPC is from, set by an interceptor's check on the RPC's worker thread for the
+# length of the call; None when no interceptor authenticated it (auth off: everyone is admin).
+_CALLER: ContextVar[Principal | None] = ContextVar("gpufleet_caller", default=None)
+
+
+def caller() -> Principal | None:
+    """The authenticated caller of the RPC this thread serves; None with auth off."""
+    return _CALLER.get()
+
+
+def set_caller(who: Principal) -> None:
+    """For an interceptor's check: the servicer reads it back with caller()."""
+    _CALLER.set(who)
+
+
+def _forget(reset: Any) -> None:
+    try:
+        _CALLER.reset(reset)
+    except ValueError:  # a stream closed from another thread's context: that thread never saw it
+        pass
+
+
+class _Lazy:
+    """A request still in its wire bytes, parsed at the first attribute a check reads.
+
+    A check authenticates from metadata and the peer certificate first, so an unauthenticated
+    request is refused without ever being parsed (a large one costs its bytes, not its objects);
+    gRPC's max_receive_message_length (gpufleet.server) bounds the bytes before any of this runs.
+    """
+
+    __slots__ = ("_context", "_msg", "_parse", "_raw")
+
+    def __init__(self, raw: bytes, parse: Callable[[bytes], Any] | None, context: grpc.ServicerContext) -> None:
+        self._raw: bytes | None = raw
+        self._parse = parse
+        self._context = context
+        self._msg: Any = None
+
+    def get(self) -> Any:
+        if self._raw is not None:
+            try:
+                self._msg = self._parse(self._raw) if self._parse else self._raw
+            except Exception:  # noqa: BLE001 - protobuf's DecodeError and friends
+                self._context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request could not be parsed")
+            self._raw = None
+        return self._msg
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
+
 
 def _wrap(handler: grpc.RpcMethodHandler, check: Check) -> grpc.RpcMethodHandler:
     """The same handler, with `check(request, context)` first; what check returns (if anything)
-    is called with the response of a successful unary call (to record ownership)."""
+    is called with the response of a successful unary call (to record ownership). The caller a
+    check sets lasts for the call only (worker threads are reused). A unary request reaches the
+    check unparsed (_Lazy) and is parsed only when the check reads it or the call goes ahead."""
+    parse = handler.request_deserializer
     kw = {"request_deserializer": handler.request_deserializer,
           "response_serializer": handler.response_serializer}
+    lazy_kw = {"request_deserializer": None, "response_serializer": handler.response_serializer}
     if handler.unary_unary:
         inner_uu = handler.unary_unary
 
-        def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
-            after = check(request, context)
-            response = inner_uu(request, context)
-            if after is not None and response is not None:
-                after(response)
-            return response
+        def unary_unary(raw: Any, context: grpc.ServicerContext) -> Any:
+            reset = _CALLER.set(None)
+            try:
+                request = _Lazy(raw, parse, context)
+                after = check(request, context)
+                response = inner_uu(request.get(), context)
+                if after is not None and response is not None:
+                    after(response)
+                return response
+            finally:
+                _forget(reset)
 
-        return grpc.unary_unary_rpc_method_handler(unary_unary, **kw)
+        return grpc.unary_unary_rpc_method_handler(unary_unary, **lazy_kw)
     if handler.unary_stream:
         inner_us = handler.unary_stream
 
-        def unary_stream(request: Any, context: grpc.ServicerContext) -> Any:
-            check(request, context)
-            yield from inner_us(request, context)
+        def unary_stream(raw: Any, context: grpc.ServicerContext) -> Any:
+            reset = _CALLER.set(None)
+            try:
+                request = _Lazy(raw, parse, context)
+                check(request, context)
+                yield from inner_us(request.get(), context)
+            finally:
+                _forget(reset)
 
-        return grpc.unary_stream_rpc_method_handler(unary_stream, **kw)
+        return grpc.unary_stream_rpc_method_handler(unary_stream, **lazy_kw)
     if handler.stream_unary:
         inner_su = handler.stream_unary
 
         def stream_unary(request_iterator: Any, context: grpc.ServicerContext) -> Any:
-            check(None, context)
-            return inner_su(request_iterator, context)
+            reset = _CALLER.set(None)
+            try:
+                check(None, context)
+                return inner_su(request_iterator, context)
+            finally:
+                _forget(reset)
 
         return grpc.stream_unary_rpc_method_handler(stream_unary, **kw)
     inner_ss = handler.stream_stream
 
     def stream_stream(request_iterator: Any, context: grpc.ServicerContext) -> Any:
-        check(None, context)
-        yield from inner_ss(request_iterator, context)
+        reset = _CALLER.set(None)
+        try:
+            check(None, context)
+            yield from inner_ss(request_iterator, context)
+        finally:
+            _forget(reset)
 
     return grpc.stream_stream_rpc_method_handler(stream_stream, **kw)
 
@@ -271,6 +351,6 @@ def load_token(token_file: str = "", env: Mapping[str, str] | None = None) -> st
 
 
 __all__ = [
-    "ADMIN_METHODS", "AgentAuth", "Identity", "Principal", "bearer_token", "interceptors_for_agent",
+    "ADMIN_METHODS", "AgentAuth", "Identity", "Principal", "bearer_token", "caller", "interceptors_for_agent",
     "is_admin_method", "is_read_method", "load_token", "with_token",
 ]

@@ -30,6 +30,17 @@ class InvalidArgument(FleetError, ValueError):
         self.rule = rule
 
 
+class PermissionDenied(FleetError):
+    """The caller is known but may not do this (e.g. name another tenant's folder)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+    def __init__(self, field: str, rule: str) -> None:
+        super().__init__(f"{field}: {rule}")
+        self.field = field
+        self.rule = rule
+
+
 class NotFound(FleetError, LookupError):
     code = grpc.StatusCode.NOT_FOUND
 

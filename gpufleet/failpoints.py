@@ -1,6 +1,7 @@
 """Failpoints for fault tests: `GPUFLEET_FAILPOINTS="agent.launch.after_insert=kill;x.y=error"`.
 
-Actions: `kill` (SIGKILL this process), `error` (raise FailpointError), `delay=MS` (sleep).
+Actions: `kill` (SIGKILL this process), `error` (raise FailpointError), `delay=MS` (sleep),
+`wait=PATH` (create PATH.reached, then wait up to 60 s for PATH to exist: a test acts in between).
 Read once at import; when the variable is unset `hit()` is one dict lookup on an empty dict.
 """
 from __future__ import annotations
@@ -40,6 +41,12 @@ def hit(name: str) -> None:
         return
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    elif action.startswith("wait="):
+        gate = action.removeprefix("wait=")
+        open(gate + ".reached", "w").close()
+        end = time.monotonic() + 60
+        while not os.path.exists(gate) and time.monotonic() < end:
+            time.sleep(0.01)
     elif action.startswith("delay"):
         _, _, ms = action.partition("=")
         time.sleep(int(ms or "1000") / 1000)

@@ -47,12 +47,20 @@ def channel(address: str, credentials: grpc.ChannelCredentials | None = None) ->
     return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
 
 
+# The largest request either daemon parses. gRPC refuses a longer one with RESOURCE_EXHAUSTED from
+# its length prefix, before any Python runs (authentication included): 8 MiB keeps a near-4 MiB
+# SubmitJob (the clients' own receive limit, the size answers are kept under) and a 100k-link
+# StageDataset, while a 30 MiB request costs nothing. Unauthenticated requests under it are not
+# parsed either (gpufleet.auth._Lazy).
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
+
+
 def build_server(max_workers: int = 32, interceptors: Sequence[grpc.ServerInterceptor] = ()
                  ) -> tuple[grpc.Server, health.HealthServicer]:
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
         interceptors=list(interceptors),
-        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 32 * 1024 * 1024)],
+        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", MAX_REQUEST_BYTES)],
     )
     hs = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)

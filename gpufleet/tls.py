@@ -251,6 +251,10 @@ def describe(cert_path: str | os.PathLike[str], field: str = "--tls-cert") -> Ce
         cert = x509.load_pem_x509_certificate(_read(cert_path, field))
     except ValueError as exc:
         raise InvalidArgument(field, f"{cert_path} is not a PEM certificate: {exc}") from None
+    return _cert_info(cert)
+
+
+def _cert_info(cert: x509.Certificate) -> CertInfo:
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         dns = san.get_values_for_type(x509.DNSName)
@@ -327,6 +331,22 @@ def peer_identity(context: Any) -> Identity | None:
     if not pems:
         return None
     return identity_from_pem(pems[0])
+
+
+def peer_names(context: Any) -> CertInfo | None:
+    """The verified peer certificate in full (its subject alternative names included), or None."""
+    try:
+        auth = context.auth_context() or {}
+    except Exception:  # noqa: BLE001 - a context without TLS
+        return None
+    pems = auth.get("x509_pem_cert") or []
+    if not pems:
+        return None
+    try:
+        data = pems[0] if isinstance(pems[0], bytes) else str(pems[0]).encode()
+        return _cert_info(x509.load_pem_x509_certificate(data))
+    except ValueError:
+        return None
 
 
 def dial(address: str, ca: str = "", cert: str = "", key: str = "",

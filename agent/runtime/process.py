@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from gpufleet.agent.cgroups import JobCgroups
 from gpufleet.agent.jobuser import JobUser
 from gpufleet.agent.runtime import wrapper
 from gpufleet.agent.runtime.base import Found, Handle, LaunchPlan, Observation, RuntimeError_, Seen
@@ -62,9 +63,12 @@ def _boot_time() -> float:
 class ProcessRuntime:
     name = "process"
 
-    def __init__(self, jobs_root: Path, job_user: JobUser | None = None, output_root: Path | None = None) -> None:
-        """`job_user` None: jobs run as the agent's own user (in-process tests)."""
+    def __init__(self, jobs_root: Path, job_user: JobUser | None = None, output_root: Path | None = None,
+                 cgroups: JobCgroups | None = None) -> None:
+        """`job_user` None: jobs run as the agent's own user (in-process tests). `cgroups`: one
+        cgroup v2 per job (agent/cgroups.py), None where the host has none to give."""
         self.jobs_root = jobs_root
+        self.cgroups = cgroups
         self.job_user = job_user if job_user is not None and os.geteuid() == 0 else None
         self.output_root = output_root
         # Wrappers we spawned ourselves are our children: reap them so they don't stay zombies.
@@ -121,6 +125,12 @@ class ProcessRuntime:
             env.update(self.job_user.env())
             if not self.job_user.is_root:
                 user_args = [f"{self.job_user.uid}:{self.job_user.gid}"]
+        if self.cgroups is not None:
+            try:
+                self.cgroups.make(plan.job_id, plan.attempt, plan.cpu_millis, plan.memory_bytes)
+                env.update(self.cgroups.wrapper_env(plan.job_id, plan.attempt))
+            except OSError as exc:
+                raise RuntimeError_(f"cannot make the job's cgroup: {exc.strerror}") from exc
         args = [sys.executable, "-I", wrapper.__file__, str(plan.job_dir), str(plan.log_max_bytes), cwd,
                 *user_args, "--", *plan.argv]
         try:
@@ -223,6 +233,10 @@ class ProcessRuntime:
             child_pid = int(safefs.read_capped(job_dir, "child.pid", 64))
         except (OSError, ValueError):
             child_pid = 0
+        if sig == signal.SIGKILL and self.cgroups is not None:
+            # The end of a stop: everything the job started, in whatever process group.
+            if job_dir.name.isdigit():
+                self.cgroups.kill(job_dir.parent.name, int(job_dir.name))
         if child_pid > 1 and self._alive(handle):
             # The job's own process group: reaches every process the job started.
             try:
@@ -245,6 +259,8 @@ class ProcessRuntime:
                 (job_dir / name).unlink()
             except FileNotFoundError:
                 pass
+        if self.cgroups is not None and job_dir.name.isdigit():
+            self.cgroups.remove(job_dir.parent.name, int(job_dir.name))
         try:
             job_dir.rmdir()
             job_dir.parent.rmdir()
@@ -354,4 +370,5 @@ class ProcessRuntime:
         return True
 
     def close(self) -> None:
-        pass
+        if self.cgroups is not None:
+            self.cgroups.tidy()

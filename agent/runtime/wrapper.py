@@ -8,6 +8,10 @@ process group of its own; SIGTERM/SIGINT/SIGHUP sent to the wrapper are forwarde
 Stdout and stderr go to JOB_DIR/output.log, rotated to output.log.1 at LOG_MAX_BYTES.
 When the job ends the wrapper writes JOB_DIR/exit.json atomically (write, fsync, rename, fsync dir).
 
+With GPUFLEET_CGROUP and GPUFLEET_CGROUP_PARK in its environment (agent/cgroups.py), the wrapper
+enters the job's cgroup just before starting the job (so the job is born inside it), parks itself
+in the wrappers' cgroup, and once the job's main process has ended kills whatever it left behind.
+
 A full disk (ENOSPC/EDQUOT) never costs the job or its exit code: output that cannot be logged is
 dropped (and the loss noted in the log once writing works again) while the pipe keeps being
 drained, so the job never blocks on its own output; child.pid and exit.json are retried until
@@ -148,6 +152,41 @@ def _pump(src: int, log_path: str, max_bytes: int) -> None:
         out.close()
 
 
+def _enter(cgroup: str) -> bool:
+    """Move this process into `cgroup` (its children are born there)."""
+    try:
+        with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    except OSError:
+        return False
+
+
+def _kill_cgroup(cgroup: str) -> None:
+    """SIGKILL everything left in the job's cgroup (the job's main process has ended)."""
+    try:
+        with open(os.path.join(cgroup, "cgroup.kill"), "w") as f:
+            f.write("1")
+        return
+    except OSError:
+        pass
+    end = time.monotonic() + 5
+    while time.monotonic() < end:
+        try:
+            with open(os.path.join(cgroup, "cgroup.procs")) as f:
+                pids = [int(p) for p in f.read().split()]
+        except OSError:
+            return
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.01)
+
+
 def main(argv: list[str]) -> int:
     job_dir, max_bytes, cwd = argv[0], int(argv[1]), argv[2]
     drop: dict[str, Any] = {}
@@ -176,6 +215,10 @@ def main(argv: list[str]) -> int:
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, forward)
 
+    # Not the job's business: popped before the job inherits the environment.
+    cgroup = os.environ.pop("GPUFLEET_CGROUP", "")
+    park = os.environ.pop("GPUFLEET_CGROUP_PARK", "")
+    contained = bool(cgroup and park) and _enter(cgroup)
     started = time.time()
     try:
         child = subprocess.Popen(
@@ -183,6 +226,8 @@ def main(argv: list[str]) -> int:
             start_new_session=True, close_fds=True, umask=0o022, **drop,
         )
     except OSError as exc:
+        if contained:
+            _enter(park)
         try:
             with open(log_path, "ab") as f:
                 f.write(f"gpufleet: cannot start {cmd[0]!r}: {exc.strerror}\n".encode())
@@ -193,6 +238,8 @@ def main(argv: list[str]) -> int:
             "message": f"cannot start {cmd[0]!r}: {exc.strerror}",
         }).encode())
         return 127
+    if contained and not _enter(park):
+        contained = False  # still in the job's cgroup: killing it would kill us before exit.json
     pid_path = os.path.join(job_dir, "child.pid")
     try:
         _write_atomic(pid_path, str(child.pid).encode())
@@ -213,6 +260,8 @@ def main(argv: list[str]) -> int:
             break
         except InterruptedError:
             continue
+    if contained:
+        _kill_cgroup(cgroup)  # what the job left behind (daemons, other sessions) ends with it
     # A grandchild may keep the pipe open; don't wait for it forever.
     pump.join(timeout=2.0)
     sig = -rc if rc < 0 else 0

@@ -15,6 +15,7 @@ Plain functions over a Connection, like coordinator.db.repo: the caller owns the
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import NamedTuple
 
@@ -126,3 +127,21 @@ def job_ownership(conn: Connection, job_id: str) -> Ownership:
     if r.model_uuid:
         return Ownership(True, get_owner(conn, "model", r.model_uuid), f"job {job_id} (model {r.model_uuid})")
     return Ownership(True, get_owner(conn, "job", r.root_id), f"job {job_id}")
+
+
+def owners_of(conn: Connection, entity: str, ids: Iterable[str]) -> dict[str, str]:
+    """entity id -> owner, for those of `ids` that have one (one query)."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    q = sa.select(owners.c.entity_id, owners.c.owner).where(owners.c.entity == entity,
+                                                            owners.c.entity_id.in_(wanted))
+    return {r.entity_id: r.owner for r in conn.execute(q)}
+
+
+def job_owners(conn: Connection, jobs_: Iterable[tuple[str, str | None, str]]) -> dict[str, str | None]:
+    """job id -> owner for (job id, model uuid, root id) triples, by job_ownership's rule."""
+    rows = list(jobs_)
+    by_model = owners_of(conn, "model", [m for _, m, _ in rows if m])
+    by_root = owners_of(conn, "job", [r for _, m, r in rows if not m])
+    return {j: (by_model.get(m) if m else by_root.get(r)) for j, m, r in rows}

@@ -400,7 +400,7 @@ def test_a_coordinator_call_without_a_client_certificate_fails_the_handshake(coo
     assert code == UNAVAILABLE
 
 
-def test_viewer_reads_everything_and_changes_nothing(coord: Coord) -> None:
+def test_viewer_reads_and_changes_nothing_and_reads_no_logs(coord: Coord) -> None:
     m = new_model(coord.stub("alice"), "V1")
     j = new_job(coord.stub("alice"))
     v = coord.stub("val")
@@ -408,11 +408,16 @@ def test_viewer_reads_everything_and_changes_nothing(coord: Coord) -> None:
     assert v.ListModels(cpb.ListModelsRequest(), timeout=TIMEOUT).total_elements >= 1
     assert v.GetJob(cpb.JobRef(job_id=j.job_id), timeout=TIMEOUT).job_id == j.job_id
     assert v.ListJobs(cpb.ListJobsQuery(), timeout=TIMEOUT).total_elements >= 1
-    assert v.GetJobMetrics(cpb.JobRef(job_id=j.job_id), timeout=TIMEOUT).job_id == j.job_id
     assert v.DatasetCounts(cpb.ModelRef(uuid=m.uuid), timeout=TIMEOUT).total == 0
     v.ListNodes(cpb.ListNodesRequest(), timeout=TIMEOUT)
-    # Queued: no logs yet, but the stream is allowed.
-    assert list(v.StreamJobLogs(apb.StreamLogsRequest(job_id=j.job_id), timeout=TIMEOUT)) == []
+    # Logs and metrics are the owner's and admins' unless the coordinator lets viewers read them
+    # (--viewers-read-logs; see test_tenants.py).
+    code, msg = code_of(lambda: v.GetJobMetrics(cpb.JobRef(job_id=j.job_id), timeout=TIMEOUT))
+    assert code == DENIED and "--viewers-read-logs" in msg
+    code, _ = code_of(lambda: v.StreamJobLogs(apb.StreamLogsRequest(job_id=j.job_id), timeout=TIMEOUT))
+    assert code == DENIED
+    # Queued: no logs yet, but the owner's stream is allowed.
+    assert list(coord.stub("alice").StreamJobLogs(apb.StreamLogsRequest(job_id=j.job_id), timeout=TIMEOUT)) == []
     for method, req in [
         ("CreateModel", cpb.CreateModelRequest(model_no="V2")),
         ("RunTrain", cpb.ModelRef(uuid=m.uuid)),
