@@ -10,9 +10,20 @@ import sys
 from typing import Annotated
 
 import typer
+import typer.main
 
-from gpufleet.cli import jobs, models, nodes, pipelines, security  # noqa: F401 - they register their commands
-from gpufleet.cli.base import app, out
+# Each command group registers itself on import: one line per group.
+from gpufleet.cli import (
+    contexts,  # noqa: F401
+    datasets,  # noqa: F401
+    jobs,  # noqa: F401
+    models,  # noqa: F401
+    nodes,  # noqa: F401
+    pipelines,  # noqa: F401
+    security,  # noqa: F401
+    settings,
+)
+from gpufleet.cli.base import app, err, out
 
 
 @app.command()
@@ -28,8 +39,33 @@ def demo(
     raise typer.Exit(run_demo(out, keep=keep, epochs=epochs, epoch_seconds=epoch_seconds, state_dir=state_dir))
 
 
-def main() -> None:
+def _exception_class(name: str) -> type[BaseException]:
+    """click's exception classes, found from typer's public BadParameter (typer builds on its own
+    copy of click, so `import click` would name other classes)."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
+
+
+USAGE_ERROR = _exception_class("UsageError")
+CLICK_EXCEPTION = _exception_class("ClickException")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI. A usage error (unknown option, bad value) is one line on stderr and exit 2."""
+    cmd = typer.main.get_command(app)
+    args = settings.hoist(sys.argv[1:] if argv is None else argv, cmd)
     try:
-        app(prog_name="gpufleet")
-    except KeyboardInterrupt:
+        rc = cmd.main(args=args, prog_name="gpufleet", standalone_mode=False)
+    except USAGE_ERROR as exc:
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            print(ctx.get_help())
+            sys.exit(2)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        err.print(f"[red]error:[/] {exc.format_message()}{hint}", highlight=False, markup=True)  # type: ignore[attr-defined]
+        sys.exit(2)
+    except CLICK_EXCEPTION as exc:
+        err.print(f"[red]error:[/] {exc.format_message()}", highlight=False)  # type: ignore[attr-defined]
+        sys.exit(getattr(exc, "exit_code", 1))
+    except (typer.Abort, KeyboardInterrupt):
         sys.exit(130)
+    sys.exit(rc if isinstance(rc, int) else 0)

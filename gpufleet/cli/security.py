@@ -15,9 +15,10 @@ from gpufleet.cli.base import (
     as_dict,
     call,
     coord,
-    emit,
+    emit_doc,
     err,
     fleet_errors,
+    listing,
     out,
 )
 from gpufleet.v1 import coordinator_pb2 as cpb
@@ -130,7 +131,7 @@ def tokens_list(
 ) -> None:
     """Tokens by id (their first characters), name and role; never the secret (admin token needed)."""
     r = call(coord().ListTokens, cpb.ListTokensRequest(include_revoked=all_))
-    emit(r, lambda: _table("tokens", TOKEN_COLUMNS, _token_rows(list(r.items))))
+    emit_doc(listing(list(r.items)), lambda: _table("tokens", TOKEN_COLUMNS, _token_rows(list(r.items))))
 
 
 @tokens_app.command("revoke")
