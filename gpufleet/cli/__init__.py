@@ -31,7 +31,8 @@ def demo(
     keep: Annotated[bool, typer.Option(help="leave the services running and say how to reach them")] = False,
     epochs: Annotated[int, typer.Option(help="epochs the sample trainer runs")] = 6,
     epoch_seconds: Annotated[float, typer.Option(help="seconds per simulated epoch")] = 0.5,
-    state_dir: Annotated[str, typer.Option(help="where the demo keeps its state (default: a temp dir)")] = "",
+    state_dir: Annotated[str, typer.Option(help="where the demo keeps its state (default: a temp dir)",
+                                            show_default=False)] = "",
 ) -> None:
     """Start an embedded coordinator and a local agent, train and test a sample model."""
     from gpufleet.demo import run_demo

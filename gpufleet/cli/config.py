@@ -61,7 +61,7 @@ def load(p: Path | None = None) -> Config:
     p = p or path()
     try:
         doc = tomllib.loads(p.read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return Config()
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise InvalidArgument("config", f"cannot read {p}: {exc}") from None

@@ -52,7 +52,7 @@ def job_rows(jobs: list[cpb.Job]) -> list[list[Any]]:
     if wide():
         for row, j in zip(rows, jobs, strict=True):
             row += [j.model_uuid or "-", j.priority, _when(j.created_at), _when(j.started_at), _when(j.finished_at),
-                    j.spec.image or " ".join(j.spec.command)[:60]]
+                    j.spec.image or " ".join(j.spec.command)]
     return rows
 
 
@@ -81,7 +81,7 @@ def jobs_submit(
                                                               "(repeat)")] = None,
     request_id: Annotated[str, typer.Option(help="idempotency key: a submit repeating it returns the job the "
                                                  "first one made (default: a new one, kept across this "
-                                                 "command's own retries)")] = "",
+                                                 "command's own retries)", show_default=False)] = "",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the job id (for scripts: "
                                                               "JOB=$(gpufleet jobs submit -q -- ...))")] = False,
     after: Annotated[list[str] | None, typer.Option(help="start after this job succeeded (repeat; Slurm "

@@ -50,7 +50,7 @@ def _fix(d: Any, desc: Descriptor) -> Any:
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             vfield = field.message_type.fields_by_name["value"]
             d[key] = {k: _typed(v, vfield) for k, v in value.items()}
-        elif field.label == FieldDescriptor.LABEL_REPEATED:
+        elif field.is_repeated:
             d[key] = [_typed(v, field) for v in value]
         else:
             d[key] = _typed(value, field)
@@ -96,7 +96,11 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
         t.add_column(c)
     for r in rows:
         t.add_row(*[str(x) for x in r])
-    out.print(t)
+    if wide():  # long lines, never wrapped cells (as kubectl's -o wide)
+        natural = Console(width=100_000).measure(t).maximum
+        Console(width=max(natural, out.width), highlight=False).print(t)
+    else:
+        out.print(t)
 
 
 def watch(show: Callable[[], None], every: float) -> None:

@@ -74,7 +74,8 @@ def certs_issue(
     role: Annotated[str, typer.Option(help="agent, coordinator or client (operators and the CLI)")],
     host: Annotated[list[str] | None, typer.Option(help="address peers dial: IP or DNS (repeat)")] = None,
     ca_dir: Annotated[str, typer.Option(envvar="GPUFLEET_CA_DIR", help="the CA's folder")] = DEFAULT_CA_DIR,
-    out_dir: Annotated[str, typer.Option(help="for NAME.crt, NAME.key, ca.crt (default: ./NAME)")] = "",
+    out_dir: Annotated[str, typer.Option(help="for NAME.crt, NAME.key, ca.crt (default: ./NAME)",
+                                         show_default=False)] = "",
     out_to: Annotated[str, typer.Option("--out", help="for ROLE.crt, ROLE.key, ca.crt, the deploy paths: "
                                                    "--out /etc/gpufleet/tls writes agent.crt for role agent")] = "",
     days: Annotated[int, typer.Option(help="validity in days")] = 365,

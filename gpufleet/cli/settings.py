@@ -86,7 +86,7 @@ def hoist(argv: list[str], root: Any) -> list[str]:
         sub = getattr(cmd, "commands", {}).get(word)
         if sub is not None:
             cmd = sub
-        elif not getattr(cmd, "allow_interspersed_args", True):
+        elif not (getattr(cmd, "context_settings", None) or {}).get("allow_interspersed_args", True):
             verbatim = True
     return front + rest
 

@@ -74,7 +74,7 @@ def test_certs_tokens_and_an_mtls_fleet(tmp_path: Path) -> None:
 
         ok = wait_for(lambda: (r := nodes({"GPUFLEET_TOKEN": token})).returncode == 0
                       and json.loads(r.stdout).get("nodes") and r, 60, "agent registered over mTLS")
-        assert [n["name"] for n in json.loads(ok.stdout)["nodes"]] == ["gpu01"]
+        assert [n["name"] for n in json.loads(ok.stdout)["items"]] == ["gpu01"]
         no_token = nodes({})
         assert no_token.returncode == 1 and "UNAUTHENTICATED" in no_token.stderr
         revoked = cli("tokens", "revoke", "alice", env=admin)
