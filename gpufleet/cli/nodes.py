@@ -16,6 +16,7 @@ from gpufleet.cli.base import (
     dial,
     emit,
     emit_doc,
+    enum_value,
     err,
     listing,
     nodes_app,
@@ -114,16 +115,20 @@ def nodes_undrain(name: Annotated[str, NODE_ARG]) -> None:
 def nodes_wait(
     names: Annotated[list[str], typer.Argument(help="node names (as in their certificates / --node-name)")],
     timeout: Annotated[float, typer.Option("--wait-timeout", help="give up after this many seconds")] = 120,
+    state: Annotated[str, typer.Option(help="the state to wait for: ready, or drained (after `nodes drain`: "
+                                            "no job left on it)")] = "ready",
 ) -> None:
-    """Wait until these nodes have registered and are READY (the coordinator may still be starting).
-    JSON: {"items": [nodes]}."""
+    """Wait until these nodes have registered and are READY (the coordinator may still be starting),
+    or with --state drained until a drained node has no job left. JSON: {"items": [nodes]}."""
+    want = cpb.NodeState.Name(enum_value(cpb.NodeState, "NODE_STATE_", state, "--state")).removeprefix("NODE_STATE_")
+
     def ready() -> list[cpb.Node] | None:
         r = coord().ListNodes(cpb.ListNodesRequest(), timeout=CTX.timeout)
-        found = [n for n in r.nodes if n.name in names and n.state_name == "READY"]
+        found = [n for n in r.nodes if n.name in names and n.state_name == want]
         return found if len(found) == len(set(names)) else None
 
     with rpc_errors():
-        found = poll(ready, timeout, f"node(s) {', '.join(names)} to be READY")
+        found = poll(ready, timeout, f"node(s) {', '.join(names)} to be {want}")
     emit_doc(listing(found), lambda: node_table("nodes", found))
 
 
