@@ -111,3 +111,14 @@ def test_shell_completion_is_enabled() -> None:
     shown = subprocess.run([sys.executable, "-m", "gpufleet.cli", "--show-completion", "bash"],
                            capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0 and "_GPUFLEET_COMPLETE" in shown.stdout
+
+
+@pytest.mark.parametrize("daemon", ["gpufleet.agent.main", "gpufleet.coordinator.main"])
+def test_daemon_help_names_each_default_once(daemon: str) -> None:
+    r = subprocess.run([sys.executable, "-P", "-m", daemon, "--help"], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "COLUMNS": "100"})
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    options = text.split(" --")
+    assert all(o.count("(default:") <= 1 for o in options), [o for o in options if o.count("(default:") > 1]
+    assert "(default: )" not in text
