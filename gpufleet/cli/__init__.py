@@ -7,7 +7,7 @@ traceback), 2 usage.
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import typer.main
@@ -50,9 +50,20 @@ USAGE_ERROR = _exception_class("UsageError")
 CLICK_EXCEPTION = _exception_class("ClickException")
 
 
+GLOBAL_EPILOG = ("Global options go here too: -o/--output table|wide|json, --coordinator, --context, --tls-ca, "
+                 "--tls-cert, --tls-key, --token-file, --timeout (see gpufleet --help).")
+
+
+def _say_where_global_options_go(cmd: Any) -> None:
+    for sub in getattr(cmd, "commands", {}).values():
+        sub.epilog = sub.epilog or GLOBAL_EPILOG
+        _say_where_global_options_go(sub)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI. A usage error (unknown option, bad value) is one line on stderr and exit 2."""
     cmd = typer.main.get_command(app)
+    _say_where_global_options_go(cmd)
     args = settings.hoist(sys.argv[1:] if argv is None else argv, cmd)
     try:
         rc = cmd.main(args=args, prog_name="gpufleet", standalone_mode=False)

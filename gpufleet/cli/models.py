@@ -13,6 +13,7 @@ from gpufleet.cli.base import (
     emit,
     emit_doc,
     enum_value,
+    err,
     listing,
     models_app,
     watch,
@@ -42,7 +43,12 @@ def model_table(title: str, items: list[cpb.Model]) -> None:
 
 
 def show_model(m: cpb.Model) -> None:
-    emit(m, lambda: model_table(f"model {m.model_no}", [m]))
+    def table() -> None:
+        model_table(f"model {m.model_no}", [m])
+        if m.last_error and m.current_attempt_id:  # "exit code 2" alone does not say why: the log does
+            err.print(f"its job's log: gpufleet jobs logs {m.current_attempt_id}", highlight=False)
+
+    emit(m, table)
 
 
 # -- models --------------------------------------------------------------------------------------

@@ -184,6 +184,15 @@ def test_model_workflow_options_and_datasets_from_the_cli(fleet) -> None:  # typ
     assert counts == {"uuid": m["uuid"], "counts": {"train/input1": 1, "train/label-json": 1}, "total": 2}
     r = cli(c.addr, "datasets", "stage", m["uuid"], "--split", "holdout", "--input1", "ds/1.png")
     assert r.returncode == 2 and "--split" in r.stderr
+    # A failed model points at its job's log, which says why.
+    bad = js(c.addr, "models", "create", "W2", "--command", sys.executable, "--command", "-c", "--command",
+             "import sys; print('no train.py here'); sys.exit(2)")
+    assert cli(c.addr, "models", "run", bad["uuid"]).returncode == 0
+    failed = wait_for(lambda: (x := js(c.addr, "models", "show", bad["uuid"]))["status_name"] == "ERROR" and x, 60,
+                      "the model to fail")
+    shown = cli(c.addr, "models", "show", bad["uuid"])
+    assert f"gpufleet jobs logs {failed['current_attempt_id']}" in shown.stderr, shown.stderr
+    assert "no train.py here" in cli(c.addr, "jobs", "logs", failed["current_attempt_id"]).stdout
     # The constraint reached the coordinator: no node carries rack=x, so the run is refused or waits on it.
     run = cli(c.addr, "models", "run", m["uuid"])
     if run.returncode == 0:

@@ -122,3 +122,12 @@ def test_daemon_help_names_each_default_once(daemon: str) -> None:
     options = text.split(" --")
     assert all(o.count("(default:") <= 1 for o in options), [o for o in options if o.count("(default:") > 1]
     assert "(default: )" not in text
+
+
+def test_log_lines_survive_chunks_that_end_mid_line_or_mid_character() -> None:
+    from gpufleet.cli.jobs import LineSplitter
+
+    s = LineSplitter()
+    data = "épo\nch 1\nlast".encode()
+    got = [line for i in range(len(data)) for line in s.feed(data[i:i + 1])]  # one byte at a time
+    assert got == ["épo", "ch 1"] and s.close() == ["last"] and s.done == ["épo", "ch 1"]
