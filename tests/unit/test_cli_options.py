@@ -131,3 +131,24 @@ def test_log_lines_survive_chunks_that_end_mid_line_or_mid_character() -> None:
     data = "épo\nch 1\nlast".encode()
     got = [line for i in range(len(data)) for line in s.feed(data[i:i + 1])]  # one byte at a time
     assert got == ["épo", "ch 1"] and s.close() == ["last"] and s.done == ["épo", "ch 1"]
+
+
+def test_login_reads_a_token_from_stdin_into_a_private_config(tmp_path: Path) -> None:
+    conf = tmp_path / "config.toml"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUFLEET_")}
+    env["GPUFLEET_CLI_CONFIG"] = str(conf)
+
+    def login(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gpufleet.cli", "login", *args], input=stdin, env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    r = login("--token", "-")
+    assert r.returncode == 2 and "--coordinator" in r.stderr and not conf.exists()
+    r = login("--tls-cert", str(tmp_path / "missing.crt"), "--tls-key", "k", "--coordinator", "h")
+    assert r.returncode == 2 and "no such file" in r.stderr and not conf.exists()
+    r = login("--coordinator", "coord.example", "--token", "-", "--context", "prod", stdin="gft_secret\n")
+    assert r.returncode == 0, r.stderr
+    assert conf.stat().st_mode & 0o777 == 0o600
+    saved = config.load(conf)
+    assert saved.current_context == "prod"
+    assert saved.contexts["prod"] == config.Context(coordinator="coord.example:50050", token="gft_secret")
