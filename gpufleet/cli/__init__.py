@@ -1,8 +1,9 @@
 """`gpufleet`: the command line for ML engineers and operators (a thin gRPC client).
 
-One module per command group (models, jobs, nodes, security); base.py holds the global options,
-the connection and the output helpers. Exit codes: 0 ok, 1 error (the server's message, never a
-traceback), 2 usage.
+One module per command group (models, jobs, nodes, datasets, pipelines, security, contexts);
+base.py holds the apps and the connection, settings.py the global options (accepted anywhere) and
+their resolution, config.py the config file, output.py tables and typed JSON. Exit codes: 0 ok,
+1 error (the server's message, never a traceback), 2 usage (one line).
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """`gpufleet`: the command line for ML engineers and operators (a thin gRPC client).
 
-Tables for people, `--output json` for scripts (output.py); global options and their resolution in
-settings.py. Exit codes: 0 ok, 1 error (the server's message,
-never a traceback), 2 usage.
+The apps, the root callback taking the global options (settings.py resolves them), the connection
+and the error mapping. Tables for people, `--output json` for scripts (output.py). Exit codes: 0 ok,
+1 error (the server's message, never a traceback), 2 usage.
 """
 from __future__ import annotations
 
