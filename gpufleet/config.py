@@ -54,7 +54,9 @@ def parse(prog: str, description: str, options: Sequence[Option], argv: Sequence
         if opt.type is bool:
             ap.add_argument(flag, action="store_true", default=None, help=opt.help + env_note)
         else:
-            ap.add_argument(flag, default=None, help=f"{opt.help} (default: {opt.default}){env_note}")
+            # One default in the help: none when it is empty or the text already names it.
+            shown = "" if opt.default in ("", None) or "default:" in opt.help else f" (default: {opt.default})"
+            ap.add_argument(flag, default=None, help=f"{opt.help}{shown}{env_note}")
     ns = ap.parse_args(argv)
     file_values: dict[str, Any] = {}
     if ns.config:

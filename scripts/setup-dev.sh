@@ -10,6 +10,7 @@ command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 [ -x /usr/lib/postgresql/15/bin/initdb ] || need+=(postgresql-15)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v sqlite3 >/dev/null 2>&1 || need+=(sqlite3)  # the README's backup step (its test runs it)
 [ -x /usr/bin/chromium ] || need+=(chromium)  # the console's browser tests (Playwright drives it)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo

@@ -1,33 +1,32 @@
 """`gpufleet`: the command line for ML engineers and operators (a thin gRPC client).
 
-Tables for people, `--output json` for scripts. Exit codes: 0 ok, 1 error (the server's message,
-never a traceback), 2 usage.
+The apps, the root callback taking the global options (settings.py resolves them), the connection
+and the error mapping. Tables for people, `--output json` for scripts (output.py). Exit codes: 0 ok,
+1 error (the server's message, never a traceback), 2 usage.
 """
 from __future__ import annotations
 
-import json
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from importlib import metadata
 from typing import Annotated, Any, TypeVar
 
 import grpc
 import typer
-from google.protobuf import json_format
 from google.protobuf.message import Message
-from rich.console import Console
-from rich.table import Table
 
 from gpufleet import auth, tls
-from gpufleet.cli.reach import is_connection_failure, unreachable, with_default_port
+from gpufleet.cli import settings
+from gpufleet.cli.output import _table, as_dict, emit, emit_doc, err, listing, out, print_json, watch, wide
+from gpufleet.cli.reach import is_connection_failure, unreachable
+from gpufleet.cli.settings import CTX, DEFAULT_COORDINATOR, OUTPUTS
 from gpufleet.errors import FleetError
 from gpufleet.v1 import coordinator_pb2_grpc
 
 T = TypeVar("T")
-DEFAULT_COORDINATOR = "127.0.0.1:50050"
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
+app = typer.Typer(no_args_is_help=True, add_completion=True,
                   help="The command line for ML engineers and operators: a thin gRPC client of the coordinator.")
 models_app = typer.Typer(no_args_is_help=True, help="Models: train (step 1) and test (step 2).")
 jobs_app = typer.Typer(no_args_is_help=True, help="Plain jobs and every job attempt.")
@@ -37,46 +36,52 @@ app.add_typer(models_app, name="models")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(nodes_app, name="nodes")
 app.add_typer(agent_app, name="agent")
-
-out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, soft_wrap=True)  # one line per message: greppable, never cut mid-word
+NO_CONNECTION = {"login", "context", "certs", "demo"}  # commands that resolve (or need) no connection settings
 
 
-class Ctx:
-    coordinator: str = DEFAULT_COORDINATOR
-    output: str = "table"
-    timeout: float = 30.0
-    tls_ca: str = ""
-    tls_cert: str = ""
-    tls_key: str = ""
-    token: str | None = None
-
-
-CTX = Ctx()
+def _version(value: bool) -> None:
+    if value:
+        try:
+            v = metadata.version("gpufleet")
+        except metadata.PackageNotFoundError:
+            v = "unknown"
+        print(f"gpufleet {v}")
+        raise typer.Exit(0)
 
 
 @app.callback()
-def main_options(
-    coordinator: Annotated[str, typer.Option(envvar="GPUFLEET_COORDINATOR", help="coordinator HOST:PORT")]
-    = DEFAULT_COORDINATOR,
-    output: Annotated[str, typer.Option("--output", "-o", help="table or json")] = "table",
+def global_options(
+    ctx: typer.Context,
+    output: Annotated[str, typer.Option("--output", "-o", help="table, wide (more columns) or json (typed, for "
+                                                                "scripts: see README)", show_default=False)] = "",
+    coordinator: Annotated[str, typer.Option(envvar="GPUFLEET_COORDINATOR", show_default=False,
+                                             help=f"coordinator HOST:PORT (default: the config file's context, else "
+                                                  f"{DEFAULT_COORDINATOR}; port 50050 if left out)")] = "",
+    context: Annotated[str, typer.Option(envvar="GPUFLEET_CONTEXT", show_default=False,
+                                         help="config file context to use (default: the current one; "
+                                              "`gpufleet context list`)")] = "",
+    tls_ca: Annotated[str, typer.Option(envvar="GPUFLEET_TLS_CA", show_default=False,
+                                        help="fleet CA (PEM): enables mTLS")] = "",
+    tls_cert: Annotated[str, typer.Option(envvar="GPUFLEET_TLS_CERT", show_default=False,
+                                          help="client certificate (PEM; `gpufleet certs issue NAME --role "
+                                               "client`)")] = "",
+    tls_key: Annotated[str, typer.Option(envvar="GPUFLEET_TLS_KEY", show_default=False,
+                                         help="client key (PEM)")] = "",
+    token_file: Annotated[str, typer.Option(show_default=False, help="file holding the API token (default: "
+                                            "GPUFLEET_TOKEN, GPUFLEET_TOKEN_FILE, else the context's)")] = "",
     timeout: Annotated[float, typer.Option(help="seconds per call")] = 30.0,
-    tls_ca: Annotated[str, typer.Option(envvar="GPUFLEET_TLS_CA", help="fleet CA (PEM): enables mTLS")] = "",
-    tls_cert: Annotated[str, typer.Option(envvar="GPUFLEET_TLS_CERT", help="client certificate (PEM)")] = "",
-    tls_key: Annotated[str, typer.Option(envvar="GPUFLEET_TLS_KEY", help="client key (PEM)")] = "",
-    token_file: Annotated[str, typer.Option(envvar="GPUFLEET_TOKEN_FILE",
-                                            help="file holding the API token (or set GPUFLEET_TOKEN)")] = "",
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="print the version and exit")] = False,
 ) -> None:
-    if output not in ("table", "json"):
-        raise typer.BadParameter("must be table or json", param_hint="--output")
-    if bool(tls_cert) != bool(tls_key):
-        raise typer.BadParameter("give both or neither", param_hint="--tls-cert/--tls-key")
-    CTX.coordinator, CTX.output, CTX.timeout = with_default_port(coordinator), output, timeout
-    CTX.tls_ca, CTX.tls_cert, CTX.tls_key = tls_ca, tls_cert, tls_key
-    try:
-        CTX.token = auth.load_token(token_file)
-    except FleetError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--token-file") from None
+    """Global options go before or after the subcommand (`gpufleet jobs list -o json`)."""
+    if output and output not in OUTPUTS:
+        raise typer.BadParameter(f"{output!r} is not one of {', '.join(OUTPUTS)}", param_hint="'--output' / '-o'")
+    settings.store(output=output, coordinator=coordinator, context=context, tls_ca=tls_ca, tls_cert=tls_cert,
+                   tls_key=tls_key, token_file=token_file, timeout=timeout)
+    if ctx.invoked_subcommand not in NO_CONNECTION:
+        settings.resolve()
+    else:
+        CTX.output = output or "table"
 
 
 @contextmanager
@@ -127,24 +132,15 @@ def call_idempotent(fn: Callable[..., T], req: Message, tries: int = 3) -> T:
     raise AssertionError("unreachable")
 
 
-def as_dict(msg: Message) -> dict[str, Any]:
-    return json_format.MessageToDict(msg, preserving_proto_field_name=True)
-
-
-def emit(msg: Message, table: Callable[[], None]) -> None:
-    if CTX.output == "json":
-        print(json.dumps(as_dict(msg), indent=2, sort_keys=True))
-    else:
-        table()
-
-
-def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
-    t = Table(title=title, show_lines=False)
-    for c in columns:
-        t.add_column(c)
-    for r in rows:
-        t.add_row(*[str(x) for x in r])
-    out.print(t)
+def enum_value(enum: Any, prefix: str, value: str, hint: str) -> int:
+    """A proto enum member from its short name (`queued` -> JOB_STATUS_CODE_QUEUED); 0 for ""; a
+    usage error (exit 2) naming the choices otherwise."""
+    if not value:
+        return 0
+    names = [n.removeprefix(prefix) for n in enum.keys() if not n.endswith("_UNSPECIFIED")]
+    if value.upper() not in names:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(n.lower() for n in names)}", param_hint=hint)
+    return int(enum.Value(prefix + value.upper()))
 
 
 @contextmanager
@@ -175,3 +171,8 @@ def poll(fetch: Callable[[], T | None], timeout: float, what: str, interval: flo
             err.print(f"[red]error:[/] timed out after {timeout:g}s waiting for {what}{last}")
             raise typer.Exit(1)
         time.sleep(interval)
+
+
+__all__ = ["CTX", "DEFAULT_COORDINATOR", "_table", "agent_app", "app", "as_dict", "call", "call_idempotent", "coord",
+           "dial", "emit", "emit_doc", "enum_value", "err", "fleet_errors", "jobs_app", "listing", "models_app",
+           "nodes_app", "out", "poll", "print_json", "rpc_errors", "watch", "wide"]

@@ -15,11 +15,16 @@ from gpufleet.cli.base import (
     coord,
     dial,
     emit,
+    emit_doc,
+    enum_value,
     err,
+    listing,
     nodes_app,
     out,
     poll,
     rpc_errors,
+    watch,
+    wide,
 )
 from gpufleet.v1 import agent_pb2 as apb
 from gpufleet.v1 import agent_pb2_grpc
@@ -30,21 +35,44 @@ from gpufleet.v1 import coordinator_pb2 as cpb
 NODE_COLUMNS = ["node", "state", "address", "gpus (healthy/total)", "running", "agent", "last heartbeat"]
 
 
+WIDE_NODE_COLUMNS = [*NODE_COLUMNS, "runtime", "labels", "GPU models"]
+
+
 def node_rows(nodes: list[cpb.Node]) -> list[list[Any]]:
-    return [[n.name, n.state_name, n.address, f"{sum(g.healthy for g in n.gpus)}/{len(n.gpus)}", n.running_jobs,
-             n.agent_version, n.last_heartbeat.ToDatetime().strftime("%H:%M:%S") if n.HasField("last_heartbeat")
-             else "-"] for n in nodes]
+    rows: list[list[Any]] = [
+        [n.name, n.state_name, n.address, f"{sum(g.healthy for g in n.gpus)}/{len(n.gpus)}", n.running_jobs,
+         n.agent_version, n.last_heartbeat.ToDatetime().strftime("%H:%M:%S") if n.HasField("last_heartbeat")
+         else "-"] for n in nodes]
+    if wide():
+        for row, n in zip(rows, nodes, strict=True):
+            row += [n.runtime or "-", ",".join(f"{k}={v}" for k, v in sorted(n.labels.items())) or "-",
+                    ",".join(sorted({g.name for g in n.gpus})) or "-"]
+    return rows
+
+
+def node_table(title: str, nodes: list[cpb.Node]) -> None:
+    _table(title, WIDE_NODE_COLUMNS if wide() else NODE_COLUMNS, node_rows(nodes))
 
 
 def show_node(n: cpb.Node, name: str) -> None:
-    emit(n, lambda: _table(f"node {name}", NODE_COLUMNS, node_rows([n])))
+    emit(n, lambda: node_table(f"node {name}", [n]))
+
+
+NODE_ARG = typer.Argument(help="the node's name (as in its certificate / --node-name)")
 
 
 @nodes_app.command("list")
-def nodes_list() -> None:
-    """Every node with its state and GPUs."""
-    r = call(coord().ListNodes, cpb.ListNodesRequest())
-    emit(r, lambda: _table("nodes", NODE_COLUMNS, node_rows(list(r.nodes))))
+def nodes_list(
+    watch_: Annotated[bool, typer.Option("--watch", "-w", help="show it again every --interval seconds until "
+                                                               "Ctrl-C")] = False,
+    interval: Annotated[float, typer.Option(help="seconds between --watch refreshes")] = 2.0,
+) -> None:
+    """Every node with its state and GPUs. JSON: {"items": [...]}."""
+    def show() -> None:
+        r = call(coord().ListNodes, cpb.ListNodesRequest())
+        emit_doc(listing(list(r.nodes)), lambda: node_table("nodes", list(r.nodes)))
+
+    watch(show, interval) if watch_ else show()
 
 
 def gpu_table(title: str, gpus: list[pb.GpuInfo]) -> None:
@@ -56,7 +84,7 @@ def gpu_table(title: str, gpus: list[pb.GpuInfo]) -> None:
 
 
 @nodes_app.command("show")
-def nodes_show(name: str) -> None:
+def nodes_show(name: Annotated[str, NODE_ARG]) -> None:
     """One node with GPU telemetry."""
     r = call(coord().ListNodes, cpb.ListNodesRequest())
     match = [n for n in r.nodes if n.name == name]
@@ -65,20 +93,20 @@ def nodes_show(name: str) -> None:
         raise typer.Exit(1)
     n = match[0]
     def table() -> None:
-        _table(f"node {name}", NODE_COLUMNS, node_rows([n]))
+        node_table(f"node {name}", [n])
         gpu_table("GPUs", list(n.gpus))
 
     emit(n, table)
 
 
 @nodes_app.command("drain")
-def nodes_drain(name: str) -> None:
+def nodes_drain(name: Annotated[str, NODE_ARG]) -> None:
     """No new placements; running jobs finish."""
     show_node(call(coord().DrainNode, cpb.NodeRef(name=name)), name)
 
 
 @nodes_app.command("undrain")
-def nodes_undrain(name: str) -> None:
+def nodes_undrain(name: Annotated[str, NODE_ARG]) -> None:
     """Accept placements again."""
     show_node(call(coord().UndrainNode, cpb.NodeRef(name=name)), name)
 
@@ -87,16 +115,21 @@ def nodes_undrain(name: str) -> None:
 def nodes_wait(
     names: Annotated[list[str], typer.Argument(help="node names (as in their certificates / --node-name)")],
     timeout: Annotated[float, typer.Option("--wait-timeout", help="give up after this many seconds")] = 120,
+    state: Annotated[str, typer.Option(help="the state to wait for: ready, or drained (after `nodes drain`: "
+                                            "no job left on it)")] = "ready",
 ) -> None:
-    """Wait until these nodes have registered and are READY (the coordinator may still be starting)."""
+    """Wait until these nodes have registered and are READY (the coordinator may still be starting),
+    or with --state drained until a drained node has no job left. JSON: {"items": [nodes]}."""
+    want = cpb.NodeState.Name(enum_value(cpb.NodeState, "NODE_STATE_", state, "--state")).removeprefix("NODE_STATE_")
+
     def ready() -> list[cpb.Node] | None:
         r = coord().ListNodes(cpb.ListNodesRequest(), timeout=CTX.timeout)
-        found = [n for n in r.nodes if n.name in names and n.state_name == "READY"]
+        found = [n for n in r.nodes if n.name in names and n.state_name == want]
         return found if len(found) == len(set(names)) else None
 
     with rpc_errors():
-        found = poll(ready, timeout, f"node(s) {', '.join(names)} to be READY")
-    emit(cpb.ListNodesResponse(nodes=found), lambda: _table("nodes", NODE_COLUMNS, node_rows(found)))
+        found = poll(ready, timeout, f"node(s) {', '.join(names)} to be {want}")
+    emit_doc(listing(found), lambda: node_table("nodes", found))
 
 
 # -- agent -----------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -21,6 +21,7 @@ from gpufleet.v1 import coordinator_pb2 as cpb
 
 pipelines_app = typer.Typer(no_args_is_help=True, help="Pipelines: DAGs of job steps.")
 app.add_typer(pipelines_app, name="pipelines")
+PIPELINE_ARG = typer.Argument(help="the pipeline's id")
 STEP_COLUMNS = ["step", "after", "job", "status", "shadow", "reason"]
 
 
@@ -44,7 +45,7 @@ def _show(p: cpb.Pipeline) -> None:
 
 
 @pipelines_app.command("submit")
-def pipelines_submit(file: Path) -> None:
+def pipelines_submit(file: Annotated[Path, typer.Argument(help="the pipeline file (JSON)")]) -> None:
     """Submit a pipeline from a JSON file (see `gpufleet pipelines --help`)."""
     try:
         doc = json.loads(file.read_text())
@@ -57,12 +58,12 @@ def pipelines_submit(file: Path) -> None:
 
 
 @pipelines_app.command("show")
-def pipelines_show(pipeline_id: str) -> None:
+def pipelines_show(pipeline_id: Annotated[str, PIPELINE_ARG]) -> None:
     """A pipeline's state and each step's."""
     _show(call(coord().GetPipeline, cpb.PipelineRef(pipeline_id=pipeline_id)))
 
 
 @pipelines_app.command("cancel")
-def pipelines_cancel(pipeline_id: str) -> None:
+def pipelines_cancel(pipeline_id: Annotated[str, PIPELINE_ARG]) -> None:
     """Cancel every step that has not finished."""
     _show(call(coord().CancelPipeline, cpb.PipelineRef(pipeline_id=pipeline_id)))

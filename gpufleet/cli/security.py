@@ -15,9 +15,10 @@ from gpufleet.cli.base import (
     as_dict,
     call,
     coord,
-    emit,
+    emit_doc,
     err,
     fleet_errors,
+    listing,
     out,
 )
 from gpufleet.v1 import coordinator_pb2 as cpb
@@ -73,7 +74,8 @@ def certs_issue(
     role: Annotated[str, typer.Option(help="agent, coordinator or client (operators and the CLI)")],
     host: Annotated[list[str] | None, typer.Option(help="address peers dial: IP or DNS (repeat)")] = None,
     ca_dir: Annotated[str, typer.Option(envvar="GPUFLEET_CA_DIR", help="the CA's folder")] = DEFAULT_CA_DIR,
-    out_dir: Annotated[str, typer.Option(help="for NAME.crt, NAME.key, ca.crt (default: ./NAME)")] = "",
+    out_dir: Annotated[str, typer.Option(help="for NAME.crt, NAME.key, ca.crt (default: ./NAME)",
+                                         show_default=False)] = "",
     out_to: Annotated[str, typer.Option("--out", help="for ROLE.crt, ROLE.key, ca.crt, the deploy paths: "
                                                    "--out /etc/gpufleet/tls writes agent.crt for role agent")] = "",
     days: Annotated[int, typer.Option(help="validity in days")] = 365,
@@ -130,7 +132,7 @@ def tokens_list(
 ) -> None:
     """Tokens by id (their first characters), name and role; never the secret (admin token needed)."""
     r = call(coord().ListTokens, cpb.ListTokensRequest(include_revoked=all_))
-    emit(r, lambda: _table("tokens", TOKEN_COLUMNS, _token_rows(list(r.items))))
+    emit_doc(listing(list(r.items)), lambda: _table("tokens", TOKEN_COLUMNS, _token_rows(list(r.items))))
 
 
 @tokens_app.command("revoke")

@@ -73,10 +73,18 @@ def test_certs_tokens_and_an_mtls_fleet(tmp_path: Path) -> None:
             return cli("-o", "json", "nodes", "list", env={**client, **extra_env})
 
         ok = wait_for(lambda: (r := nodes({"GPUFLEET_TOKEN": token})).returncode == 0
-                      and json.loads(r.stdout).get("nodes") and r, 60, "agent registered over mTLS")
-        assert [n["name"] for n in json.loads(ok.stdout)["nodes"]] == ["gpu01"]
+                      and json.loads(r.stdout).get("items") and r, 60, "agent registered over mTLS")
+        assert [n["name"] for n in json.loads(ok.stdout)["items"]] == ["gpu01"]
         no_token = nodes({})
         assert no_token.returncode == 1 and "UNAUTHENTICATED" in no_token.stderr
+        # `gpufleet login` saves all of it once; later commands need no variables.
+        (tmp_path / "alice.token").write_text(token + "\n")
+        saved = {"GPUFLEET_CLI_CONFIG": str(tmp_path / "home" / "config.toml")}
+        r = cli("login", *tls("ops"), "--coordinator", c.addr, "--token-file", str(tmp_path / "alice.token"),
+                "--context", "secure", env=saved)
+        assert r.returncode == 0, r.stderr
+        r = cli("nodes", "list", "-o", "json", env=saved)
+        assert r.returncode == 0 and [n["name"] for n in json.loads(r.stdout)["items"]] == ["gpu01"], r.stderr
         revoked = cli("tokens", "revoke", "alice", env=admin)
         assert revoked.returncode == 0, revoked.stderr
         refused = nodes({"GPUFLEET_TOKEN": token})  # at once on the coordinator that revoked
