@@ -2,7 +2,10 @@
 job's totals: peak memory, mean utilisation, energy (J = W x s) and GPU-seconds.
 
 Fed by the GpuMonitor thread after every sample (no extra NVML call: energy is integrated from the
-power reading, not read with the slow total-energy call); read by /metrics. The interval between two
+power reading, not read with the slow total-energy call); read by /metrics while the job runs, and
+taken (`take`) by the supervisor when the job ends, to be stored with its record and reported to
+the coordinator (`as_record`: GPU-seconds there are the held wall time, exact whatever the sampling
+interval; the sampled figures cover what this agent process saw). The interval between two
 samples counts at most `max_gap` seconds, so an agent that was down does not bill the gap. At most
 `max_jobs` jobs are kept (oldest dropped first).
 """
@@ -60,6 +63,22 @@ class Accounting:
         with self._lock:
             return self._jobs.get(job_id)
 
+    def take(self, job_id: str) -> JobGpuUsage | None:
+        """The job's usage, forgotten here (its attempt ended; a next attempt starts from nothing)."""
+        with self._lock:
+            return self._jobs.pop(job_id, None)
+
     def snapshot(self) -> dict[str, JobGpuUsage]:
         with self._lock:
             return dict(self._jobs)
+
+
+def as_record(usage: JobGpuUsage | None, gpus: int, started_at: float | None,
+              finished_at: float | None) -> dict[str, Any]:
+    """What is stored with an ended attempt and reported (proto GpuUsage): GPU-seconds from the held
+    wall time (a job shorter than one sampling interval still counts), the rest from the samples."""
+    held = max(0.0, (finished_at or 0.0) - started_at) if started_at is not None else 0.0
+    u = usage or JobGpuUsage()
+    return {"gpu_seconds": round(held * gpus, 3), "energy_joules": round(u.energy_joules, 3),
+            "peak_memory_bytes": int(u.peak_memory_bytes), "mean_utilization": round(u.mean_utilization, 2),
+            "samples": int(u.samples)}

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from gpufleet.agent import exclusivity
+from gpufleet.agent import accounting, exclusivity
 from gpufleet.agent import probe as probe_mod
 from gpufleet.agent.exits import ExitWatcher
 from gpufleet.agent.gpus import GpuMonitor
@@ -437,9 +437,12 @@ class Supervisor:
         else:
             state = JobState.LOST
             message = f"{obs.message or 'vanished without an exit code'}; probe: {verdict.get('reason', '')}"
+        finished = obs.finished_at or now
+        usage = accounting.as_record(self.gpus.accounting.take(job.job_id), len(job.gpu_indices),
+                                     job.started_at or obs.started_at, finished)
         job = self._update(
             job, state=state, exit_code=obs.exit_code, signal=obs.signal,
-            finished_at=obs.finished_at or now, message=message, probe=verdict, log_tail=tail,
+            finished_at=finished, message=message, probe=verdict, log_tail=tail, gpu_usage=usage,
         )
         self._watches.pop(job.key, None)
         event(log, "job.ended", job_id=job.job_id, attempt=job.attempt, state=state.value,

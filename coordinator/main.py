@@ -22,6 +22,7 @@ from gpufleet.coordinator.metrics import CoordinatorCollector
 from gpufleet.coordinator.reconciler import Reconciler
 from gpufleet.coordinator.scheduler import Scheduler
 from gpufleet.coordinator.service import CoordinatorService, FleetService, add_to_server
+from gpufleet.coordinator.usage import UsageCollector
 from sqlalchemy import exc as sa_exc
 
 from gpufleet import config, startup
@@ -136,6 +137,7 @@ def run(argv: list[str] | None = None) -> int:
 
     registry = new_registry()
     registry.register(CoordinatorCollector(engine, scheduler, reconciler, fleet))
+    registry.register(UsageCollector(engine))
     server, hs = build_server(interceptors=[RpcMetricsInterceptor(registry), *auth_interceptors,
                                             UserCapacityInterceptor()])
     add_to_server(CoordinatorService(engine, life, agents), FleetService(fleet, agents), server)

@@ -111,7 +111,7 @@ class Reports:
         probe = self._with_rows(e).probe
         failpoints.hit("coordinator.reconcile.before_apply")  # the end is known, not yet stored
         end_job(self.engine, rid, d.status, d.message, actor=self.actor, exit_code=d.exit_code, probe=probe,
-                log_tail=e.obs.log_tail, progress=e.obs.progress)
+                log_tail=e.obs.log_tail, progress=e.obs.progress, gpu_usage=e.obs.gpu_usage)
         self._ack(rid, e, out)
         return True
 

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from gpufleet.cli import jobs, models, nodes, pipelines, security  # noqa: F401 - they register their commands
+from gpufleet.cli import usage as _usage  # noqa: F401 - `gpufleet usage`
 from gpufleet.cli.base import app, out
 
 

@@ -14,9 +14,11 @@ from gpufleet.cli.base import (
     coord,
     emit,
     jobs_app,
+    out,
     poll,
     rpc_errors,
 )
+from gpufleet.cli.usage import usage_line
 from gpufleet.v1 import agent_pb2 as apb
 from gpufleet.v1 import common_pb2 as pb
 from gpufleet.v1 import coordinator_pb2 as cpb
@@ -38,7 +40,12 @@ def job_rows(jobs: list[cpb.Job]) -> list[list[Any]]:
 
 
 def show_job(j: cpb.Job, title: str) -> None:
-    emit(j, lambda: _table(title, JOB_COLUMNS, job_rows([j])))
+    def table() -> None:
+        _table(title, JOB_COLUMNS, job_rows([j]))
+        if j.HasField("gpu_usage"):
+            out.print(usage_line(j.gpu_usage))
+
+    emit(j, table)
 
 
 @jobs_app.command("submit", context_settings={"allow_interspersed_args": False})
