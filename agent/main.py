@@ -16,6 +16,7 @@ from gpufleet.agent.control import LocalControl, write_secret
 from gpufleet.agent.gpus import GpuMonitor, open_gpu_source
 from gpufleet.agent.jobuser import JobUser
 from gpufleet.agent.metrics import AgentCollector
+from gpufleet.agent.orphans import OrphanReaper
 from gpufleet.agent.runtime.base import Runtime
 from gpufleet.agent.service import AgentService, add_to_server
 from gpufleet.agent.spec import Roots
@@ -53,6 +54,10 @@ OPTIONS = [
                   "jobs it cannot account for (otherwise the agent refuses to start)", bool),
     config.Option("gpus", "auto", "auto (NVML when present, else none), none, nvml, or fake:N"),
     config.Option("gpu-sample-interval", 5.0, "seconds between GPU samples", float),
+    config.Option("gpu-exclusivity", "enforce", "enforce (a GPU with a foreign or orphan process is not offered "
+                  "until free) or warn (it stays offered; the GPU's reason says why)"),
+    config.Option("orphan-grace", 60.0, "seconds an ended job's process may hold a GPU before it is killed "
+                  "(0: never kill, only report)", float),
     config.Option("output-root", "/var/lib/gpufleet/output", "the only host folder jobs may write to"),
     config.Option("data-root", "/var/lib/gpufleet/data", "the only host folder jobs may read data from"),
     config.Option("coordinator", "", "HOST:PORT of the coordinator to register with (optional)"),
@@ -124,9 +129,12 @@ def run(argv: list[str] | None = None) -> int:
                                   "this name)")
         node_name = cert_name
 
+    warn_only, reaper = exclusivity_policy(opts.gpu_exclusivity, opts.orphan_grace)
+
     tune_for_latency()
     store = statecheck.open_store(state_dir, opts.adopt)  # refuses a missing or corrupt agent.db
     monitor = GpuMonitor(open_gpu_source(opts.gpus), interval=opts.gpu_sample_interval)
+    monitor.warn_only, monitor.reaper = warn_only, reaper
     monitor.start()
     runtime = choose_runtime(opts.runtime, state_dir, node_name, opts.docker_host, opts.container_user,
                              job_user, roots.output_root)
@@ -182,6 +190,15 @@ def run(argv: list[str] | None = None) -> int:
     store.close()
     flog.event(log, "agent.stopped")
     return 0
+
+
+def exclusivity_policy(mode: str, grace: float) -> tuple[bool, OrphanReaper]:
+    """(warn_only, reaper) for --gpu-exclusivity and --orphan-grace."""
+    if mode not in ("enforce", "warn"):
+        raise InvalidArgument("--gpu-exclusivity", f"must be enforce or warn, got {mode!r}")
+    if not grace >= 0:  # also refuses NaN
+        raise InvalidArgument("--orphan-grace", f"must be >= 0 seconds (0: never kill), got {grace}")
+    return mode == "warn", OrphanReaper(grace)
 
 
 def main() -> None:
