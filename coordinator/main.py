@@ -15,6 +15,7 @@ from gpufleet.coordinator import tokens as coord_tokens
 from gpufleet.coordinator.agents import AgentPool
 from gpufleet.coordinator.capacity import UserCapacityInterceptor
 from gpufleet.coordinator.db import engine as dbengine
+from gpufleet.coordinator.exclusivity import ExclusivityCollector
 from gpufleet.coordinator.fleet import Fleet
 from gpufleet.coordinator.keeper import Keeper
 from gpufleet.coordinator.lifecycle import Lifecycle
@@ -138,6 +139,7 @@ def run(argv: list[str] | None = None) -> int:
     registry = new_registry()
     registry.register(CoordinatorCollector(engine, scheduler, reconciler, fleet))
     registry.register(UsageCollector(engine))
+    registry.register(ExclusivityCollector(fleet.gpu_watch))
     server, hs = build_server(interceptors=[RpcMetricsInterceptor(registry), *auth_interceptors,
                                             UserCapacityInterceptor()])
     add_to_server(CoordinatorService(engine, life, agents), FleetService(fleet, agents), server)
