@@ -143,8 +143,10 @@ def test_orphans_are_killed_after_the_grace_and_warn_only_keeps_gpus_offered(age
     try:
         pid = orphan_of(a, "leaves", 1, control)
         control.write_text(json.dumps({"0": [[foreign.pid, 1 << 30]], "1": [[pid, 3 << 30]]}))
-        wait_for(lambda: not pid_alive(pid), 60, "the orphan killed")
-        assert "gpu.orphan_killed" in a.daemon.log_tail(200) and f'"pid": {pid}' in a.daemon.log_tail(200)
+        killed = wait_for(lambda: [line for line in a.daemon.log_tail(200).splitlines()
+                                   if "gpu.orphan_killed" in line and f'"pid": {pid},' in line], 60, "the orphan killed")
+        assert '"job_id": "leaves"' in killed[0]
+        wait_for(lambda: not pid_alive(pid), 30, "the orphan gone")
         wait_for(lambda: not gpus(a)[1].processes, 60, "GPU 1 free again")
         # warn: the foreign process is shown and counted, but its GPU stays offered, and it is never killed.
         g = gpus(a)[0]
