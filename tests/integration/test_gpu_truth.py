@@ -144,7 +144,8 @@ def test_orphans_are_killed_after_the_grace_and_warn_only_keeps_gpus_offered(age
         pid = orphan_of(a, "leaves", 1, control)
         control.write_text(json.dumps({"0": [[foreign.pid, 1 << 30]], "1": [[pid, 3 << 30]]}))
         killed = wait_for(lambda: [line for line in a.daemon.log_tail(200).splitlines()
-                                   if "gpu.orphan_killed" in line and f'"pid": {pid},' in line], 60, "the orphan killed")
+                                   if "gpu.orphan_killed" in line and f'"pid": {pid},' in line],
+                          60, "the orphan killed")
         assert '"job_id": "leaves"' in killed[0]
         wait_for(lambda: not pid_alive(pid), 30, "the orphan gone")
         wait_for(lambda: not gpus(a)[1].processes, 60, "GPU 1 free again")
