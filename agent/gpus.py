@@ -561,6 +561,7 @@ class GpuMonitor:
         with self._sampling:
             set_held = getattr(self.source, "set_held", None)
             holders: dict[int, str] = {}
+            seen = self.accounting.generation()  # before the holders: see Accounting.close
             if self.held is not None:
                 try:
                     held = self.held()
@@ -581,7 +582,7 @@ class GpuMonitor:
                 raise
             with self._lock:
                 self._samples, self._sampled_at, self._ever = samples, self._clock(), True
-            self.accounting.add(samples, holders, self._monotonic())
+            self.accounting.add(samples, holders, self._monotonic(), seen)
             if self.reaper is not None:
                 try:
                     self.reaper.run(samples)

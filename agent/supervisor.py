@@ -438,13 +438,14 @@ class Supervisor:
             state = JobState.LOST
             message = f"{obs.message or 'vanished without an exit code'}; probe: {verdict.get('reason', '')}"
         finished = obs.finished_at or now
-        usage = accounting.as_record(self.gpus.accounting.take(job.job_id), len(job.gpu_indices),
+        usage = accounting.as_record(self.gpus.accounting.usage(job.job_id), len(job.gpu_indices),
                                      job.started_at or obs.started_at, finished)
         job = self._update(
             job, state=state, exit_code=obs.exit_code, signal=obs.signal,
             finished_at=finished, message=message, probe=verdict, log_tail=tail, gpu_usage=usage,
         )
         self._watches.pop(job.key, None)
+        self.gpus.accounting.close(job.job_id)  # its GPUs are released: a next attempt starts from nothing
         event(log, "job.ended", job_id=job.job_id, attempt=job.attempt, state=state.value,
               exit_code=obs.exit_code, probe=verdict.get("reason"))
         failpoints.hit("agent.exit.after_record")
