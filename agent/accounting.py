@@ -2,7 +2,10 @@
 job's totals: peak memory, mean utilisation, energy (J = W x s) and GPU-seconds.
 
 Fed by the GpuMonitor thread after every sample (no extra NVML call: energy is integrated from the
-power reading, not read with the slow total-energy call); read by /metrics. The interval between two
+power reading, not read with the slow total-energy call); read by /metrics while the job runs, and
+by the supervisor when the job ends, to be stored with its record and reported to the coordinator
+(then `close` forgets it) (`as_record`: GPU-seconds there are the held wall time, exact whatever the sampling
+interval; the sampled figures cover what this agent process saw). The interval between two
 samples counts at most `max_gap` seconds, so an agent that was down does not bill the gap. At most
 `max_jobs` jobs are kept (oldest dropped first).
 """
@@ -34,13 +37,22 @@ class Accounting:
         self.max_jobs = max_jobs
         self._lock = threading.Lock()
         self._jobs: OrderedDict[str, JobGpuUsage] = OrderedDict()
+        self._generation = 0
+        self._closed: OrderedDict[str, int] = OrderedDict()  # job id -> generation it was closed at
 
-    def add(self, samples: list[Any], holders: dict[int, str], now: float) -> None:
+    def add(self, samples: list[Any], holders: dict[int, str], now: float, seen: int | None = None) -> None:
+        """Fold `samples` into the totals of the jobs `holders` names (gpu index -> job id); `seen`:
+        the generation read before the holders were."""
         with self._lock:
             for s in samples:
                 job_id = holders.get(s.index)
                 if not job_id:
                     continue
+                closed = self._closed.get(job_id)
+                if closed is not None:
+                    if seen is not None and seen < closed:
+                        continue  # holders read before the job ended: a stale picture
+                    del self._closed[job_id]  # read after: a new attempt of the same job
                 u = self._jobs.get(job_id)
                 if u is None:
                     u = self._jobs[job_id] = JobGpuUsage()
@@ -60,6 +72,33 @@ class Accounting:
         with self._lock:
             return self._jobs.get(job_id)
 
+    def generation(self) -> int:
+        """Read before the holders a sample is added with (`add(..., seen=...)`)."""
+        with self._lock:
+            return self._generation
+
+    def close(self, job_id: str) -> None:
+        """The job's attempt ended and its GPUs are released: forget its usage, and ignore samples
+        whose holders were read before now (a sample in flight would otherwise revive it)."""
+        with self._lock:
+            self._jobs.pop(job_id, None)
+            self._generation += 1
+            self._closed[job_id] = self._generation
+            self._closed.move_to_end(job_id)
+            while len(self._closed) > self.max_jobs:
+                self._closed.popitem(last=False)
+
     def snapshot(self) -> dict[str, JobGpuUsage]:
         with self._lock:
             return dict(self._jobs)
+
+
+def as_record(usage: JobGpuUsage | None, gpus: int, started_at: float | None,
+              finished_at: float | None) -> dict[str, Any]:
+    """What is stored with an ended attempt and reported (proto GpuUsage): GPU-seconds from the held
+    wall time (a job shorter than one sampling interval still counts), the rest from the samples."""
+    held = max(0.0, (finished_at or 0.0) - started_at) if started_at is not None else 0.0
+    u = usage or JobGpuUsage()
+    return {"gpu_seconds": round(held * gpus, 3), "energy_joules": round(u.energy_joules, 3),
+            "peak_memory_bytes": int(u.peak_memory_bytes), "mean_utilization": round(u.mean_utilization, 2),
+            "samples": int(u.samples)}

@@ -95,9 +95,21 @@ def job_to_pb(j: JobRecord, with_metrics: bool = True, with_log: bool = False) -
     )
     if j.exit_code is not None:
         out.exit_code = j.exit_code
+    if j.gpu_usage:
+        out.gpu_usage.CopyFrom(usage_to_pb(j.gpu_usage))
     if with_log and not j.live:
         out.log_tail = j.log_tail
     return out
+
+
+def usage_to_pb(u: dict[str, Any]) -> pb.GpuUsage:
+    """Never raises (a stored record is clamped to the wire types, like probe_to_pb)."""
+    def num(key: str) -> float:
+        v = u.get(key)
+        return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else 0.0
+    return pb.GpuUsage(gpu_seconds=num("gpu_seconds"), energy_joules=num("energy_joules"),
+                       peak_memory_bytes=min(int(num("peak_memory_bytes")), 2**63 - 1),
+                       mean_utilization=num("mean_utilization"), samples=_i32(u.get("samples")))
 
 
 def gpu_to_pb(g: GpuSample, assigned: str = "") -> pb.GpuInfo:
@@ -107,4 +119,6 @@ def gpu_to_pb(g: GpuSample, assigned: str = "") -> pb.GpuInfo:
         memory_total_bytes=g.memory_total_bytes, temperature_c=g.temperature_c, power_w=g.power_w,
         power_limit_w=g.power_limit_w, ecc_errors=g.ecc_errors, healthy=g.healthy, assigned_job_id=assigned,
         health_reason=g.health_reason,
+        processes=[pb.GpuProcess(pid=_i32(p.pid), used_bytes=p.used_bytes, kind=p.kind, job_id=p.job_id)
+                   for p in g.processes],
     )

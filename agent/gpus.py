@@ -105,8 +105,11 @@ class GpuMonitor:
         # (A dict of index -> job id also names the jobs, for per-job GPU accounting.)
         self.held: Callable[[], set[int] | dict[int, str]] | None = None
         self.accounting = Accounting()
-        # The live jobs that may own GPU processes (the supervisor's records), for exclusivity.
+        # The live jobs that may own GPU processes (the supervisor's records), for exclusivity;
+        # --gpu-exclusivity warn keeps foreign/orphan-held GPUs offered; the reaper kills orphans.
         self.owners: Callable[[], list[Owner]] | None = None
+        self.warn_only = False
+        self.reaper: Any = None  # agent/orphans.py OrphanReaper
 
     def start(self) -> None:
         """Take a first sample here (so readers find one), then sample on a daemon thread."""
@@ -135,6 +138,7 @@ class GpuMonitor:
         with self._sampling:
             set_held = getattr(self.source, "set_held", None)
             holders: dict[int, str] = {}
+            seen = self.accounting.generation()  # before the holders: see Accounting.close
             if self.held is not None:
                 try:
                     held = self.held()
@@ -146,7 +150,7 @@ class GpuMonitor:
             try:
                 samples = sorted(self.source.sample(), key=lambda s: s.index)
                 if self.owners is not None and any(s.processes for s in samples):
-                    samples = judge(samples, self.owners())
+                    samples = judge(samples, self.owners(), warn_only=self.warn_only)
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 if error != self.last_error:
@@ -155,7 +159,12 @@ class GpuMonitor:
                 raise
             with self._lock:
                 self._samples, self._sampled_at, self._ever = samples, self._clock(), True
-            self.accounting.add(samples, holders, self._monotonic())
+            self.accounting.add(samples, holders, self._monotonic(), seen)
+            if self.reaper is not None:
+                try:
+                    self.reaper.run(samples)
+                except Exception:  # noqa: BLE001 - a failed kill must not stop sampling
+                    log.exception("orphan reaper failed")
             if self.last_error:
                 event(log, "gpu.sample_recovered", previous_error=self.last_error)
             self.last_error = ""

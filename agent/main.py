@@ -16,6 +16,7 @@ from gpufleet.agent.control import LocalControl, write_secret
 from gpufleet.agent.gpus import GpuMonitor, open_gpu_source
 from gpufleet.agent.jobuser import JobUser
 from gpufleet.agent.metrics import AgentCollector
+from gpufleet.agent.orphans import OrphanReaper
 from gpufleet.agent.runtime.base import Runtime
 from gpufleet.agent.service import AgentService, add_to_server
 from gpufleet.agent.settings import AgentConfig
@@ -96,8 +97,10 @@ def build(cfg: AgentConfig) -> Daemon:
                                   "this name)")
         node_name = cert_name
 
+    warn_only, reaper = exclusivity_policy(cfg.gpu_exclusivity, cfg.orphan_grace)
     store = statecheck.open_store(state_dir, cfg.adopt)  # refuses a missing or corrupt agent.db
     monitor = GpuMonitor(open_gpu_source(cfg.gpus), interval=cfg.gpu_sample_interval)
+    monitor.warn_only, monitor.reaper = warn_only, reaper
     monitor.start()  # before restore: a resumed launch checks its GPUs against a first sample
     runtime = choose_runtime(cfg.runtime, state_dir, node_name, cfg.docker_host, cfg.container_user,
                              job_user, roots.output_root)
@@ -155,6 +158,15 @@ def run(argv: list[str] | None = None) -> int:
     flog.setup(cfg.log_level)
     tune_for_latency()
     return serve(build(cfg))
+
+
+def exclusivity_policy(mode: str, grace: float) -> tuple[bool, OrphanReaper]:
+    """(warn_only, reaper) for --gpu-exclusivity and --orphan-grace."""
+    if mode not in ("enforce", "warn"):
+        raise InvalidArgument("--gpu-exclusivity", f"must be enforce or warn, got {mode!r}")
+    if not grace >= 0:  # also refuses NaN
+        raise InvalidArgument("--orphan-grace", f"must be >= 0 seconds (0: never kill), got {grace}")
+    return mode == "warn", OrphanReaper(grace)
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from gpufleet.agent.states import JobState
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gpufleet.log import event
@@ -212,12 +212,18 @@ class AgentCollector(Collector):
 
     def _exclusivity_families(self, samples: list[Any]) -> Iterator[Metric]:
         fam = GaugeMetricFamily("gpufleet_gpu_processes", "Compute processes on a GPU by attribution "
-                                "(job, escaped, foreign).", labels=["gpu", "kind"])
+                                "(job, escaped, orphan, foreign).", labels=["gpu", "kind"])
         for s in samples:
-            kinds: dict[str, int] = {"job": 0, "escaped": 0, "foreign": 0}
+            kinds: dict[str, int] = dict.fromkeys(("job", "escaped", "orphan", "foreign"), 0)
             for p in getattr(s, "processes", ()):
                 if p.kind in kinds:
                     kinds[p.kind] += 1
             for kind, n in kinds.items():
                 fam.add_metric([str(s.index), kind], n)
         yield fam
+        reaper = getattr(self.monitor, "reaper", None)
+        if reaper is not None:
+            killed = CounterMetricFamily("gpufleet_gpu_orphans_killed", "Processes of ended jobs killed for "
+                                         "holding a GPU past --orphan-grace.")
+            killed.add_metric([], float(getattr(reaper, "killed_total", 0)))
+            yield killed

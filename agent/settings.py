@@ -23,6 +23,10 @@ OPTIONS = [
                   "jobs it cannot account for (otherwise the agent refuses to start)", bool),
     config.Option("gpus", "auto", "auto (NVML when present, else none), none, nvml, or fake:N"),
     config.Option("gpu-sample-interval", 5.0, "seconds between GPU samples", float),
+    config.Option("gpu-exclusivity", "enforce", "enforce (a GPU with a foreign or orphan process is not offered "
+                  "until free) or warn (it stays offered; the GPU's reason says why)"),
+    config.Option("orphan-grace", 60.0, "seconds an ended job's process may hold a GPU before it is killed "
+                  "(0: never kill, only report)", float),
     config.Option("output-root", "/var/lib/gpufleet/output", "the only host folder jobs may write to"),
     config.Option("data-root", "/var/lib/gpufleet/data", "the only host folder jobs may read data from"),
     config.Option("coordinator", "", "HOST:PORT of the coordinator to register with (optional)"),
@@ -55,6 +59,8 @@ class AgentConfig:
     adopt: bool = False
     gpus: str = "auto"
     gpu_sample_interval: float = 5.0
+    gpu_exclusivity: str = "enforce"
+    orphan_grace: float = 60.0
     output_root: str = "/var/lib/gpufleet/output"
     data_root: str = "/var/lib/gpufleet/data"
     coordinator: str = ""

@@ -1,6 +1,6 @@
 """The agent's durable state: one SQLite file (WAL, synchronous=FULL) in the state dir.
 
-Schema (version 1):
+Schema (version 2; version 1 lacked jobs.gpu_usage and is upgraded in place):
 
     meta(key PK, value)                         schema_version; reported_seq (the coordinator's
                                                 ack of the outbox, agent/reporter.py)
@@ -11,7 +11,7 @@ Schema (version 1):
          created_at, started_at, finished_at,    wall-clock seconds
          stop_requested, stop_deadline,          a pending SIGKILL survives a restart
          probe JSON, progress JSON, log_tail,
-         acknowledged)
+         acknowledged, gpu_usage JSON)           gpu_usage: set when it ended (agent/accounting.py)
     gpu_holds(gpu_index PK, job_id, attempt)     PK: a GPU is never held twice
     attempts(job_id PK, max_attempt)             fencing: older attempts are refused forever
     events(seq PK AUTOINCREMENT, at, kind,       the WatchEvents log and the outbox the reporter
@@ -38,7 +38,7 @@ from gpufleet.agent.states import LIVE, JobState, check
 
 from gpufleet.errors import FailedPrecondition, NotFound, ResourceExhausted
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 EVENTS_KEPT = 20_000
 
 _SCHEMA = """
@@ -49,7 +49,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     start_marker TEXT NOT NULL DEFAULT '', exit_code INTEGER, signal INTEGER NOT NULL DEFAULT 0,
     message TEXT NOT NULL DEFAULT '', created_at REAL NOT NULL, started_at REAL, finished_at REAL,
     stop_requested INTEGER NOT NULL DEFAULT 0, stop_deadline REAL, probe TEXT, progress TEXT,
-    log_tail BLOB, acknowledged INTEGER NOT NULL DEFAULT 0,
+    log_tail BLOB, acknowledged INTEGER NOT NULL DEFAULT 0, gpu_usage TEXT,
     PRIMARY KEY (job_id, attempt));
 CREATE TABLE IF NOT EXISTS gpu_holds (
     gpu_index INTEGER PRIMARY KEY, job_id TEXT NOT NULL, attempt INTEGER NOT NULL);
@@ -82,6 +82,8 @@ class JobRecord:
     progress: dict[str, Any] | None = None
     log_tail: bytes = b""
     acknowledged: bool = False
+    # The attempt's GPU use, set when it ended (agent/accounting.py as_record).
+    gpu_usage: dict[str, Any] | None = None
 
     @property
     def key(self) -> tuple[str, int]:
@@ -105,8 +107,9 @@ class Event:
 _COLS = (
     "job_id, attempt, state, spec, gpu_indices, runtime, runtime_id, start_marker, exit_code, signal, "
     "message, created_at, started_at, finished_at, stop_requested, stop_deadline, probe, progress, "
-    "log_tail, acknowledged"
+    "log_tail, acknowledged, gpu_usage"
 )
+_NCOLS = _COLS.count(",") + 1
 
 
 def _row_to_job(r: sqlite3.Row) -> JobRecord:
@@ -131,6 +134,7 @@ def _row_to_job(r: sqlite3.Row) -> JobRecord:
         progress=json.loads(r["progress"]) if r["progress"] else None,
         log_tail=bytes(r["log_tail"] or b""),
         acknowledged=bool(r["acknowledged"]),
+        gpu_usage=json.loads(r["gpu_usage"]) if r["gpu_usage"] else None,
     )
 
 
@@ -163,6 +167,13 @@ class Store(Recording):
                 )
         # executescript commits on its own, so schema creation runs outside _tx.
         with self._lock:
+            if row is not None and int(row["value"]) < 2:
+                # 1 -> 2: ended attempts carry their GPU use (issue 15). Idempotent: a crash after the
+                # ALTER and before the version bump finds the column there.
+                cols = {c["name"] for c in self._db.execute("PRAGMA table_info(jobs)").fetchall()}
+                if cols and "gpu_usage" not in cols:
+                    self._db.execute("ALTER TABLE jobs ADD COLUMN gpu_usage TEXT")
+                self._db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
             self._db.executescript(_SCHEMA)
             self._db.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
@@ -285,7 +296,7 @@ class Store(Recording):
         with self._tx() as db:
             self._check_insert(db, job)
             db.execute(
-                f"INSERT INTO jobs ({_COLS}) VALUES ({','.join('?' * 20)})", _job_params(job)
+                f"INSERT INTO jobs ({_COLS}) VALUES ({','.join('?' * _NCOLS)})", _job_params(job)
             )
             db.executemany(
                 "INSERT INTO gpu_holds (gpu_index, job_id, attempt) VALUES (?, ?, ?)",
@@ -335,7 +346,7 @@ class Store(Recording):
                 check(job.job_id, cur.state, new_state)
             new = replace(cur, **changes)
             db.execute(
-                f"UPDATE jobs SET ({_COLS}) = ({','.join('?' * 20)}) WHERE job_id=? AND attempt=?",
+                f"UPDATE jobs SET ({_COLS}) = ({','.join('?' * _NCOLS)}) WHERE job_id=? AND attempt=?",
                 (*_job_params(new), job.job_id, job.attempt),
             )
             if new.state not in LIVE:
@@ -387,6 +398,7 @@ def _job_params(j: JobRecord) -> tuple[Any, ...]:
         json.dumps(j.progress) if j.progress is not None else None,
         j.log_tail,
         int(j.acknowledged),
+        json.dumps(j.gpu_usage) if j.gpu_usage is not None else None,
     )
 
 

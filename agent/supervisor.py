@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from gpufleet.agent import exclusivity
+from gpufleet.agent import accounting, exclusivity
 from gpufleet.agent import probe as probe_mod
 from gpufleet.agent.ending import ALIVE, decide_end
 from gpufleet.agent.exits import ExitWatcher
@@ -436,11 +436,15 @@ class Supervisor:
         if ending is None:
             return  # alive after all: _observe_one only calls this for an attempt that is gone
         state, message = ending.state, ending.message
+        finished = obs.finished_at or now
+        usage = accounting.as_record(self.gpus.accounting.usage(job.job_id), len(job.gpu_indices),
+                                     job.started_at or obs.started_at, finished)
         job = self._notified(self.store.record_ended(
-            job, state, obs.finished_at or now, message, exit_code=obs.exit_code, signal=obs.signal,
-            probe=verdict, log_tail=tail,
+            job, state, finished, message, exit_code=obs.exit_code, signal=obs.signal,
+            probe=verdict, log_tail=tail, gpu_usage=usage,
         ))
         self._watches.pop(job.key, None)
+        self.gpus.accounting.close(job.job_id)  # its GPUs are released: a next attempt starts from nothing
         event(log, "job.ended", job_id=job.job_id, attempt=job.attempt, state=state.value,
               exit_code=obs.exit_code, probe=verdict.get("reason"))
         failpoints.hit("agent.exit.after_record")

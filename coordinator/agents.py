@@ -39,6 +39,8 @@ class Observation:
     progress: dict[str, Any] | None = None
     error: str = ""
     log_tail: bytes = b""
+    # The attempt's GPU use (proto GpuUsage as a dict), once it ended; None from older agents.
+    gpu_usage: dict[str, Any] | None = None
 
 
 def probe_from_pb(p: pb.ProbeResult) -> dict[str, Any]:
@@ -61,8 +63,14 @@ def observation_from_pb(st: pb.JobStatus) -> Observation:
         kind="found", state=state, attempt=st.attempt,
         exit_code=st.exit_code if st.HasField("exit_code") else None, message=st.message,
         probe=probe_from_pb(st.probe) if st.HasField("probe") else None, progress=progress,
-        log_tail=st.log_tail,
+        log_tail=st.log_tail, gpu_usage=usage_from_pb(st.gpu_usage) if st.HasField("gpu_usage") else None,
     )
+
+
+def usage_from_pb(u: pb.GpuUsage) -> dict[str, Any]:
+    return {"gpu_seconds": u.gpu_seconds, "energy_joules": u.energy_joules,
+            "peak_memory_bytes": u.peak_memory_bytes, "mean_utilization": u.mean_utilization,
+            "samples": u.samples}
 
 
 class AgentPool:

@@ -9,6 +9,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from gpufleet.coordinator.db.options import JobOptions
 from gpufleet.coordinator.db.rows import JobRow, MetricPoint, ModelRow, NodeRow, Progress
+from gpufleet.coordinator.db.usage import UsageRow, UsageSum
 from gpufleet.coordinator.states import JobStatus, JobType, ModelStatus, NodeState, Step, format_duration
 
 from gpufleet import jobspec
@@ -162,13 +163,24 @@ def models_page_to_pb(rows: Sequence[ModelRow], now: datetime | None = None) -> 
 
 
 def node_to_pb(n: NodeRow, running: int = 0) -> cpb.Node:
-    gpus = [pb.GpuInfo(**{k: v for k, v in g.items() if k in pb.GpuInfo.DESCRIPTOR.fields_by_name})
-            for g in n.gpus]
+    gpus = [_gpu_to_pb(g) for g in n.gpus]
     return cpb.Node(
         name=n.name, address=n.address, labels=n.labels, state=node_state_to_pb(n.shown_state),  # type: ignore[arg-type]
         last_heartbeat=ts(n.last_heartbeat), agent_version=n.agent_version, gpus=gpus, state_name=n.shown_state.value,
         runtime=n.runtime, running_jobs=running,
     )
+
+
+def _gpu_to_pb(g: dict[str, Any]) -> pb.GpuInfo:
+    fields = pb.GpuInfo.DESCRIPTOR.fields_by_name
+    out = pb.GpuInfo(**{k: v for k, v in g.items() if k in fields and k != "processes"})
+    for p in g.get("processes") or ():
+        out.processes.add(pid=int(p.get("pid", 0)), used_bytes=int(p.get("used_bytes", 0)),
+                          kind=str(p.get("kind", "")), job_id=str(p.get("job_id", "")))
+    return out
+
+
+MAX_GPU_PROCESSES = 32  # per GPU in a node's stored snapshot: a fork bomb must not bloat every heartbeat row
 
 
 def gpu_from_pb(g: pb.GpuInfo) -> dict[str, Any]:
@@ -178,7 +190,20 @@ def gpu_from_pb(g: pb.GpuInfo) -> dict[str, Any]:
         "memory_total_bytes": g.memory_total_bytes, "temperature_c": g.temperature_c, "power_w": g.power_w,
         "power_limit_w": g.power_limit_w, "ecc_errors": g.ecc_errors, "healthy": g.healthy,
         "assigned_job_id": g.assigned_job_id, "health_reason": g.health_reason,
+        "processes": [{"pid": p.pid, "used_bytes": p.used_bytes, "kind": p.kind[:16], "job_id": p.job_id[:64]}
+                      for p in g.processes[:MAX_GPU_PROCESSES]],
     }
+
+
+def job_usage_to_pb(u: UsageRow, out: cpb.Job) -> None:
+    out.gpu_usage.CopyFrom(pb.GpuUsage(gpu_seconds=u.gpu_seconds, energy_joules=u.energy_joules,
+                                       peak_memory_bytes=u.peak_memory_bytes, mean_utilization=u.mean_utilization,
+                                       samples=u.samples))
+
+
+def usage_sum_to_pb(r: UsageSum) -> cpb.UsageRow:
+    return cpb.UsageRow(key=r.key, jobs=r.jobs, gpu_seconds=r.gpu_seconds, energy_joules=r.energy_joules,
+                        peak_memory_bytes=r.peak_memory_bytes, mean_utilization=r.mean_utilization)
 
 
 def metrics_to_pb(points: list[MetricPoint]) -> list[pb.MetricRow]:

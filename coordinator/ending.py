@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from gpufleet.coordinator import states
+from gpufleet.coordinator import states, usage
 from gpufleet.coordinator.db import repo
 from gpufleet.coordinator.db.rows import JobRow
 from gpufleet.coordinator.db.schema import METRIC_KEY_LEN
@@ -104,16 +104,22 @@ def end_job(engine: Engine, job_id: str, status: JobStatus, message: str, *, act
             exit_code: int | None = None, probe: dict[str, Any] | None = None, requeue: bool = False,
             count_retry: bool = True, resume: bool = False, log_tail: bytes = b"",
             only_if: Callable[[Connection], bool] | None = None, lost: bool = False,
-            late_truth: bool = False, progress: dict[str, Any] | None = None) -> JobRow | None:
+            late_truth: bool = False, progress: dict[str, Any] | None = None,
+            gpu_usage: dict[str, Any] | None = None) -> JobRow | None:
     """End one RUNNING/QUEUED attempt, store its metrics, move its model, maybe queue the next
     attempt — all in one transaction. Returns the new attempt when one was queued.
 
     `lost`: its node stayed silent past lost_after; a requeue resumes from the latest epoch seen, in
     a fresh folder. `late_truth`: the attempt was given up for lost, but its node returned and
     reports that it ended during the silence: that end replaces the lost verdict, and the attempts
-    that replaced it are canceled (queued) or told to stop (running), SUPERSEDED_BY_ORIGINAL."""
+    that replaced it are canceled (queued) or told to stop (running), SUPERSEDED_BY_ORIGINAL.
+
+    `gpu_usage` (the agent's aggregate, coordinator/usage.py) is stored whatever the verdict: the
+    GPUs were used even when another end was recorded first."""
     with engine.begin() as conn:
         job = repo.get_job(conn, job_id, for_update=True)
+        if gpu_usage is not None:
+            usage.record(conn, job, gpu_usage)
         if late_truth:
             if not states.is_lost_verdict(job.status, job.error_message):
                 return None  # already settled (a repeated report)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from gpufleet.coordinator import exclusivity
 from gpufleet.coordinator.agents import row_id
 from gpufleet.coordinator.db import repo
 from gpufleet.coordinator.ending import end_job
@@ -80,6 +81,7 @@ class Fleet:
         self._unsettled: set[str] = set()  # not offered to the scheduler: see the module docstring
         self._lock = threading.Lock()
         self.reports = Reports(engine, reconciler, reconciler.wake_scheduler)
+        self.gpu_watch = exclusivity.Watch()
         self.loop = Loop("node-sweep", lambda: bool(self.sweep()) and False, min(1.0, node_timeout / 4), mono)
 
     # -- liveness ------------------------------------------------------------------------------
@@ -163,6 +165,8 @@ class Fleet:
             if state is None or state is NodeState.LOST:
                 return HeartbeatAnswer(reregister=True)  # Register revives it and carries the fencing
             back = repo.clear_unreachable(conn, name, actor="heartbeat", now=now)
+            for reason in self.gpu_watch.heard(name, gpus):  # foreign/orphan/escaped GPU processes
+                repo.record_event(conn, "node", name, None, None, reason=reason, actor="heartbeat", now=now)
             rows = repo.job_briefs(conn, [row_id(d.job_id, d.attempt) for d in jobs])
         self._touch(name, now)
         if back:

@@ -16,6 +16,7 @@ from gpufleet.coordinator import tokens as coord_tokens
 from gpufleet.coordinator.agents import AgentPool
 from gpufleet.coordinator.capacity import UserCapacityInterceptor
 from gpufleet.coordinator.db import engine as dbengine
+from gpufleet.coordinator.exclusivity import ExclusivityCollector
 from gpufleet.coordinator.fleet import Fleet
 from gpufleet.coordinator.keeper import Keeper
 from gpufleet.coordinator.lifecycle import Lifecycle
@@ -25,6 +26,7 @@ from gpufleet.coordinator.reconciler import Reconciler
 from gpufleet.coordinator.scheduler import Scheduler
 from gpufleet.coordinator.service import CoordinatorService, FleetService, add_to_server
 from gpufleet.coordinator.settings import CoordinatorConfig
+from gpufleet.coordinator.usage import UsageCollector
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 
@@ -113,6 +115,8 @@ def build(cfg: CoordinatorConfig, db: Database | None = None) -> Daemon:
 
     registry = new_registry()
     registry.register(CoordinatorCollector(engine, scheduler, reconciler, fleet))
+    registry.register(UsageCollector(engine))
+    registry.register(ExclusivityCollector(fleet.gpu_watch))
     server, hs = build_server(interceptors=[RpcMetricsInterceptor(registry), *auth_interceptors,
                                             UserCapacityInterceptor()])
     add_to_server(CoordinatorService(engine, life, agents), FleetService(fleet, agents), server)

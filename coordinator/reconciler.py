@@ -230,7 +230,7 @@ class Reconciler:
         if d.action != "finish" or d.status not in (JobStatus.SUCCESS, JobStatus.FAILED):
             return
         end_job(self.engine, job.id, d.status, d.message, actor=self.actor, exit_code=d.exit_code, probe=d.probe,
-                log_tail=obs.log_tail, late_truth=True, progress=obs.progress)
+                log_tail=obs.log_tail, late_truth=True, progress=obs.progress, gpu_usage=obs.gpu_usage)
         if _refetch(self.engine, job.id).status is JobStatus.STOPPED:
             # Not taken: a later attempt had already succeeded (the warning says so). The node may
             # still forget the attempt (a Report's answer acknowledges it itself).
@@ -344,7 +344,7 @@ class Reconciler:
         assert d.status is not None
         failpoints.hit("coordinator.reconcile.before_apply")
         end_job(self.engine, job.id, d.status, d.message, actor=self.actor, exit_code=d.exit_code, probe=d.probe,
-                log_tail=obs.log_tail, progress=obs.progress)
+                log_tail=obs.log_tail, progress=obs.progress, gpu_usage=obs.gpu_usage)
         if self.agents.acknowledge(address, job.root_id, job.attempt):
             with self.engine.begin() as conn:
                 repo.mark_acked(conn, [job.id])

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy.exc
+from gpufleet.coordinator import usage
 from gpufleet.coordinator.agents import Observation, row_id
 from gpufleet.coordinator.db import repo
 from gpufleet.coordinator.ending import end_job, ingest_probe, start_running
@@ -93,6 +94,10 @@ class Reports:
                     ingest_probe(conn, job, {"metrics": e.metrics})
             return False
         if brief.status is not JobStatus.RUNNING:
+            if e.kind == "ended" and e.obs.gpu_usage is not None:
+                # Ended here first (given up for lost, a time limit): its GPUs were used all the same.
+                with self.engine.begin() as conn:
+                    usage.record(conn, repo.get_job(conn, rid), e.obs.gpu_usage)
             if brief.lost_verdict and e.kind == "ended" and e.obs.state in ("SUCCEEDED", "FAILED"):
                 self.reconciler.late_truth(rid, self._with_rows(e))
             if self._terminal(rid) and e.kind == "ended":
@@ -111,7 +116,7 @@ class Reports:
         probe = self._with_rows(e).probe
         failpoints.hit("coordinator.reconcile.before_apply")  # the end is known, not yet stored
         end_job(self.engine, rid, d.status, d.message, actor=self.actor, exit_code=d.exit_code, probe=probe,
-                log_tail=e.obs.log_tail, progress=e.obs.progress)
+                log_tail=e.obs.log_tail, progress=e.obs.progress, gpu_usage=e.obs.gpu_usage)
         self._ack(rid, e, out)
         return True
 

@@ -7,10 +7,11 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import grpc
-from gpufleet.coordinator import convert, tenancy
+from gpufleet.coordinator import convert, tenancy, usage
 from gpufleet.coordinator.agents import AgentPool, observation_from_pb
 from gpufleet.coordinator.db import options, repo
 from gpufleet.coordinator.db import tokens as owners
+from gpufleet.coordinator.db import usage as usage_db
 from gpufleet.coordinator.db.rows import JobRow
 from gpufleet.coordinator.fleet import Digest, Fleet
 from gpufleet.coordinator.lifecycle import MAX_GPUS, Lifecycle, check_job_id
@@ -263,7 +264,11 @@ class CoordinatorService(TokenAdmin, coordinator_pb2_grpc.CoordinatorServicer):
         job = self.life.get_job(request.job_id)
         with self.engine.connect() as conn:
             prog = repo.get_progress(conn, [job.id]).get(job.id)
-        return self._redact_jobs([job], self._with_reasons([job], [convert.job_to_pb(job, prog)]))[0]
+            used = usage_db.get_usage(conn, [job.id]).get(job.id)
+        out = self._with_reasons([job], [convert.job_to_pb(job, prog)])[0]
+        if used is not None:
+            convert.job_usage_to_pb(used, out)
+        return self._redact_jobs([job], [out])[0]
 
     @rpc
     def ListJobs(self, request: cpb.ListJobsQuery, context: Any) -> cpb.ListJobsPage:
@@ -331,6 +336,14 @@ class CoordinatorService(TokenAdmin, coordinator_pb2_grpc.CoordinatorServicer):
                 m = repo.get_model(conn, job.model_uuid)
                 best = m.best_epoch or 0 if m.current_attempt_id == job.id or job.job_type.value == "TRAIN" else 0
         return cpb.JobMetrics(job_id=job.id, rows=convert.metrics_to_pb(points), best_epoch=best)
+
+    @rpc
+    def GetUsage(self, request: cpb.UsageQuery, context: Any) -> cpb.UsageReport:
+        with self.engine.connect() as conn:
+            summary = usage.summarize(conn, request.since_seconds, request.by)
+        return cpb.UsageReport(since=convert.ts(summary.since), by=summary.by,
+                               rows=[convert.usage_sum_to_pb(r) for r in summary.rows],
+                               total=convert.usage_sum_to_pb(summary.total))
 
     # -- fleet ---------------------------------------------------------------------------------
     @rpc

@@ -23,6 +23,7 @@ from gpufleet.cli import (
     pipelines,  # noqa: F401
     security,  # noqa: F401
     settings,
+    usage,  # noqa: F401
 )
 from gpufleet.cli.base import app, err, out
 

@@ -19,12 +19,14 @@ from gpufleet.cli.base import (
     enum_value,
     jobs_app,
     listing,
+    out,
     poll,
     print_json,
     rpc_errors,
     watch,
     wide,
 )
+from gpufleet.cli.usage import usage_line
 from gpufleet.v1 import agent_pb2 as apb
 from gpufleet.v1 import common_pb2 as pb
 from gpufleet.v1 import coordinator_pb2 as cpb
@@ -61,7 +63,12 @@ def job_table(title: str, jobs: list[cpb.Job]) -> None:
 
 
 def show_job(j: cpb.Job, title: str) -> None:
-    emit(j, lambda: job_table(title, [j]))
+    def table() -> None:
+        job_table(title, [j])
+        if j.HasField("gpu_usage"):
+            out.print(usage_line(j.gpu_usage))
+
+    emit(j, table)
 
 
 @jobs_app.command("submit", context_settings={"allow_interspersed_args": False})

@@ -79,8 +79,14 @@ def gpu_table(title: str, gpus: list[pb.GpuInfo]) -> None:
     _table(title, ["gpu", "name", "util %", "mem used/total GiB", "temp C", "power W", "healthy", "job"],
            [[g.index, g.name, f"{g.utilization_gpu:.0f}",
              f"{g.memory_used_bytes / 2**30:.1f}/{g.memory_total_bytes / 2**30:.0f}", f"{g.temperature_c:.0f}",
-             f"{g.power_w:.0f}/{g.power_limit_w:.0f}", "yes" if g.healthy else f"no ({g.health_reason})",
+             f"{g.power_w:.0f}/{g.power_limit_w:.0f}",
+             ("yes" if g.healthy else "no") + (f" ({g.health_reason})" if g.health_reason else ""),
              g.assigned_job_id or "-"] for g in gpus])
+    # Who is really on the GPUs (issue 15): a job's own processes, and the ones that are not.
+    procs = [[g.index, p.pid, p.kind, p.job_id or "-", f"{p.used_bytes / 2**20:.0f}"]
+             for g in gpus for p in g.processes]
+    if procs:
+        _table("GPU processes", ["gpu", "pid", "kind", "job", "MiB"], procs)
 
 
 @nodes_app.command("show")

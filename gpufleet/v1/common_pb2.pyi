@@ -160,7 +160,7 @@ class Progress(_message.Message):
     def __init__(self, current_epoch: _Optional[int] = ..., total_epoch: _Optional[int] = ..., last_metrics: _Optional[_Mapping[str, float]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "attempt", "state", "exit_code", "signal", "created_at", "started_at", "finished_at", "gpu_indices", "runtime", "runtime_id", "message", "probe", "progress", "output_dir", "acknowledged", "stop_requested", "job_type", "log_tail")
+    __slots__ = ("job_id", "attempt", "state", "exit_code", "signal", "created_at", "started_at", "finished_at", "gpu_indices", "runtime", "runtime_id", "message", "probe", "progress", "output_dir", "acknowledged", "stop_requested", "job_type", "log_tail", "gpu_usage")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -180,6 +180,7 @@ class JobStatus(_message.Message):
     STOP_REQUESTED_FIELD_NUMBER: _ClassVar[int]
     JOB_TYPE_FIELD_NUMBER: _ClassVar[int]
     LOG_TAIL_FIELD_NUMBER: _ClassVar[int]
+    GPU_USAGE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     attempt: int
     state: AgentJobState
@@ -199,10 +200,37 @@ class JobStatus(_message.Message):
     stop_requested: bool
     job_type: JobType
     log_tail: bytes
-    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., state: _Optional[_Union[AgentJobState, str]] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., gpu_indices: _Optional[_Iterable[int]] = ..., runtime: _Optional[str] = ..., runtime_id: _Optional[str] = ..., message: _Optional[str] = ..., probe: _Optional[_Union[ProbeResult, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., output_dir: _Optional[str] = ..., acknowledged: _Optional[bool] = ..., stop_requested: _Optional[bool] = ..., job_type: _Optional[_Union[JobType, str]] = ..., log_tail: _Optional[bytes] = ...) -> None: ...
+    gpu_usage: GpuUsage
+    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., state: _Optional[_Union[AgentJobState, str]] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., gpu_indices: _Optional[_Iterable[int]] = ..., runtime: _Optional[str] = ..., runtime_id: _Optional[str] = ..., message: _Optional[str] = ..., probe: _Optional[_Union[ProbeResult, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., output_dir: _Optional[str] = ..., acknowledged: _Optional[bool] = ..., stop_requested: _Optional[bool] = ..., job_type: _Optional[_Union[JobType, str]] = ..., log_tail: _Optional[bytes] = ..., gpu_usage: _Optional[_Union[GpuUsage, _Mapping]] = ...) -> None: ...
+
+class GpuUsage(_message.Message):
+    __slots__ = ("gpu_seconds", "energy_joules", "peak_memory_bytes", "mean_utilization", "samples")
+    GPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_JOULES_FIELD_NUMBER: _ClassVar[int]
+    PEAK_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEAN_UTILIZATION_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    gpu_seconds: float
+    energy_joules: float
+    peak_memory_bytes: int
+    mean_utilization: float
+    samples: int
+    def __init__(self, gpu_seconds: _Optional[float] = ..., energy_joules: _Optional[float] = ..., peak_memory_bytes: _Optional[int] = ..., mean_utilization: _Optional[float] = ..., samples: _Optional[int] = ...) -> None: ...
+
+class GpuProcess(_message.Message):
+    __slots__ = ("pid", "used_bytes", "kind", "job_id")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    used_bytes: int
+    kind: str
+    job_id: str
+    def __init__(self, pid: _Optional[int] = ..., used_bytes: _Optional[int] = ..., kind: _Optional[str] = ..., job_id: _Optional[str] = ...) -> None: ...
 
 class GpuInfo(_message.Message):
-    __slots__ = ("index", "uuid", "name", "utilization_gpu", "utilization_memory", "memory_used_bytes", "memory_total_bytes", "temperature_c", "power_w", "power_limit_w", "ecc_errors", "healthy", "assigned_job_id", "health_reason")
+    __slots__ = ("index", "uuid", "name", "utilization_gpu", "utilization_memory", "memory_used_bytes", "memory_total_bytes", "temperature_c", "power_w", "power_limit_w", "ecc_errors", "healthy", "assigned_job_id", "health_reason", "processes")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     UUID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -217,6 +245,7 @@ class GpuInfo(_message.Message):
     HEALTHY_FIELD_NUMBER: _ClassVar[int]
     ASSIGNED_JOB_ID_FIELD_NUMBER: _ClassVar[int]
     HEALTH_REASON_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
     index: int
     uuid: str
     name: str
@@ -231,4 +260,5 @@ class GpuInfo(_message.Message):
     healthy: bool
     assigned_job_id: str
     health_reason: str
-    def __init__(self, index: _Optional[int] = ..., uuid: _Optional[str] = ..., name: _Optional[str] = ..., utilization_gpu: _Optional[float] = ..., utilization_memory: _Optional[float] = ..., memory_used_bytes: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., temperature_c: _Optional[float] = ..., power_w: _Optional[float] = ..., power_limit_w: _Optional[float] = ..., ecc_errors: _Optional[int] = ..., healthy: _Optional[bool] = ..., assigned_job_id: _Optional[str] = ..., health_reason: _Optional[str] = ...) -> None: ...
+    processes: _containers.RepeatedCompositeFieldContainer[GpuProcess]
+    def __init__(self, index: _Optional[int] = ..., uuid: _Optional[str] = ..., name: _Optional[str] = ..., utilization_gpu: _Optional[float] = ..., utilization_memory: _Optional[float] = ..., memory_used_bytes: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., temperature_c: _Optional[float] = ..., power_w: _Optional[float] = ..., power_limit_w: _Optional[float] = ..., ecc_errors: _Optional[int] = ..., healthy: _Optional[bool] = ..., assigned_job_id: _Optional[str] = ..., health_reason: _Optional[str] = ..., processes: _Optional[_Iterable[_Union[GpuProcess, _Mapping]]] = ...) -> None: ...

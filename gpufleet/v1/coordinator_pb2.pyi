@@ -332,7 +332,7 @@ class Pipeline(_message.Message):
     def __init__(self, pipeline_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[PipelineStepStatus, _Mapping]]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "model_uuid", "job_type", "attempt", "status", "exit_code", "error_message", "node", "gpu_indices", "gpus", "priority", "spec", "max_retries", "retries_used", "created_at", "started_at", "finished_at", "progress", "name", "status_name", "constraints", "resume_on_retry", "superseded_by", "trimmed", "pending_code", "pending_reason", "depends_on", "dependency_mode", "time_limit_seconds", "array_id", "array_index", "pipeline_id", "step", "shadow", "node_unreachable_since", "lost_after_seconds", "warnings")
+    __slots__ = ("job_id", "model_uuid", "job_type", "attempt", "status", "exit_code", "error_message", "node", "gpu_indices", "gpus", "priority", "spec", "max_retries", "retries_used", "created_at", "started_at", "finished_at", "progress", "name", "status_name", "constraints", "resume_on_retry", "superseded_by", "trimmed", "pending_code", "pending_reason", "depends_on", "dependency_mode", "time_limit_seconds", "array_id", "array_index", "pipeline_id", "step", "shadow", "node_unreachable_since", "lost_after_seconds", "warnings", "gpu_usage")
     class ConstraintsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -377,6 +377,7 @@ class Job(_message.Message):
     NODE_UNREACHABLE_SINCE_FIELD_NUMBER: _ClassVar[int]
     LOST_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    GPU_USAGE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     model_uuid: str
     job_type: _common_pb2.JobType
@@ -414,7 +415,8 @@ class Job(_message.Message):
     node_unreachable_since: _timestamp_pb2.Timestamp
     lost_after_seconds: int
     warnings: str
-    def __init__(self, job_id: _Optional[str] = ..., model_uuid: _Optional[str] = ..., job_type: _Optional[_Union[_common_pb2.JobType, str]] = ..., attempt: _Optional[int] = ..., status: _Optional[_Union[JobStatusCode, str]] = ..., exit_code: _Optional[int] = ..., error_message: _Optional[str] = ..., node: _Optional[str] = ..., gpu_indices: _Optional[_Iterable[int]] = ..., gpus: _Optional[int] = ..., priority: _Optional[int] = ..., spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., max_retries: _Optional[int] = ..., retries_used: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., name: _Optional[str] = ..., status_name: _Optional[str] = ..., constraints: _Optional[_Mapping[str, str]] = ..., resume_on_retry: _Optional[bool] = ..., superseded_by: _Optional[str] = ..., trimmed: _Optional[bool] = ..., pending_code: _Optional[str] = ..., pending_reason: _Optional[str] = ..., depends_on: _Optional[_Iterable[str]] = ..., dependency_mode: _Optional[str] = ..., time_limit_seconds: _Optional[int] = ..., array_id: _Optional[str] = ..., array_index: _Optional[int] = ..., pipeline_id: _Optional[str] = ..., step: _Optional[str] = ..., shadow: _Optional[bool] = ..., node_unreachable_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lost_after_seconds: _Optional[int] = ..., warnings: _Optional[str] = ...) -> None: ...
+    gpu_usage: _common_pb2.GpuUsage
+    def __init__(self, job_id: _Optional[str] = ..., model_uuid: _Optional[str] = ..., job_type: _Optional[_Union[_common_pb2.JobType, str]] = ..., attempt: _Optional[int] = ..., status: _Optional[_Union[JobStatusCode, str]] = ..., exit_code: _Optional[int] = ..., error_message: _Optional[str] = ..., node: _Optional[str] = ..., gpu_indices: _Optional[_Iterable[int]] = ..., gpus: _Optional[int] = ..., priority: _Optional[int] = ..., spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., max_retries: _Optional[int] = ..., retries_used: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., name: _Optional[str] = ..., status_name: _Optional[str] = ..., constraints: _Optional[_Mapping[str, str]] = ..., resume_on_retry: _Optional[bool] = ..., superseded_by: _Optional[str] = ..., trimmed: _Optional[bool] = ..., pending_code: _Optional[str] = ..., pending_reason: _Optional[str] = ..., depends_on: _Optional[_Iterable[str]] = ..., dependency_mode: _Optional[str] = ..., time_limit_seconds: _Optional[int] = ..., array_id: _Optional[str] = ..., array_index: _Optional[int] = ..., pipeline_id: _Optional[str] = ..., step: _Optional[str] = ..., shadow: _Optional[bool] = ..., node_unreachable_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lost_after_seconds: _Optional[int] = ..., warnings: _Optional[str] = ..., gpu_usage: _Optional[_Union[_common_pb2.GpuUsage, _Mapping]] = ...) -> None: ...
 
 class ListJobsQuery(_message.Message):
     __slots__ = ("status", "model_uuid", "node", "page", "size")
@@ -449,6 +451,42 @@ class JobMetrics(_message.Message):
     rows: _containers.RepeatedCompositeFieldContainer[_common_pb2.MetricRow]
     best_epoch: int
     def __init__(self, job_id: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[_common_pb2.MetricRow, _Mapping]]] = ..., best_epoch: _Optional[int] = ...) -> None: ...
+
+class UsageQuery(_message.Message):
+    __slots__ = ("since_seconds", "by")
+    SINCE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
+    since_seconds: int
+    by: str
+    def __init__(self, since_seconds: _Optional[int] = ..., by: _Optional[str] = ...) -> None: ...
+
+class UsageRow(_message.Message):
+    __slots__ = ("key", "jobs", "gpu_seconds", "energy_joules", "peak_memory_bytes", "mean_utilization")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    GPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_JOULES_FIELD_NUMBER: _ClassVar[int]
+    PEAK_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEAN_UTILIZATION_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    jobs: int
+    gpu_seconds: float
+    energy_joules: float
+    peak_memory_bytes: int
+    mean_utilization: float
+    def __init__(self, key: _Optional[str] = ..., jobs: _Optional[int] = ..., gpu_seconds: _Optional[float] = ..., energy_joules: _Optional[float] = ..., peak_memory_bytes: _Optional[int] = ..., mean_utilization: _Optional[float] = ...) -> None: ...
+
+class UsageReport(_message.Message):
+    __slots__ = ("since", "by", "rows", "total")
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    since: _timestamp_pb2.Timestamp
+    by: str
+    rows: _containers.RepeatedCompositeFieldContainer[UsageRow]
+    total: UsageRow
+    def __init__(self, since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., by: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[UsageRow, _Mapping]]] = ..., total: _Optional[_Union[UsageRow, _Mapping]] = ...) -> None: ...
 
 class ListNodesRequest(_message.Message):
     __slots__ = ()

@@ -115,6 +115,11 @@ class CoordinatorStub:
                 request_serializer=gpufleet_dot_v1_dot_coordinator__pb2.JobRef.SerializeToString,
                 response_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.JobMetrics.FromString,
                 _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/gpufleet.v1.Coordinator/GetUsage',
+                request_serializer=gpufleet_dot_v1_dot_coordinator__pb2.UsageQuery.SerializeToString,
+                response_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.UsageReport.FromString,
+                _registered_method=True)
         self.ListNodes = channel.unary_unary(
                 '/gpufleet.v1.Coordinator/ListNodes',
                 request_serializer=gpufleet_dot_v1_dot_coordinator__pb2.ListNodesRequest.SerializeToString,
@@ -298,6 +303,13 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsage(self, request, context):
+        """GPU use of ended attempts, summed per user (or node, or in all) since a time: `gpufleet usage`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListNodes(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -474,6 +486,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.GetJobMetrics,
                     request_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.JobRef.FromString,
                     response_serializer=gpufleet_dot_v1_dot_coordinator__pb2.JobMetrics.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.UsageQuery.FromString,
+                    response_serializer=gpufleet_dot_v1_dot_coordinator__pb2.UsageReport.SerializeToString,
             ),
             'ListNodes': grpc.unary_unary_rpc_method_handler(
                     servicer.ListNodes,
@@ -978,6 +995,33 @@ class Coordinator:
             '/gpufleet.v1.Coordinator/GetJobMetrics',
             gpufleet_dot_v1_dot_coordinator__pb2.JobRef.SerializeToString,
             gpufleet_dot_v1_dot_coordinator__pb2.JobMetrics.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpufleet.v1.Coordinator/GetUsage',
+            gpufleet_dot_v1_dot_coordinator__pb2.UsageQuery.SerializeToString,
+            gpufleet_dot_v1_dot_coordinator__pb2.UsageReport.FromString,
             options,
             channel_credentials,
             insecure,

@@ -332,7 +332,7 @@ def model_calls(draw: Any) -> tuple[str, Any]:
 
 @st.composite
 def list_calls(draw: Any) -> tuple[str, Any]:
-    method = draw(st.sampled_from(["ListModels", "ListJobs", "ListNodes"]))
+    method = draw(st.sampled_from(["ListModels", "ListJobs", "ListNodes", "GetUsage"]))
     page, size = draw(st.one_of(st.integers(-2, 3), INT32)), draw(st.one_of(st.integers(-2, 501), INT32))
     if method == "ListModels":
         return method, cpb.ListModelsRequest(status=draw(ENUM), model_no=draw(st.one_of(st.just("G1"), STR)),
@@ -340,6 +340,9 @@ def list_calls(draw: Any) -> tuple[str, Any]:
     if method == "ListJobs":
         return method, cpb.ListJobsQuery(status=draw(ENUM), model_uuid=draw(UUIDS), node=draw(NODE_NAMES),
                                          page=page, size=size)
+    if method == "GetUsage":
+        return method, cpb.UsageQuery(since_seconds=draw(INT64),
+                                      by=draw(st.one_of(st.sampled_from(["", "user", "node", "all"]), STR)))
     return method, cpb.ListNodesRequest()
 
 
@@ -493,7 +496,7 @@ def test_random_list_queries(env: Env, call_: tuple[str, Any]) -> None:
     before = env.totals()
     code, details, page = call(env.stub, method, req)
     judge(env, method, code, details, ALLOWED)
-    if code == C.OK and method != "ListNodes":
+    if code == C.OK and method not in ("ListNodes", "GetUsage"):
         items = page.items if method == "ListModels" else page.jobs
         size = req.size or 20
         assert len(items) <= size and page.total_pages >= 0
@@ -676,7 +679,7 @@ COVERED = {
     "Coordinator": {"CreateModel", "SubmitJob", "ListModels", "ListJobs", "ListNodes", "GetJob", "CancelJob",
                     "GetJobMetrics", "StreamJobLogs", "DrainNode", "UndrainNode", "StageDataset", *MODEL_RPCS,
                     "CreateToken", "ListTokens", "RevokeToken", "SubmitArray", "GetArray", "CancelArray",
-                    "SubmitPipeline", "GetPipeline", "CancelPipeline"},
+                    "SubmitPipeline", "GetPipeline", "CancelPipeline", "GetUsage"},
     "Fleet": {"Register", "Heartbeat", "Report"},
 }
 

@@ -3,6 +3,8 @@ learn their GPUs' identity (UUIDs, PCI order) in both runtimes."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -11,7 +13,7 @@ import pytest
 
 from gpufleet.v1 import agent_pb2 as apb
 from gpufleet.v1 import common_pb2 as pb
-from tests.harness import AgentProc, wait_for
+from tests.harness import AgentProc, pid_alive, wait_for
 
 PY = sys.executable
 GATE = ("import os, time\n"
@@ -83,3 +85,76 @@ def test_foreign_and_escaped_processes_are_flagged_and_a_foreign_held_gpu_recove
         foreign.wait()
         (a.output_root / "own" / "release").write_text("")
     a.wait_state("own", "SUCCEEDED", timeout=60)
+
+
+# A job whose daemon outlives it: the daemon leaves the job's session and process tree (as a forked
+# dataloader or a `nohup` would), keeps the job's environment, writes its pid and holds on.
+LEAVES_A_DAEMON = ("import os, time\n"
+                   "if os.fork() == 0:\n"
+                   "    os.setsid()\n"
+                   "    if os.fork():\n"
+                   "        os._exit(0)\n"
+                   "    null = os.open(os.devnull, os.O_RDWR)\n"
+                   "    for fd in (0, 1, 2):\n"
+                   "        os.dup2(null, fd)\n"
+                   "    open('daemon.tmp', 'w').write(str(os.getpid()))\n"
+                   "    os.replace('daemon.tmp', 'daemon.pid')\n"
+                   "    while True:\n"
+                   "        time.sleep(1)\n"
+                   "while not os.path.exists('daemon.pid'):\n"
+                   "    time.sleep(0.05)\n")
+
+
+def orphan_of(a: AgentProc, job_id: str, gpu: int, control) -> int:  # type: ignore[no-untyped-def]
+    a.launch(job_id, [PY, "-c", LEAVES_A_DAEMON], gpus=[gpu])
+    a.wait_state(job_id, "SUCCEEDED", timeout=60)
+    pid = int((a.output_root / job_id / "daemon.pid").read_text())
+    control.write_text(json.dumps({str(gpu): [[pid, 3 << 30]]}))  # the daemon holds 3 GiB of the GPU
+    return pid
+
+
+def test_an_orphan_holds_its_gpu_back_until_it_is_gone(agent_factory, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    control = tmp_path / "gpu-procs.json"
+    control.write_text("{}")
+    # --orphan-grace 0: orphans are reported, never killed.
+    a: AgentProc = agent_factory("o", env={"GPUFLEET_FAKE_GPU_PROCESSES": str(control)},
+                                 extra=["--orphan-grace", "0"])
+    pid = orphan_of(a, "leaves", 2, control)
+    try:
+        g = wait_for(lambda: (g := gpus(a)[2]).processes and g, 60, "the orphan on GPU 2")
+        assert [(p.pid, p.kind, p.job_id, p.used_bytes) for p in g.processes] == [(pid, "orphan", "leaves", 3 << 30)]
+        assert not g.healthy and f"orphan process pid {pid} of job leaves (3072 MiB)" in g.health_reason
+        with pytest.raises(grpc.RpcError) as e:
+            a.launch("next", [PY, "-c", "pass"], gpus=[2])
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "orphan" in (e.value.details() or "")
+        assert pid_alive(pid)  # grace 0: never killed by the agent
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    # Once it is gone from the GPU, the GPU is offered again.
+    wait_for(lambda: gpus(a)[2].healthy and not gpus(a)[2].processes, 60, "GPU 2 free again")
+
+
+def test_orphans_are_killed_after_the_grace_and_warn_only_keeps_gpus_offered(agent_factory, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    control = tmp_path / "gpu-procs.json"
+    control.write_text("{}")
+    a: AgentProc = agent_factory("k", env={"GPUFLEET_FAKE_GPU_PROCESSES": str(control)},
+                                 extra=["--orphan-grace", "1", "--gpu-exclusivity", "warn"])
+    foreign = subprocess.Popen([PY, "-c", "import time; time.sleep(600)"])
+    try:
+        pid = orphan_of(a, "leaves", 1, control)
+        control.write_text(json.dumps({"0": [[foreign.pid, 1 << 30]], "1": [[pid, 3 << 30]]}))
+        killed = wait_for(lambda: [line for line in a.daemon.log_tail(200).splitlines()
+                                   if "gpu.orphan_killed" in line and f'"pid": {pid},' in line],
+                          60, "the orphan killed")
+        assert '"job_id": "leaves"' in killed[0]
+        wait_for(lambda: not pid_alive(pid), 30, "the orphan gone")
+        wait_for(lambda: not gpus(a)[1].processes, 60, "GPU 1 free again")
+        # warn: the foreign process is shown and counted, but its GPU stays offered, and it is never killed.
+        g = gpus(a)[0]
+        assert g.healthy and f"foreign process pid {foreign.pid}" in g.health_reason
+        assert [p.kind for p in g.processes] == ["foreign"] and foreign.poll() is None
+        a.launch("beside", [PY, "-c", "pass"], gpus=[0])
+        a.wait_state("beside", "SUCCEEDED", timeout=60)
+    finally:
+        foreign.kill()
+        foreign.wait()

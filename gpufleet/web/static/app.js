@@ -95,10 +95,11 @@ async function nodesView() {
   return `<h2>Nodes</h2>` + nodes.map((n) => `<h3>${esc(n.name)} <small>${esc(n.state_name || n.state)}</small>
     ${role === "admin" ? `<button data-node="${esc(n.name)}" data-op="drain">drain</button><button data-node="${esc(n.name)}" data-op="undrain">undrain</button>` : ""}</h3>
     <p>${esc(Object.entries(n.labels || {}).map(([k, v]) => k + "=" + v).join(" "))}</p>
-    <table><tr><th>GPU</th><th>name</th><th>util %</th><th>memory</th><th>temp °C</th><th>power W</th><th>health</th><th>job</th></tr>
+    <table><tr><th>GPU</th><th>name</th><th>util %</th><th>memory</th><th>temp °C</th><th>power W</th><th>health</th><th>job</th><th>processes</th></tr>
     ${(n.gpus || []).map((g) => `<tr><td>${esc(g.index ?? 0)}</td><td>${esc(g.name)}</td><td>${esc(g.utilization_gpu ?? 0)}</td>
       <td>${esc(Math.round((g.memory_used_bytes || 0) / 2 ** 20))} / ${esc(Math.round((g.memory_total_bytes || 0) / 2 ** 20))} MiB</td><td>${esc(g.temperature_c)}</td><td>${esc(g.power_w)}</td>
-      <td>${esc(g.healthy ? "ok" : "unhealthy " + (g.health_reason || ""))}</td><td>${esc(g.assigned_job_id)}</td></tr>`).join("")}</table>`).join("");
+      <td>${esc((g.healthy ? "ok" : "unhealthy") + (g.health_reason ? " (" + g.health_reason + ")" : ""))}</td><td>${esc(g.assigned_job_id)}</td>
+      <td>${esc((g.processes || []).map((p) => `${p.kind} ${p.pid}${p.job_id ? " of " + p.job_id : ""}`).join(", "))}</td></tr>`).join("")}</table>`).join("");
 }
 
 async function render() {

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from gpufleet.agent.accounting import Accounting
+from gpufleet.agent.accounting import Accounting, as_record
 from gpufleet.agent.gpus import FakeGpus, GpuMonitor, GpuSample
 
 
@@ -43,3 +43,24 @@ def test_the_monitor_accounts_the_jobs_that_hold_gpus() -> None:
     u = monitor.accounting.usage("job-x")
     assert u is not None and u.samples == 5 and u.gpu_seconds == pytest.approx(4)
     assert u.energy_joules > 4 * 200 and u.mean_utilization >= 40 and u.peak_memory_bytes > 0
+
+
+def test_an_ended_job_counts_its_held_wall_time_and_is_then_forgotten() -> None:
+    acc = Accounting()
+    acc.add([s(0, 80, 5 << 30, 300), s(1, 60, 7 << 30, 250)], {0: "j", 1: "j"}, 0.0)
+    acc.add([s(0, 80, 5 << 30, 300), s(1, 60, 7 << 30, 250)], {0: "j", 1: "j"}, 1.0)
+    rec = as_record(acc.usage("j"), gpus=2, started_at=100.0, finished_at=110.5)
+    assert rec == {"gpu_seconds": 21.0, "energy_joules": 550.0, "peak_memory_bytes": 7 << 30,
+                   "mean_utilization": 70.0, "samples": 4}
+    before = acc.generation()
+    acc.close("j")
+    assert acc.usage("j") is None
+    # A sample whose holders were read before the end does not bring the job back ...
+    acc.add([s(0, 80, 5 << 30, 300)], {0: "j"}, 2.0, seen=before)
+    assert acc.usage("j") is None
+    # ... while a next attempt of the job, read after, starts from nothing.
+    acc.add([s(0, 10, 1 << 30, 100)], {0: "j"}, 3.0, seen=acc.generation())
+    u = acc.usage("j")
+    assert u is not None and u.samples == 1 and u.peak_memory_bytes == 1 << 30
+    # A job that ended before its first sample still counts its GPU time; one never started counts none.
+    assert as_record(None, 1, 5.0, 7.0)["gpu_seconds"] == 2.0 and as_record(None, 1, None, 7.0)["gpu_seconds"] == 0

@@ -262,11 +262,28 @@ def test_last_seq_after_pruning(sqlite_store: Store, db_path: Path, monkeypatch:
 # -- schema and durability ---------------------------------------------------------------------
 def test_a_newer_schema_version_is_refused_on_open(db_path: Path) -> None:
     Store(db_path).close()
-    raw(db_path, "UPDATE meta SET value='2' WHERE key='schema_version'")
+    raw(db_path, "UPDATE meta SET value='3' WHERE key='schema_version'")
     with pytest.raises(FailedPrecondition) as e:
         Store(db_path)
-    assert "schema version 2, newer than this agent knows (1)" in str(e.value)
-    assert raw(db_path, "SELECT value FROM meta WHERE key='schema_version'") == [("2",)]  # left alone
+    assert "schema version 3, newer than this agent knows (2)" in str(e.value)
+    assert raw(db_path, "SELECT value FROM meta WHERE key='schema_version'") == [("3",)]  # left alone
+
+
+def test_a_version_1_file_is_upgraded_and_keeps_its_jobs(db_path: Path) -> None:
+    s = Store(db_path)
+    s.insert(JobRecord("old", 1, JobState.PENDING, {}, [0], "process", created_at=1.0))
+    s.close()
+    # What an agent before issue 15 left: no gpu_usage column, version 1.
+    raw(db_path, "ALTER TABLE jobs DROP COLUMN gpu_usage")
+    raw(db_path, "UPDATE meta SET value='1' WHERE key='schema_version'")
+    s = Store(db_path)
+    try:
+        assert s.get("old").gpu_usage is None and s.get("old").gpu_indices == [0]
+        job, _ = s.update(s.get("old"), state=JobState.FAILED, gpu_usage={"gpu_seconds": 2.0})
+        assert s.get("old").gpu_usage == {"gpu_seconds": 2.0}
+    finally:
+        s.close()
+    assert raw(db_path, "SELECT value FROM meta WHERE key='schema_version'") == [("2",)]
 
 
 def test_schema_version_is_recorded_on_a_new_file(sqlite_store: Store, db_path: Path) -> None:

@@ -5,12 +5,14 @@ No agent is called: everything the coordinator needs travels in the entries."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from gpufleet.coordinator.agents import AgentPool, Observation
 from gpufleet.coordinator.db import repo
 from gpufleet.coordinator.db.engine import make_engine, migrate
+from gpufleet.coordinator.db.usage import get_usage
 from gpufleet.coordinator.reconciler import Reconciler, end_job
 from gpufleet.coordinator.reports import Entry, Reports
 from gpufleet.coordinator.states import JobStatus
@@ -149,3 +151,20 @@ def test_a_replacement_that_already_succeeded_keeps_its_result(engine: Engine, r
     assert original.status is JobStatus.STOPPED and original.error_message.startswith("NODE_LOST")
     assert original.warnings and "already succeeded" in original.warnings
     assert get(engine, replacement.id).status is JobStatus.SUCCESS
+
+
+def test_gpu_use_is_stored_with_the_end_and_also_when_the_coordinator_ended_it_first(engine: Engine,
+                                                                                    reports: Reports) -> None:
+    used = {"gpu_seconds": 12.0, "energy_joules": 3000.0, "peak_memory_bytes": 5 << 30, "mean_utilization": 80.0,
+            "samples": 4}
+    done, lost = running_job(engine), running_job(engine)
+    reports.apply(NODE, [Entry(1, "ended", done, 1, replace(obs("SUCCEEDED", 0, probe=PROBE), gpu_usage=used))])
+    # Ended here first (its node was given up for lost), then its node reports a stop: the use still counts.
+    end_job(engine, lost, JobStatus.STOPPED, "NODE_LOST: silent", actor="test")
+    reports.apply(NODE, [Entry(2, "ended", lost, 1, replace(obs("STOPPED", 137), gpu_usage=used))])
+    reports.apply(NODE, [Entry(3, "ended", lost, 1, replace(obs("STOPPED", 137), gpu_usage={"gpu_seconds": 1.0}))])
+    with engine.connect() as conn:
+        got = get_usage(conn, [done, lost])
+    assert get(engine, done).status is JobStatus.SUCCESS and get(engine, lost).status is JobStatus.STOPPED
+    assert {k: (u.gpu_seconds, u.peak_memory_bytes, u.node) for k, u in got.items()} == {
+        done: (12.0, 5 << 30, NODE), lost: (12.0, 5 << 30, NODE)}  # a repeated report changes nothing
