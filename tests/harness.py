@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gpufleet.v1 import agent_pb2 as apb
 from gpufleet.v1 import agent_pb2_grpc
 from gpufleet.v1 import common_pb2 as pb
+from tests.pki import Pki
 
 T = TypeVar("T")
 
@@ -125,8 +126,10 @@ class AgentProc:
 
     def __init__(self, root: Path, runtime: str = "process", gpus: str = "fake:4", docker_host: str = "",
                  node_name: str = "", extra: list[str] | None = None, env: dict[str, str] | None = None,
-                 port: int | None = None) -> None:
+                 port: int | None = None, pki: Pki | None = None) -> None:
+        """`pki`: serve mTLS with the certificate named after `node_name` (tests dial it as the coordinator)."""
         self.root = root
+        self.pki = pki
         self.state_dir, self.output_root, self.data_root = root / "state", root / "out", root / "data"
         for p in (self.state_dir, self.output_root, self.data_root):
             p.mkdir(parents=True, exist_ok=True)
@@ -144,13 +147,17 @@ class AgentProc:
                 "--gpu-sample-interval", "1", "--metrics-listen", ""]
         if docker_host:
             argv += ["--docker-host", docker_host]
+        if pki is not None:
+            assert node_name, "an agent with a certificate needs the node name it names"
+            argv += pki.flags(node_name)
         self.daemon = Daemon(argv + (extra or []), root / "agent.log", env=env or {})
         self.channel: grpc.Channel | None = None
         self.stub: agent_pb2_grpc.AgentStub
 
     def start(self, wait: bool = True) -> AgentProc:
         self.daemon.start()
-        self.channel = grpc.insecure_channel(self.addr)
+        self.channel = (grpc.secure_channel(self.addr, self.pki.creds("coordinator")) if self.pki
+                        else grpc.insecure_channel(self.addr))
         self.stub = agent_pb2_grpc.AgentStub(self.channel)
         if wait:
             self.wait_ready()
@@ -219,9 +226,11 @@ class CoordinatorProc:
 
     def __init__(self, root: Path, database_url: str = "", node_timeout: float = 3.0, extra: list[str] | None = None,
                  env: dict[str, str] | None = None, port: int | None = None,
-                 lost_after: float | None = None) -> None:
+                 lost_after: float | None = None, pki: Pki | None = None) -> None:
+        """`pki`: serve mTLS with its `coordinator` certificate (tests dial it as the client `ops`)."""
         from gpufleet.v1 import coordinator_pb2_grpc
 
+        self.pki = pki
         self._grpc = coordinator_pb2_grpc
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
@@ -235,12 +244,15 @@ class CoordinatorProc:
             argv += ["--database-url", database_url]
         if lost_after is not None:  # how long a silent node's jobs are kept (default 300 s)
             argv += ["--lost-after", str(lost_after)]
+        if pki is not None:
+            argv += pki.flags("coordinator")
         self.daemon = Daemon(argv + (extra or []), root / "coordinator.log", env=env or {})
         self.channel: grpc.Channel | None = None
 
     def start(self, wait: bool = True) -> CoordinatorProc:
         self.daemon.start()
-        self.channel = grpc.insecure_channel(self.addr)
+        self.channel = (grpc.secure_channel(self.addr, self.pki.creds("ops")) if self.pki
+                        else grpc.insecure_channel(self.addr))
         self.stub = self._grpc.CoordinatorStub(self.channel)
         if wait:
             try:

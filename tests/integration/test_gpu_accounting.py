@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import pytest
@@ -21,6 +22,7 @@ from gpufleet.v1 import coordinator_pb2 as cpb
 from gpufleet.v1 import coordinator_pb2_grpc
 from tests.harness import AgentProc, CoordinatorProc, free_port, wait_for
 from tests.integration.test_metrics import scrape, values
+from tests.pki import make_pki
 
 PY = sys.executable
 # Waits for its release file (in its output folder, the job's working directory).
@@ -28,15 +30,18 @@ GATE = "import os, time\nwhile not os.path.exists('release'):\n    time.sleep(0.
 
 
 def cli(c: CoordinatorProc, token: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "GPUFLEET_COORDINATOR": c.addr, "GPUFLEET_TOKEN": token}
+    assert c.pki is not None
+    env = {**os.environ, **c.pki.cli_env("ops"), "GPUFLEET_COORDINATOR": c.addr, "GPUFLEET_TOKEN": token}
     return subprocess.run([PY, "-m", "gpufleet.cli", *args], capture_output=True, text=True, timeout=60, env=env,
                           stdin=subprocess.DEVNULL)
 
 
 def test_gpu_use_of_ended_jobs_is_stored_shown_and_summed_per_user(
-        coordinator_factory: Callable[..., CoordinatorProc], agent_factory: Callable[..., AgentProc]) -> None:
+        coordinator_factory: Callable[..., CoordinatorProc], agent_factory: Callable[..., AgentProc],
+        tmp_path: Path) -> None:
     mport = free_port()
-    c = coordinator_factory(start=False, extra=["--auth", "on", "--metrics-listen", f"127.0.0.1:{mport}"])
+    pki = make_pki(tmp_path / "pki", agents=("gpu01",))  # auth on: the Fleet service takes only mTLS
+    c = coordinator_factory(start=False, pki=pki, extra=["--auth", "on", "--metrics-listen", f"127.0.0.1:{mport}"])
     eng = dbengine.make_engine(dbengine.default_sqlite_url(c.root / "state"))
     try:
         dbengine.migrate(eng)
@@ -45,9 +50,9 @@ def test_gpu_use_of_ended_jobs_is_stored_shown_and_summed_per_user(
     finally:
         eng.dispose()
     c.start()
-    a = agent_factory("a", extra=["--coordinator", c.addr])
+    a = agent_factory("a", node_name="gpu01", pki=pki, extra=["--coordinator", c.addr])
     assert c.channel is not None
-    stub = {n: coordinator_pb2_grpc.CoordinatorStub(auth.with_token(grpc.insecure_channel(c.addr), t))
+    stub = {n: coordinator_pb2_grpc.CoordinatorStub(auth.with_token(c.channel, t))
             for n, t in tok.items()}
     wait_for(lambda: len(stub["ops"].ListNodes(cpb.ListNodesRequest(), timeout=5).nodes) == 1, 30, "agent registered")
 
@@ -71,8 +76,8 @@ def test_gpu_use_of_ended_jobs_is_stored_shown_and_summed_per_user(
         before = a.stub.GetNode(apb.GetNodeRequest(), timeout=5).gpus_sampled_at.ToNanoseconds()
         wait_for(lambda b=before: a.stub.GetNode(apb.GetNodeRequest(), timeout=5).gpus_sampled_at.ToNanoseconds() > b,
                  30, "a new GPU sample")
-    for name in ("acct-big", "acct-small"):
-        (a.output_root / name / "release").write_text("")
+    for j in (big, small):  # under auth each user's folder is under users/<name>/
+        (a.output_root / j.spec.output_dir / "release").write_text("")
 
     def ended(j: cpb.Job) -> cpb.Job | None:
         got = stub["ops"].GetJob(cpb.JobRef(job_id=j.job_id), timeout=5)

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import grpc
 import pytest
@@ -87,30 +88,20 @@ def test_foreign_and_escaped_processes_are_flagged_and_a_foreign_held_gpu_recove
     a.wait_state("own", "SUCCEEDED", timeout=60)
 
 
-# A job whose daemon outlives it: the daemon leaves the job's session and process tree (as a forked
-# dataloader or a `nohup` would), keeps the job's environment, writes its pid and holds on.
-LEAVES_A_DAEMON = ("import os, time\n"
-                   "if os.fork() == 0:\n"
-                   "    os.setsid()\n"
-                   "    if os.fork():\n"
-                   "        os._exit(0)\n"
-                   "    null = os.open(os.devnull, os.O_RDWR)\n"
-                   "    for fd in (0, 1, 2):\n"
-                   "        os.dup2(null, fd)\n"
-                   "    open('daemon.tmp', 'w').write(str(os.getpid()))\n"
-                   "    os.replace('daemon.tmp', 'daemon.pid')\n"
-                   "    while True:\n"
-                   "        time.sleep(1)\n"
-                   "while not os.path.exists('daemon.pid'):\n"
-                   "    time.sleep(0.05)\n")
-
-
+# What a job leaves behind once it has ended. Where the agent contains jobs in cgroups
+# (agent/cgroups.py, tests/integration/test_safety_cgroups.py) a job's own leftovers die with it, so
+# an orphan is what escapes that: a process on a host without cgroup v2, or one started in the
+# job's name from outside its tree. The test makes one directly: the job's environment, its own
+# session, holding on.
 def orphan_of(a: AgentProc, job_id: str, gpu: int, control) -> int:  # type: ignore[no-untyped-def]
-    a.launch(job_id, [PY, "-c", LEAVES_A_DAEMON], gpus=[gpu])
+    a.launch(job_id, [PY, "-c", "pass"], gpus=[gpu])
     a.wait_state(job_id, "SUCCEEDED", timeout=60)
-    pid = int((a.output_root / job_id / "daemon.pid").read_text())
-    control.write_text(json.dumps({str(gpu): [[pid, 3 << 30]]}))  # the daemon holds 3 GiB of the GPU
-    return pid
+    env = {**os.environ, "GPUFLEET_JOB_ID": job_id, "GPUFLEET_ATTEMPT": "1"}
+    leftover = subprocess.Popen([PY, "-c", "import time\nwhile True:\n    time.sleep(1)"], env=env,
+                                start_new_session=True, stdin=subprocess.DEVNULL)
+    threading.Thread(target=leftover.wait, daemon=True).start()  # reaped the moment it is killed
+    control.write_text(json.dumps({str(gpu): [[leftover.pid, 3 << 30]]}))  # it holds 3 GiB of the GPU
+    return leftover.pid
 
 
 def test_an_orphan_holds_its_gpu_back_until_it_is_gone(agent_factory, tmp_path) -> None:  # type: ignore[no-untyped-def]
