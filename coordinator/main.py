@@ -55,6 +55,10 @@ OPTIONS = [
                   "seconds between full reconcile passes (a heartbeat reporting an ended job triggers one at once)",
                   float),
     config.Option("schedule-interval", 2.0, "seconds between scheduling passes (also event-driven)", float),
+    config.Option("fair-share-half-life", 3600.0, "seconds after which a user's past GPU time counts half in "
+                  "fair share (0: off; jobs of equal priority then go by age)", float),
+    config.Option("user-max-priority", 100, "the highest priority a token of role user may give a job "
+                  "(admins: any)", int),
     config.Option("on-restart", "keep", "keep: running jobs survive a coordinator restart; stop: stop them"),
     config.Option("tls-cert", "", "the coordinator's certificate (PEM, role coordinator)"),
     config.Option("tls-key", "", "its private key (PEM)"),
@@ -79,6 +83,8 @@ def run(argv: list[str] | None = None) -> int:
     flog.setup(opts.log_level)
     if opts.on_restart not in ("keep", "stop"):
         raise InvalidArgument("--on-restart", f"must be keep or stop, got {opts.on_restart!r}")
+    if opts.fair_share_half_life < 0:
+        raise InvalidArgument("--fair-share-half-life", f"must be >= 0, got {opts.fair_share_half_life}")
     if opts.node_timeout <= 0:
         raise InvalidArgument("--node-timeout", "must be > 0")
     # Before anything is made on disk: a certificate without its key never falls back to plaintext.
@@ -109,7 +115,8 @@ def run(argv: list[str] | None = None) -> int:
     if not auth_on and not loopback:
         flog.event(log, "auth.off", logging.WARNING, listen=opts.listen,
                    detail="--auth off on a non-loopback address: anyone who reaches it is admin")
-    auth_interceptors = [coord_tokens.CoordinatorAuth(engine, agent_certs=tls)] if auth_on else []
+    auth_interceptors = [coord_tokens.CoordinatorAuth(
+        engine, agent_certs=tls, user_max_priority=opts.user_max_priority)] if auth_on else []
 
     tune_for_latency()
     agents = AgentPool(fleet_tls.channel_credentials(opts.tls_ca, opts.tls_cert, opts.tls_key) if tls else None)
@@ -129,7 +136,7 @@ def run(argv: list[str] | None = None) -> int:
     fleet = Fleet(engine, reconciler, nodes_changed, node_timeout=opts.node_timeout,
                   heartbeat_interval=opts.heartbeat_interval, lost_after=opts.lost_after)
     scheduler = Scheduler(engine, agents, fleet.fresh_nodes, interval=opts.schedule_interval,
-                          node_unreachable=fleet.unreachable)
+                          node_unreachable=fleet.unreachable, half_life_s=opts.fair_share_half_life)
     sched_ref.append(scheduler)
     life = Lifecycle(engine, agents, reconciler, wake, nodes_changed=nodes_changed)
     keeper = Keeper(life)

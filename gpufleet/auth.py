@@ -11,9 +11,10 @@ Coordinator (`CoordinatorAuth`):
                              CN must equal the request's node_name (Register, Heartbeat)
     gpufleet.v1.Coordinator  `authorization: Bearer gft_...` metadata; the token's role decides:
         admin   everything
-        user    reads, CreateModel/SubmitJob, and changes only to models and jobs it created
-                (recorded in the owners table under the token's name; jobs of a model belong to
-                the model's owner)
+        user    reads, CreateModel/SubmitJob/SubmitArray/SubmitPipeline (priority at most
+                --user-max-priority), and changes only to models, jobs, arrays and pipelines it
+                created (recorded in the owners table under the token's name; jobs of a model
+                belong to the model's owner)
         viewer  reads only: Get*, List*, Stream*, DatasetCounts
 Health and reflection stay open on both daemons. Without TLS and tokens (the demo, loopback
 development) no interceptor is installed at all: `auth=None` changes nothing.
@@ -62,10 +63,13 @@ FLEET_SERVICE = "gpufleet.v1.Fleet"
 # Agent methods an operator's client certificate may call.
 AGENT_READ_METHODS = frozenset({"GetNode", "ListJobs", "Inspect", "WatchEvents", "StreamLogs"})
 # Coordinator methods by what they need from a `user` token (admin: all; viewer: READ only).
-CREATE_METHODS = {"CreateModel": "model", "SubmitJob": "job"}  # -> the owned entity recorded
+CREATE_METHODS = {"CreateModel": "model", "SubmitJob": "job", "SubmitArray": "job",
+                  "SubmitPipeline": "job"}  # -> the owned entity recorded
 MODEL_METHODS = frozenset({"RunTrain", "RestartTrain", "ResumeTrain", "CancelTrain", "RunTest", "CancelTest",
                            "SyncStatus", "StageDataset"})  # request.uuid names the model
 JOB_METHODS = frozenset({"CancelJob"})  # request.job_id names the job
+# request.array_id / request.pipeline_id: a user may cancel it when it owns every job in it.
+GROUP_METHODS = {"CancelArray": "array_id", "CancelPipeline": "pipeline_id"}
 
 
 # Coordinator methods only an admin token may call, reads included (token management).

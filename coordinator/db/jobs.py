@@ -16,6 +16,7 @@ from gpufleet.coordinator import states
 from gpufleet.coordinator.db.common import _JOB_ID, _non_negative, _now, _paged
 from gpufleet.coordinator.db.events import record_event
 from gpufleet.coordinator.db.models import get_model
+from gpufleet.coordinator.db.quotas import OWNER, WITH_OWNERS
 from gpufleet.coordinator.db.rows import JobRow, Page
 from gpufleet.coordinator.db.schema import (
     events,
@@ -170,12 +171,13 @@ def list_jobs(
 
 
 def claim_queued(conn: Connection, limit: int, *, after: tuple[int, datetime, str] | None = None,
-                 max_gpus: int | None = None) -> list[JobRow]:
+                 max_gpus: int | None = None, owner: str | None = None) -> list[JobRow]:
     """Up to `limit` QUEUED jobs, highest priority first, then oldest.
 
     `after` (priority, created_at, id) of the last job of the previous batch continues the scan
     past it (keyset paging), so a scheduling pass can look at every queued job, not just the head;
-    `max_gpus` leaves out jobs that need more GPUs than any node has free.
+    `max_gpus` leaves out jobs that need more GPUs than any node has free; `owner` keeps only that
+    owner's jobs ("" : jobs nobody owns; db.quotas.OWNER), one stream of a fair-share pass.
     On PostgreSQL the rows stay locked (FOR UPDATE SKIP LOCKED) until the caller's transaction
     ends, so another replica claiming at the same time gets different jobs instead of waiting.
     On SQLite the transaction already holds the single writer lock (BEGIN IMMEDIATE).
@@ -197,8 +199,11 @@ def claim_queued(conn: Connection, limit: int, *, after: tuple[int, datetime, st
         ))
     if max_gpus is not None:
         query = query.where(jobs.c.gpus <= max_gpus)
+    if owner is not None:
+        query = query.select_from(WITH_OWNERS).where(OWNER == owner)
     if conn.dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
+        # OF jobs: the owners rows are on the nullable side of outer joins, which cannot be locked.
+        query = query.with_for_update(skip_locked=True, of=jobs)
     return [JobRow.from_row(r) for r in conn.execute(query).mappings()]
 
 

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from gpufleet.cli import jobs, models, nodes, pipelines, security  # noqa: F401 - they register their commands
+from gpufleet.cli import jobs, models, nodes, pipelines, quotas, security  # noqa: F401 - they register their commands
 from gpufleet.cli.base import app, out
 
 

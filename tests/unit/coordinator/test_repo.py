@@ -72,7 +72,7 @@ def test_migrations_apply_on_empty_db_and_are_idempotent(db_url: str) -> None:
     try:
         assert schema_status(eng).current is None
         first = migrate(eng)
-        assert first.up_to_date and first.current == first.head == "0020"
+        assert first.up_to_date and first.current == first.head == "0021"
         assert migrate(eng) == first  # nothing to do the second time
         inspector = sa.inspect(eng)
         assert set(metadata.tables) <= set(inspector.get_table_names())
@@ -667,7 +667,7 @@ def test_replicas_migrating_together_migrate_once(db_url: str) -> None:
             t.start()
         for t in threads:
             t.join(timeout=120)
-        assert [getattr(r, "current", r) for r in results] == ["0020", "0020"]
+        assert [getattr(r, "current", r) for r in results] == ["0021", "0021"]
     finally:
         for e in engines:
             e.dispose()
