@@ -7,7 +7,8 @@ PriorityDecayHalfLife). Among jobs of equal priority the owner with the least re
 next; two users with equal queues therefore take turns and get GPU time in proportion.
 
 A job placed counts at least PLACED_CHARGE_S GPU-seconds from the moment it is placed, so that
-placements made in one pass (no second of use measured yet) alternate between owners too.
+placements made in one pass (no second of use measured yet), and very short jobs, alternate
+between owners too.
 
 A quota caps the GPUs an owner's RUNNING jobs hold at once. A job that would exceed it waits with
 reason QUOTA; the jobs of other owners are placed meanwhile (each owner's queue is its own stream,
@@ -41,12 +42,12 @@ def decayed_gpu_seconds(gpus: int, start: datetime, end: datetime | None, now: d
     """GPU-seconds of [start, end or now], each second weighted by 2^(-(now - t) / half_life).
 
     The integral of gpus * 2^(-(now-t)/h) dt from start to end: gpus * h/ln2 * (2^(-(now-end)/h) -
-    2^(-(now-start)/h)). A running job is charged at least PLACED_CHARGE_S. Half-life 0: no decay
-    (plain GPU-seconds)."""
+    2^(-(now-start)/h)). Every placed attempt counts at least PLACED_CHARGE_S (weighted as of its
+    end), so that a job's charge never drops when it ends. Half-life 0: no decay (plain GPU-seconds)."""
     stop = now if end is None or end > now else end
-    span = max(0.0, (stop - start).total_seconds())
-    if end is None:
-        span = max(span, PLACED_CHARGE_S)
+    if stop < start:
+        return 0.0
+    span = max((stop - start).total_seconds(), PLACED_CHARGE_S)
     if half_life_s <= 0:
         return gpus * span
     age_end = max(0.0, (now - stop).total_seconds())
