@@ -265,7 +265,8 @@ class Scheduler:
                 placed.append(Placement(job, node.name, node.address, gpus))
                 gate.placed(job)
                 held[st.key] = held.get(st.key, 0) + job.gpus
-                usage[st.key] = usage.get(st.key, 0.0) + job.gpus * fairshare.PLACED_CHARGE_S
+                if self.half_life_s > 0:
+                    usage[st.key] = usage.get(st.key, 0.0) + job.gpus * fairshare.PLACED_CHARGE_S
             repo.assign_jobs(conn, [(p.job.id, p.node, p.gpus) for p in placed], actor=self.actor, now=now)
         failpoints.hit("coordinator.assign.after_commit")
         return placed
