@@ -41,8 +41,9 @@ class Quota:
 
 def set_quota(conn: Connection, owner: str, gpus: int, *, actor: str, now: datetime) -> Quota:
     """Insert or replace `owner`'s quota."""
-    conn.execute(sa.delete(quotas).where(quotas.c.owner == owner))
-    conn.execute(sa.insert(quotas).values(owner=owner, gpus=gpus, updated_at=now, updated_by=actor))
+    values = {"gpus": gpus, "updated_at": now, "updated_by": actor}
+    if not conn.execute(sa.update(quotas).where(quotas.c.owner == owner).values(values)).rowcount:
+        conn.execute(sa.insert(quotas).values(owner=owner, **values))
     return Quota(owner, gpus, now, actor)
 
 
