@@ -72,9 +72,16 @@ class Head:
     job_id: str
 
 
+def order_key(priority: int, usage: float, created_at: datetime, job_id: str) -> tuple[int, float, datetime, str]:
+    """A queue head's place in the pass (smallest first): the highest priority, then the least recent
+    GPU use of its owner, then the oldest."""
+    return (-priority, usage, created_at, job_id)
+
+
 def next_owner(heads: Iterable[Head], usage: Mapping[str, float]) -> str | None:
-    """Whose job goes next: the highest priority, then the least recent GPU use, then the oldest."""
-    best = min(heads, key=lambda h: (-h.priority, usage.get(h.owner, 0.0), h.created_at, h.job_id), default=None)
+    """Whose job goes next (order_key); the scheduler keeps the same order in a heap."""
+    best = min(heads, key=lambda h: order_key(h.priority, usage.get(h.owner, 0.0), h.created_at, h.job_id),
+               default=None)
     return None if best is None else best.owner
 
 

@@ -7,6 +7,7 @@ retry after a crash is safe and the reconciler re-sends it when the agent never 
 """
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from collections import deque
@@ -33,6 +34,7 @@ from gpufleet.loop import Loop
 log = logging.getLogger("gpufleet.coordinator.scheduler")
 
 CLAIM_BATCH = 200
+STREAM_MIN_BATCH = 20
 NODE_CACHE_S = 0.5
 LAUNCH_RETRIES = 3
 # How long a pass waits for its Launch answers before leaving the slow ones to callbacks: long
@@ -137,8 +139,9 @@ class _Stream:
     """One owner's queued jobs (key None: everyone's, when nobody owns anything), read in keyset
     batches as the pass consumes them."""
 
-    def __init__(self, owner: str | None) -> None:
+    def __init__(self, owner: str | None, size: int = CLAIM_BATCH) -> None:
         self.owner = owner
+        self.size = size
         self.key = owner or ""
         self.buf: deque[JobRow] = deque()
         self.last: tuple[int, datetime, str] | None = None
@@ -148,8 +151,8 @@ class _Stream:
         """Read the next batch; False when nothing is left."""
         if self.done:
             return False
-        batch = repo.claim_queued(conn, CLAIM_BATCH, after=self.last, max_gpus=max_gpus, owner=self.owner)
-        self.done = len(batch) < CLAIM_BATCH
+        batch = repo.claim_queued(conn, self.size, after=self.last, max_gpus=max_gpus, owner=self.owner)
+        self.done = len(batch) < self.size
         if batch:
             self.last = (batch[-1].priority, batch[-1].created_at, batch[-1].id)
             gate.read(conn, batch)
@@ -218,7 +221,10 @@ class Scheduler:
         with self.engine.begin() as conn:
             # Without any owner (tokens never used) there is one stream, read without the joins.
             owned = quotas.any_owner(conn)
-            streams = [_Stream(o) for o in (quotas.queued_owners(conn) if owned else [None])]
+            keys: list[str | None] = list(quotas.queued_owners(conn)) if owned else [None]
+            # Many owners: smaller batches each, so a pass never reads the whole queue up front.
+            size = min(CLAIM_BATCH, max(STREAM_MIN_BATCH, CLAIM_BATCH // max(1, len(keys))))
+            streams = [_Stream(o, size) for o in keys]
             gate = Gate()
             for st in streams:
                 st.refill(conn, gate, None)
@@ -240,36 +246,56 @@ class Scheduler:
             held = quotas.held_gpus(conn) if caps else {}
             usage = self._usage(conn, now) if len(streams) > 1 else {}
             failed: set[tuple[int, tuple[tuple[str, str], ...]]] = set()
-            while streams and len(placed) < CLAIM_BATCH:
-                heads = [fairshare.Head(x.key, x.buf[0].priority, x.buf[0].created_at, x.buf[0].id) for x in streams]
-                key = fairshare.next_owner(heads, usage)
-                st = next(x for x in streams if x.key == key)
+            by_key = {st.key: st for st in streams}
+            # Streams by their head's order_key; only the stream just served changes key (its head,
+            # its owner's charge), so a heap keeps the merge exact at O(log owners) a job.
+            heap = [(self._key(st, usage), st.key) for st in streams]
+            heapq.heapify(heap)
+            while heap and len(placed) < CLAIM_BATCH:
+                _, key = heapq.heappop(heap)
+                st = by_key[key]
                 job = st.buf.popleft()
-                if not st.buf and not st.refill(conn, gate, max(free.values())):  # 0 still admits CPU-only jobs
-                    streams.remove(st)
-                if not gate.admits(job):
-                    continue  # waits for its dependencies, or its array runs its cap
-                if fairshare.over_quota(st.key, job.gpus, held, caps) is not None:
-                    continue  # waits for its owner's running jobs (QUOTA); other owners go on
-                runtime = runtime_for(job.spec)
-                shape = (job.gpus, (*sorted(job.constraints.items()), ("", runtime)))
-                if shape in failed or any(f[1] == shape[1] and f[0] <= job.gpus for f in failed):
-                    continue  # a job of this shape, or a smaller one, did not fit in this pass
-                pick = choose(job.gpus, job.constraints, by_runtime[runtime], free)
-                if pick is None:
-                    failed.add(shape)
-                    continue
-                node, gpus = pick
-                node.used.update(gpus)
-                free[node.name] -= job.gpus
-                placed.append(Placement(job, node.name, node.address, gpus))
-                gate.placed(job)
-                held[st.key] = held.get(st.key, 0) + job.gpus
-                if self.half_life_s > 0:
-                    usage[st.key] = usage.get(st.key, 0.0) + job.gpus * fairshare.PLACED_CHARGE_S
+                if not st.buf:
+                    st.refill(conn, gate, max(free.values()))  # 0 still admits CPU-only jobs
+                p = self._place(job, key, gate, held, caps, failed, by_runtime, free)
+                if p is not None:
+                    placed.append(p)
+                    gate.placed(job)
+                    held[key] = held.get(key, 0) + job.gpus
+                    if self.half_life_s > 0:
+                        usage[key] = usage.get(key, 0.0) + job.gpus * fairshare.PLACED_CHARGE_S
+                if st.buf:
+                    heapq.heappush(heap, (self._key(st, usage), key))
             repo.assign_jobs(conn, [(p.job.id, p.node, p.gpus) for p in placed], actor=self.actor, now=now)
         failpoints.hit("coordinator.assign.after_commit")
         return placed
+
+    @staticmethod
+    def _key(st: _Stream, usage: Mapping[str, float]) -> tuple[int, float, datetime, str]:
+        j = st.buf[0]
+        return fairshare.order_key(j.priority, usage.get(st.key, 0.0), j.created_at, j.id)
+
+    @staticmethod
+    def _place(job: JobRow, owner: str, gate: Gate, held: Mapping[str, int], caps: Mapping[str, int],
+               failed: set[tuple[int, tuple[tuple[str, str], ...]]], by_runtime: Mapping[str, list[NodeView]],
+               free: dict[str, int]) -> Placement | None:
+        """Where one job goes in this pass, or None (it waits); takes its GPUs from the views."""
+        if not gate.admits(job):
+            return None  # waits for its dependencies, or its array runs its cap
+        if fairshare.over_quota(owner, job.gpus, held, caps) is not None:
+            return None  # waits for its owner's running jobs (QUOTA); other owners go on
+        runtime = runtime_for(job.spec)
+        shape = (job.gpus, (*sorted(job.constraints.items()), ("", runtime)))
+        if shape in failed or any(f[1] == shape[1] and f[0] <= job.gpus for f in failed):
+            return None  # a job of this shape, or a smaller one, did not fit in this pass
+        pick = choose(job.gpus, job.constraints, by_runtime[runtime], free)
+        if pick is None:
+            failed.add(shape)
+            return None
+        node, gpus = pick
+        node.used.update(gpus)
+        free[node.name] -= job.gpus
+        return Placement(job, node.name, node.address, gpus)
 
     def _usage(self, conn: Any, now: datetime) -> dict[str, float]:
         """Each owner's recent GPU time (fairshare.usage_by_owner); nothing when fair share is off."""

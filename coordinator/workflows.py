@@ -104,13 +104,15 @@ class Workflows:
         return self.life.submit_job(spec=req.spec, gpus=req.gpus, priority=req.priority,
                                     constraints=req.constraints, max_retries=req.max_retries,
                                     resume_on_retry=req.resume_on_retry, name=req.name, request_id=request_id,
-                                    lost_after_seconds=req.lost_after_seconds, with_job=with_job)
+                                    lost_after_seconds=req.lost_after_seconds, with_job=with_job,
+                                    owner=req.owner)
 
     def _create(self, conn: Connection, req: JobRequest, opts: JobOptions) -> JobRow:
         """A new job and its options (`opts` with the job's root id filled in)."""
         job = repo.create_job(conn, spec=req.spec, gpus=req.gpus, priority=req.priority,
                               constraints=req.constraints, max_retries=req.max_retries,
-                              resume_on_retry=req.resume_on_retry, name=req.name, actor=self.life.actor)
+                              resume_on_retry=req.resume_on_retry, name=req.name, actor=self.life.actor,
+                              owner=req.owner or None)
         options.save_job_options(conn, dataclasses.replace(opts, root_id=job.root_id))
         _own(conn, req, job)
         return job

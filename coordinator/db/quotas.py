@@ -4,8 +4,8 @@
     quotas   owner PK (a token's name, as the owners table records it), gpus (at most this many
              GPUs held at once by the owner's RUNNING jobs), updated_at, updated_by.
 
-A job's owner is its model's owner, else the owner of its first attempt (coordinator.db.tokens):
-jobs with no recorded owner (auth off, or made before tokens) belong to "" and have no quota.
+A job's owner (jobs.owner) is its model's owner, else its submitter's token name, fixed when the job
+is made; jobs with no owner (auth off, or made before tokens) belong to "" and have no quota.
 Plain functions over a Connection; the caller owns the transaction.
 """
 from __future__ import annotations
@@ -60,24 +60,19 @@ def quota_map(conn: Connection) -> dict[str, int]:
     return {r.owner: r.gpus for r in conn.execute(sa.select(quotas.c.owner, quotas.c.gpus))}
 
 
-_MODEL_OWNER = owners.alias("model_owner")
-_JOB_OWNER = owners.alias("job_owner")
-# The owner of a job row: its model's, else its first attempt's, else "".
-OWNER = sa.func.coalesce(_MODEL_OWNER.c.owner, _JOB_OWNER.c.owner, "")
-WITH_OWNERS = jobs.outerjoin(
-    _MODEL_OWNER, sa.and_(_MODEL_OWNER.c.entity == "model", _MODEL_OWNER.c.entity_id == jobs.c.model_uuid),
-).outerjoin(_JOB_OWNER, sa.and_(_JOB_OWNER.c.entity == "job", _JOB_OWNER.c.entity_id == jobs.c.root_id))
+# The owner of a job row, "" for nobody (jobs.owner is fixed when the job is made).
+OWNER = sa.func.coalesce(jobs.c.owner, "")
 
 
 def any_owner(conn: Connection) -> bool:
     """Whether any entity has an owner (tokens are or were on): without owners, no quota or fair
-    share can apply and the scheduler reads the queue without the joins."""
+    share can apply and the scheduler reads the queue as one stream."""
     return conn.execute(sa.select(owners.c.owner).limit(1)).first() is not None
 
 
 def queued_owners(conn: Connection) -> list[str]:
     """The distinct owners of QUEUED jobs."""
-    q = sa.select(OWNER).select_from(WITH_OWNERS).where(jobs.c.status == JobStatus.QUEUED.value).distinct()
+    q = sa.select(OWNER).where(jobs.c.status == JobStatus.QUEUED.value).distinct()
     return sorted(str(o) for o in conn.execute(q).scalars())
 
 
@@ -86,7 +81,7 @@ def owners_of(conn: Connection, job_ids: Iterable[str]) -> dict[str, str]:
     ids = sorted(set(job_ids))
     if not ids:
         return {}
-    q = sa.select(jobs.c.id, OWNER.label("owner")).select_from(WITH_OWNERS).where(jobs.c.id.in_(ids))
+    q = sa.select(jobs.c.id, OWNER.label("owner")).where(jobs.c.id.in_(ids))
     return {r.id: r.owner for r in conn.execute(q)}
 
 
@@ -105,7 +100,6 @@ def usage_rows(conn: Connection, since: datetime) -> list[UsageRow]:
     start = sa.func.coalesce(jobs.c.started_at, jobs.c.assigned_at)
     q = (sa.select(OWNER.label("owner"), jobs.c.gpus, start.label("start"), jobs.c.finished_at,
                    jobs.c.status)
-         .select_from(WITH_OWNERS)
          .where(jobs.c.gpus > 0, start.is_not(None),
                 sa.or_(jobs.c.status == JobStatus.RUNNING.value, jobs.c.finished_at > since)))
     return [UsageRow(r.owner, int(r.gpus), r.start, None if r.status == JobStatus.RUNNING.value else r.finished_at)
@@ -114,6 +108,6 @@ def usage_rows(conn: Connection, since: datetime) -> list[UsageRow]:
 
 def held_gpus(conn: Connection) -> dict[str, int]:
     """owner -> GPUs its RUNNING jobs hold now (assigned included)."""
-    q = (sa.select(OWNER.label("owner"), sa.func.sum(jobs.c.gpus).label("held")).select_from(WITH_OWNERS)
+    q = (sa.select(OWNER.label("owner"), sa.func.sum(jobs.c.gpus).label("held"))
          .where(jobs.c.status == JobStatus.RUNNING.value).group_by(OWNER))
     return {r.owner: int(r.held or 0) for r in conn.execute(q)}

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
 from gpufleet.coordinator.db import quotas, repo
 from gpufleet.coordinator.db.engine import make_engine, migrate
 from gpufleet.coordinator.db.tokens import set_owner
@@ -40,7 +41,8 @@ def _submit(engine: Engine, owner: str, n: int, *, priority: int = 0, at: float 
     with engine.begin() as conn:
         for i in range(n):
             when = NOW - timedelta(seconds=1000 - at - i * 0.001)
-            job = repo.create_job(conn, spec={"image": "busybox"}, gpus=gpus, priority=priority, now=when)
+            job = repo.create_job(conn, spec={"image": "busybox"}, gpus=gpus, priority=priority, now=when,
+                                  owner=owner)
             set_owner(conn, "job", job.root_id, owner, when)
             made.append(job.id)
     return made
@@ -101,3 +103,32 @@ def test_fair_share_off_is_priority_then_age(engine: Engine) -> None:
         assert [p.job.id for p in s.decide()] == alice[:2]
     finally:
         s.close()
+
+
+def test_migration_0021_gives_existing_jobs_their_owner(db_url: str) -> None:
+    from alembic import command
+    from gpufleet.coordinator.db.engine import _alembic_config
+
+    eng = make_engine(db_url)
+    try:
+        cfg = _alembic_config()
+        with eng.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0020")
+            m1 = repo.create_model(conn, model_no="M", version="1", train_type="t", memo="", params_json="{}",
+                                   spec={"image": "busybox"}, gpus=1, priority=0, constraints={},
+                                   max_retries=0).uuid
+            for jid, model in (("j1", None), ("j2", m1), ("j3", None)):
+                conn.execute(sa.text(
+                    "INSERT INTO jobs (id, root_id, model_uuid, job_type, attempt, status, desired_state, "
+                    "error_message, gpu_indices, gpus, priority, spec, constraints, max_retries, retries_used, "
+                    "resume_on_retry, name, acked, created_at, row_version) VALUES (:id, :id, :m, 'TRAIN', 1, "
+                    "'QUEUED', 'RUN', '', '[]', 1, 0, '{}', '{}', 0, 0, false, '', false, :at, 1)"),
+                    {"id": jid, "m": model, "at": NOW})
+            conn.execute(sa.text("INSERT INTO owners (entity, entity_id, owner, created_at) VALUES "
+                                 "('job', 'j1', 'alice', :at), ('model', :m1, 'bob', :at)"), {"at": NOW, "m1": m1})
+            command.upgrade(cfg, "0021")
+            got = dict(conn.execute(sa.text("SELECT id, owner FROM jobs")).all())  # type: ignore[arg-type]
+        assert got == {"j1": "alice", "j2": "bob", "j3": None}
+    finally:
+        eng.dispose()
