@@ -683,17 +683,24 @@ def bench_placements(engine: sa.Engine, farm: AgentFarm, coord: Coordinator, met
     t_ins = time.perf_counter()
     conn = engine.connect()
     tx = conn.begin()
-    for j in job_ids:
-        repo.create_job(conn, spec=spec, gpus=1, job_id=j, actor="bench")
+    # --owners: every job owned by one of N users (as a submit with a token records it), so the
+    # pass merges N fair-share streams.
+    at = datetime.now(UTC)
+
+    def owner(i: int, j: str) -> str | None:
+        if not owners:
+            return None
+        set_owner(conn, "job", j, f"user{i % owners}", at)
+        return f"user{i % owners}"
+
+    for i, j in enumerate(job_ids):
+        repo.create_job(conn, spec=spec, gpus=1, job_id=j, actor="bench", owner=owner(i, j))
     # A blocked queue ahead of them (--blocked): higher priority, never placeable: half need more GPUs
     # than any node has, half a label no node carries (those pass the SQL filter and are looked at).
     for i in range(blocked):
         kw: dict[str, Any] = {"gpus": 64} if i % 2 else {"gpus": 1, "constraints": {"bench-never": "1"}}
-        repo.create_job(conn, spec=spec, priority=100, job_id=f"{tag}b{i:05d}", actor="bench", **kw)
-    if owners:  # --owners: every job owned by one of N users, so the pass merges N fair-share streams
-        at = datetime.now(UTC)
-        for i, j in enumerate([*job_ids, *(f"{tag}b{i:05d}" for i in range(blocked))]):
-            set_owner(conn, "job", j, f"user{i % owners}", at)
+        j = f"{tag}b{i:05d}"
+        repo.create_job(conn, spec=spec, priority=100, job_id=j, actor="bench", owner=owner(i, j), **kw)
     insert_s = time.perf_counter() - t_ins
     spy.start("placements")
     cpu0 = meter.sample()
