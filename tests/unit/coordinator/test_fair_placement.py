@@ -132,3 +132,17 @@ def test_migration_0021_gives_existing_jobs_their_owner(db_url: str) -> None:
         assert got == {"j1": "alice", "j2": "bob", "j3": None}
     finally:
         eng.dispose()
+
+
+def test_a_models_jobs_take_its_owner_and_requeues_keep_it(engine: Engine) -> None:
+    with engine.begin() as conn:
+        m = repo.create_model(conn, model_no="M", version="1", train_type="t", memo="", params_json="{}",
+                              spec={"image": "busybox"}, gpus=1, priority=0, constraints={}, max_retries=1)
+        set_owner(conn, "model", m.uuid, "carol", NOW)
+        job = repo.create_job(conn, spec={"image": "busybox"}, model_uuid=m.uuid, max_retries=1)
+        assert job.owner == "carol"
+        repo.assign_jobs(conn, [(job.id, "a", [0])])
+        repo.set_job_status(conn, job.id, JobStatus.STOPPED, actor="t")
+        again = repo.requeue_job(conn, job.id, reason="node lost", actor="t")
+        assert again is not None and again.owner == "carol"
+        assert repo.create_job(conn, spec={"image": "busybox"}).owner is None  # no auth: nobody's
