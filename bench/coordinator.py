@@ -48,6 +48,7 @@ import math
 import sys
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,7 @@ import sqlalchemy as sa  # noqa: E402
 from gpufleet.coordinator.db import engine as dbengine  # noqa: E402
 from gpufleet.coordinator.db import repo  # noqa: E402
 from gpufleet.coordinator.db.schema import jobs as jobs_table  # noqa: E402
+from gpufleet.coordinator.db.tokens import set_owner  # noqa: E402
 from gpufleet.coordinator.states import JobStatus  # noqa: E402
 
 from bench import _harness  # noqa: E402
@@ -138,7 +140,8 @@ def bench_metrics(engine: sa.Engine, tag: str, total: int, batch: int) -> dict[s
 
 
 def bench_placements(engine: sa.Engine, farm: AgentFarm, coord: Coordinator, meter: CpuMeter, spy: Spy,
-                     tag: str, n: int, budget: float, timeout: float, blocked: int = 0) -> dict[str, Any]:
+                     tag: str, n: int, budget: float, timeout: float, blocked: int = 0,
+                     owners: int = 0) -> dict[str, Any]:
     """Commit n QUEUED jobs at once, wake the scheduler, time until each one is decided, committed,
     launched on its fake agent and the agent's answer stored (observed_state RUNNING). When the
     budget runs out first, the rate is over the jobs done by then and the rest is canceled (so it
@@ -157,13 +160,24 @@ def bench_placements(engine: sa.Engine, farm: AgentFarm, coord: Coordinator, met
     t_ins = time.perf_counter()
     conn = engine.connect()
     tx = conn.begin()
-    for j in job_ids:
-        repo.create_job(conn, spec=spec, gpus=1, job_id=j, actor="bench")
+    # --owners: every job owned by one of N users (as a submit with a token records it), so the
+    # pass merges N fair-share streams.
+    at = datetime.now(UTC)
+
+    def owner(i: int, j: str) -> str | None:
+        if not owners:
+            return None
+        set_owner(conn, "job", j, f"user{i % owners}", at)
+        return f"user{i % owners}"
+
+    for i, j in enumerate(job_ids):
+        repo.create_job(conn, spec=spec, gpus=1, job_id=j, actor="bench", owner=owner(i, j))
     # A blocked queue ahead of them (--blocked): higher priority, never placeable: half need more GPUs
     # than any node has, half a label no node carries (those pass the SQL filter and are looked at).
     for i in range(blocked):
         kw: dict[str, Any] = {"gpus": 64} if i % 2 else {"gpus": 1, "constraints": {"bench-never": "1"}}
-        repo.create_job(conn, spec=spec, priority=100, job_id=f"{tag}b{i:05d}", actor="bench", **kw)
+        j = f"{tag}b{i:05d}"
+        repo.create_job(conn, spec=spec, priority=100, job_id=j, actor="bench", owner=owner(i, j), **kw)
     insert_s = time.perf_counter() - t_ins
     spy.start("placements")
     cpu0 = meter.sample()
@@ -207,7 +221,8 @@ def bench_placements(engine: sa.Engine, farm: AgentFarm, coord: Coordinator, met
     took = t_end - t0
     if blocked:
         cancel_queued(engine, f"{tag}b%")
-    return {"jobs": n, "blocked_ahead": blocked, "placed": done, "partial": partial, "budget_s": budget,
+    return {"jobs": n, "blocked_ahead": blocked, "owners": owners, "placed": done, "partial": partial,
+            "budget_s": budget,
             "canceled_after": canceled,
             "seconds": round(took, 3), "placements_per_s": round(done / took, 1),
             "first_launch_ms": round(1e3 * (min(launched) - t0), 1) if launched else None,
@@ -406,7 +421,7 @@ def run(args: argparse.Namespace, root: Path, cleanup: _harness.Cleanup) -> dict
     spy = Spy(coord.pid, args.py_spy)
     cleanup.append(spy.close)
     res["placements"] = bench_placements(engine, farm, coord, meter, spy, tag, args.jobs, args.placement_budget,
-                                         args.phase_timeout, blocked=args.blocked)
+                                         args.phase_timeout, blocked=args.blocked, owners=args.owners)
 
     pl = res["placements"]
     if pl["partial"]:
@@ -448,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=5000, help="queued jobs to place (default 5000)")
     ap.add_argument("--blocked", type=int, default=0,
                     help="unplaceable jobs queued ahead of them at higher priority (issue 16: 5000 with --jobs 5000)")
+    ap.add_argument("--owners", type=int, default=0,
+                    help="spread the queued jobs over this many users (fair-share streams; default 0: no owners)")
     ap.add_argument("--submits", type=int, default=1000, help="timed SubmitJob calls (default 1000)")
     ap.add_argument("--submit-warmup", type=int, default=50, help="SubmitJob warm-up calls (default 50)")
     ap.add_argument("--metric-rows", type=int, default=100_000, help="metric rows to ingest (default 100000)")

@@ -196,7 +196,7 @@ class Lifecycle:
     def submit_job(self, *, spec: dict[str, Any], gpus: int, priority: int, constraints: dict[str, str],
                    max_retries: int, resume_on_retry: bool, name: str, request_id: str = "",
                    lost_after_seconds: int = 0,
-                   with_job: Callable[[Connection, JobRow], None] | None = None) -> JobRow:
+                   with_job: Callable[[Connection, JobRow], None] | None = None, owner: str = "") -> JobRow:
         """`with_job` writes what belongs with the new job (its options) in the job's own transaction,
         so the scheduler never sees the job without it."""
         check_submission(spec, gpus, constraints)
@@ -213,7 +213,8 @@ class Lifecycle:
             with self.engine.begin() as conn:
                 job = repo.create_job(conn, spec=spec, gpus=gpus, priority=priority, constraints=constraints,
                                       max_retries=max_retries, resume_on_retry=resume_on_retry, name=name,
-                                      actor=self.actor, lost_after_seconds=_lost_after(lost_after_seconds))
+                                      actor=self.actor, lost_after_seconds=_lost_after(lost_after_seconds),
+                                      owner=owner or None)
                 if request_id and not repo.claim_submit_key(conn, request_id, job.id, fingerprint):
                     raise _KeyTaken  # rolls the new job back
                 if with_job is not None:

@@ -62,6 +62,8 @@ def open_database(cfg: CoordinatorConfig) -> Database:
     """Check the settings that need no database, then open it and apply every migration."""
     if cfg.on_restart not in ("keep", "stop"):
         raise InvalidArgument("--on-restart", f"must be keep or stop, got {cfg.on_restart!r}")
+    if cfg.fair_share_half_life < 0:
+        raise InvalidArgument("--fair-share-half-life", f"must be >= 0, got {cfg.fair_share_half_life}")
     if cfg.node_timeout <= 0:
         raise InvalidArgument("--node-timeout", "must be > 0")
     # Before anything is made on disk: a certificate without its key never falls back to plaintext.
@@ -98,8 +100,9 @@ def build(cfg: CoordinatorConfig, db: Database | None = None) -> Daemon:
     if not auth_on and not loopback:
         flog.event(log, "auth.off", logging.WARNING, listen=cfg.listen,
                    detail="--auth off on a non-loopback address: anyone who reaches it is admin")
-    auth_interceptors = [coord_tokens.CoordinatorAuth(engine, agent_certs=tls,
-                                                      viewers_read_logs=cfg.viewers_read_logs)] if auth_on else []
+    auth_interceptors = [coord_tokens.CoordinatorAuth(
+        engine, agent_certs=tls, viewers_read_logs=cfg.viewers_read_logs,
+        user_max_priority=cfg.user_max_priority)] if auth_on else []
 
     agents = AgentPool(fleet_tls.channel_credentials(cfg.tls_ca, cfg.tls_cert, cfg.tls_key) if tls else None)
     nudges = SchedulerNudges()  # the parts below tell the scheduler of work; it listens once built
@@ -108,7 +111,7 @@ def build(cfg: CoordinatorConfig, db: Database | None = None) -> Daemon:
     fleet = Fleet(engine, reconciler, nudges.nodes_changed, node_timeout=cfg.node_timeout,
                   heartbeat_interval=cfg.heartbeat_interval, lost_after=cfg.lost_after)
     scheduler = Scheduler(engine, agents, fleet.fresh_nodes, interval=cfg.schedule_interval,
-                          node_unreachable=fleet.unreachable)
+                          node_unreachable=fleet.unreachable, half_life_s=cfg.fair_share_half_life)
     nudges.listen(scheduler.wake, scheduler.invalidate_nodes)
     life = Lifecycle(engine, agents, reconciler, nudges.wake, nodes_changed=nudges.nodes_changed)
     keeper = Keeper(life)

@@ -25,6 +25,7 @@ class PendingCode(StrEnum):
     PRIORITY = "PRIORITY"
     DEPENDENCY = "DEPENDENCY"
     ARRAY_LIMIT = "ARRAY_LIMIT"
+    QUOTA = "QUOTA"
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,18 +7,20 @@ retry after a crash is safe and the reconciler re-sends it when the agent never 
 """
 from __future__ import annotations
 
+import heapq
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
-from gpufleet.coordinator import convert
+from gpufleet.coordinator import convert, fairshare
 from gpufleet.coordinator.agents import UNREACHABLE, AgentPool
-from gpufleet.coordinator.db import options, repo
+from gpufleet.coordinator.db import options, quotas, repo
 from gpufleet.coordinator.db.rows import JobRow
 from gpufleet.coordinator.dependencies import DependencyMode, verdict
 from gpufleet.coordinator.metrics import PLACEMENT_SECONDS, QUEUE_WAIT_SECONDS
@@ -32,6 +34,7 @@ from gpufleet.loop import Loop
 log = logging.getLogger("gpufleet.coordinator.scheduler")
 
 CLAIM_BATCH = 200
+STREAM_MIN_BATCH = 20
 NODE_CACHE_S = 0.5
 LAUNCH_RETRIES = 3
 # How long a pass waits for its Launch answers before leaving the slow ones to callbacks: long
@@ -41,6 +44,7 @@ LAUNCH_WAIT_S = 1.0
 # A submit wakes the scheduler; gathering the wakes of 10 ms into one pass costs a job at most 10 ms
 # and spares a pass (claim, GPU use, assignment, Launch) per submit when submits come in bursts.
 WAKE_BATCH_S = 0.01
+DEFAULT_HALF_LIFE_S = 3600.0
 
 
 @dataclass
@@ -131,10 +135,38 @@ class Placement:
     gpus: list[int]
 
 
+class _Stream:
+    """One owner's queued jobs (key None: everyone's, when nobody owns anything), read in keyset
+    batches as the pass consumes them."""
+
+    def __init__(self, owner: str | None, size: int = CLAIM_BATCH) -> None:
+        self.owner = owner
+        self.size = size
+        self.key = owner or ""
+        self.buf: deque[JobRow] = deque()
+        self.last: tuple[int, datetime, str] | None = None
+        self.done = False
+
+    def refill(self, conn: Any, gate: Gate, max_gpus: int | None) -> bool:
+        """Read the next batch; False when nothing is left."""
+        if self.done:
+            return False
+        batch = repo.claim_queued(conn, self.size, after=self.last, max_gpus=max_gpus, owner=self.owner)
+        self.done = len(batch) < self.size
+        if batch:
+            self.last = (batch[-1].priority, batch[-1].created_at, batch[-1].id)
+            gate.read(conn, batch)
+            self.buf.extend(batch)
+        return bool(batch)
+
+
 class Scheduler:
     def __init__(self, engine: Engine, agents: AgentPool, fresh_nodes: Callable[[], set[str]],
                  *, interval: float = 2.0, actor: str = "scheduler",
-                 node_unreachable: Callable[[str], None] = lambda name: None) -> None:
+                 node_unreachable: Callable[[str], None] = lambda name: None,
+                 half_life_s: float = DEFAULT_HALF_LIFE_S) -> None:
+        # Fair share's half-life (fairshare.py); 0 turns fair share off (priority, then age).
+        self.half_life_s = half_life_s
         self.engine = engine
         self.agents = agents
         self.fresh_nodes = fresh_nodes
@@ -176,16 +208,28 @@ class Scheduler:
     def decide(self) -> list[Placement]:
         """Claim queued jobs and commit their assignments, in one transaction.
 
-        Every queued job is considered, by priority then age, until the free GPUs run out or a full
-        batch is placed: jobs that cannot be placed (too big for any free slot, a constraint no free
-        node meets) never keep the ones behind them waiting while GPUs sit idle. Strict priority
-        without reservations: a big job waits while smaller ones behind it fill the free GPUs (the
-        pending reason says GPUS_BUSY); that keeps GPUs busy, which is what this fleet is for."""
+        Every queued job is considered, by priority, then fair share, then age, until the free GPUs
+        run out or a full batch is placed: jobs that cannot be placed (too big for any free slot, a
+        constraint no free node meets, their owner's quota reached) never keep the ones behind them
+        waiting while GPUs sit idle. Each owner's queue is read as its own stream (keyset batches)
+        and the streams are merged (fairshare.next_owner), so one owner's long queue or full quota
+        never hides another's jobs. Strict priority without reservations: a big job waits while
+        smaller ones behind it fill the free GPUs (the pending reason says GPUS_BUSY); that keeps
+        GPUs busy, which is what this fleet is for."""
         fresh = self.fresh_nodes()
         placed: list[Placement] = []
         with self.engine.begin() as conn:
-            queued = repo.claim_queued(conn, CLAIM_BATCH)
-            if not queued:
+            # Without any owner (tokens never used) there is one stream, read without the joins.
+            owned = quotas.any_owner(conn)
+            keys: list[str | None] = list(quotas.queued_owners(conn)) if owned else [None]
+            # Many owners: smaller batches each, so a pass never reads the whole queue up front.
+            size = min(CLAIM_BATCH, max(STREAM_MIN_BATCH, CLAIM_BATCH // max(1, len(keys))))
+            streams = [_Stream(o, size) for o in keys]
+            gate = Gate()
+            for st in streams:
+                st.refill(conn, gate, None)
+            streams = [st for st in streams if st.buf]
+            if not streams:
                 return []
             views = node_views(self._nodes(conn), {}, fresh)
             if not views:
@@ -198,35 +242,69 @@ class Scheduler:
             free = {v.name: len(v.healthy_gpus - v.used) for v in views}
             by_runtime = {rt: [v for v in views if v.runtime in (rt, "")] for rt in ("docker", "process")}
             now = datetime.now(UTC)
+            caps = quotas.quota_map(conn) if owned else {}
+            held = quotas.held_gpus(conn) if caps else {}
+            usage = self._usage(conn, now) if len(streams) > 1 else {}
             failed: set[tuple[int, tuple[tuple[str, str], ...]]] = set()
-            gate = Gate()
-            while queued:
-                gate.read(conn, queued)
-                for job in queued:
-                    if not gate.admits(job):
-                        continue  # waits for its dependencies, or its array runs its cap
-                    runtime = runtime_for(job.spec)
-                    shape = (job.gpus, (*sorted(job.constraints.items()), ("", runtime)))
-                    if shape in failed or any(f[1] == shape[1] and f[0] <= job.gpus for f in failed):
-                        continue  # a job of this shape, or a smaller one, did not fit in this pass
-                    pick = choose(job.gpus, job.constraints, by_runtime[runtime], free)
-                    if pick is None:
-                        failed.add(shape)
-                        continue
-                    node, gpus = pick
-                    node.used.update(gpus)
-                    free[node.name] -= job.gpus
-                    placed.append(Placement(job, node.name, node.address, gpus))
+            by_key = {st.key: st for st in streams}
+            # Streams by their head's order_key; only the stream just served changes key (its head,
+            # its owner's charge), so a heap keeps the merge exact at O(log owners) a job.
+            heap = [(self._key(st, usage), st.key) for st in streams]
+            heapq.heapify(heap)
+            while heap and len(placed) < CLAIM_BATCH:
+                _, key = heapq.heappop(heap)
+                st = by_key[key]
+                job = st.buf.popleft()
+                if not st.buf:
+                    st.refill(conn, gate, max(free.values()))  # 0 still admits CPU-only jobs
+                p = self._place(job, key, gate, held, caps, failed, by_runtime, free)
+                if p is not None:
+                    placed.append(p)
                     gate.placed(job)
-                if len(queued) < CLAIM_BATCH or len(placed) >= CLAIM_BATCH:
-                    break
-                most_free = max(free.values())  # 0 still admits CPU-only jobs
-                last = queued[-1]
-                queued = repo.claim_queued(conn, CLAIM_BATCH, after=(last.priority, last.created_at, last.id),
-                                           max_gpus=most_free)
+                    held[key] = held.get(key, 0) + job.gpus
+                    if self.half_life_s > 0:
+                        usage[key] = usage.get(key, 0.0) + job.gpus * fairshare.PLACED_CHARGE_S
+                if st.buf:
+                    heapq.heappush(heap, (self._key(st, usage), key))
             repo.assign_jobs(conn, [(p.job.id, p.node, p.gpus) for p in placed], actor=self.actor, now=now)
         failpoints.hit("coordinator.assign.after_commit")
         return placed
+
+    @staticmethod
+    def _key(st: _Stream, usage: Mapping[str, float]) -> tuple[int, float, datetime, str]:
+        j = st.buf[0]
+        return fairshare.order_key(j.priority, usage.get(st.key, 0.0), j.created_at, j.id)
+
+    @staticmethod
+    def _place(job: JobRow, owner: str, gate: Gate, held: Mapping[str, int], caps: Mapping[str, int],
+               failed: set[tuple[int, tuple[tuple[str, str], ...]]], by_runtime: Mapping[str, list[NodeView]],
+               free: dict[str, int]) -> Placement | None:
+        """Where one job goes in this pass, or None (it waits); takes its GPUs from the views."""
+        if not gate.admits(job):
+            return None  # waits for its dependencies, or its array runs its cap
+        if fairshare.over_quota(owner, job.gpus, held, caps) is not None:
+            return None  # waits for its owner's running jobs (QUOTA); other owners go on
+        runtime = runtime_for(job.spec)
+        shape = (job.gpus, (*sorted(job.constraints.items()), ("", runtime)))
+        if shape in failed or any(f[1] == shape[1] and f[0] <= job.gpus for f in failed):
+            return None  # a job of this shape, or a smaller one, did not fit in this pass
+        pick = choose(job.gpus, job.constraints, by_runtime[runtime], free)
+        if pick is None:
+            failed.add(shape)
+            return None
+        node, gpus = pick
+        node.used.update(gpus)
+        free[node.name] -= job.gpus
+        return Placement(job, node.name, node.address, gpus)
+
+    def _usage(self, conn: Any, now: datetime) -> dict[str, float]:
+        """Each owner's recent GPU time (fairshare.usage_by_owner); nothing when fair share is off."""
+        if self.half_life_s <= 0:
+            return {}
+        since = now - timedelta(seconds=self.half_life_s * fairshare.HORIZON_HALF_LIVES)
+        rows = quotas.usage_rows(conn, since)
+        return fairshare.usage_by_owner((fairshare.Use(r.owner, r.gpus, r.start, r.end) for r in rows), now,
+                                        self.half_life_s)
 
     def run_once(self) -> bool:
         """One pass; True when a full batch was placed (call again)."""

@@ -9,13 +9,16 @@ from typing import Any
 import grpc
 from gpufleet.coordinator import convert, tenancy, usage
 from gpufleet.coordinator.agents import AgentPool, observation_from_pb
-from gpufleet.coordinator.db import options, repo
+from gpufleet.coordinator.caller import caller_name
+from gpufleet.coordinator.db import options, quotas, repo
 from gpufleet.coordinator.db import tokens as owners
 from gpufleet.coordinator.db import usage as usage_db
 from gpufleet.coordinator.db.rows import JobRow
+from gpufleet.coordinator.fairshare import over_quota
 from gpufleet.coordinator.fleet import Digest, Fleet
 from gpufleet.coordinator.lifecycle import MAX_GPUS, Lifecycle, check_job_id
-from gpufleet.coordinator.pending import Pending, capacities, held_by_options, never_fits, pending_reason
+from gpufleet.coordinator.pending import Pending, PendingCode, capacities, held_by_options, never_fits, pending_reason
+from gpufleet.coordinator.quota_rpc import QuotaAdmin
 from gpufleet.coordinator.reports import Entry
 from gpufleet.coordinator.states import JobStatus
 from gpufleet.coordinator.token_rpc import TokenAdmin
@@ -58,8 +61,23 @@ def job_holds(conn: Any, queued: Sequence[JobRow], opts: dict[str, options.JobOp
     return out
 
 
+def quota_holds(conn: Any, queued: Sequence[JobRow]) -> dict[str, Pending]:
+    """Queued jobs whose owner's quota holds them back: job id -> why (QUOTA)."""
+    caps = quotas.quota_map(conn) if queued else {}
+    if not caps:
+        return {}
+    owner = quotas.owners_of(conn, [r.id for r in queued])
+    used = quotas.held_gpus(conn)
+    out = {}
+    for r in queued:
+        why = over_quota(owner.get(r.id, ""), r.gpus, used, caps)
+        if why is not None:
+            out[r.id] = why
+    return out
+
+
 def job_request(r: cpb.SubmitJobRequest) -> JobRequest:
-    return JobRequest(spec=convert.spec_from_pb(r.spec), gpus=r.gpus, priority=r.priority,
+    return JobRequest(owner=caller_name(), spec=convert.spec_from_pb(r.spec), gpus=r.gpus, priority=r.priority,
                       constraints=dict(r.constraints), max_retries=r.max_retries, resume_on_retry=r.resume_on_retry,
                       name=r.name, depends_on=tuple(r.depends_on), dependency_mode=r.dependency_mode,
                       time_limit_s=r.time_limit_seconds, lost_after_seconds=r.lost_after_seconds)
@@ -71,7 +89,7 @@ def check_auto_test(value: str) -> str:
     raise InvalidArgument("auto_test", f"must be empty, 'best' or an epoch number >= 1, got {value!r}")
 
 
-class CoordinatorService(TokenAdmin, coordinator_pb2_grpc.CoordinatorServicer):
+class CoordinatorService(TokenAdmin, QuotaAdmin, coordinator_pb2_grpc.CoordinatorServicer):
     def __init__(self, engine: Engine, life: Lifecycle, agents: AgentPool) -> None:
         self.engine = engine
         self.life = life
@@ -186,9 +204,11 @@ class CoordinatorService(TokenAdmin, coordinator_pb2_grpc.CoordinatorServicer):
     def _with_reasons(self, rows: Sequence[JobRow], out: list[cpb.Job]) -> list[cpb.Job]:
         """Each job with its options, and each QUEUED one with why it waits, read now (a few reads
         per answer, not per job)."""
+        waiting = [r for r in rows if r.status is JobStatus.QUEUED]
         with self.engine.connect() as conn:
             opts = options.get_job_options(conn, [r.root_id for r in rows])
-            held = job_holds(conn, [r for r in rows if r.status is JobStatus.QUEUED], opts)
+            held = job_holds(conn, waiting, opts)
+            capped = quota_holds(conn, waiting)
         queued = [(r, j) for r, j in zip(rows, out, strict=True) if r.status is JobStatus.QUEUED]
         caps = self._capacities() if queued else []
         for r, j in zip(rows, out, strict=True):
@@ -197,6 +217,8 @@ class CoordinatorService(TokenAdmin, coordinator_pb2_grpc.CoordinatorServicer):
                 convert.job_options_to_pb(o, j)
         for r, j in queued:
             why = held.get(r.id) or pending_reason(r.gpus, r.constraints, caps)
+            if why.code in (PendingCode.PRIORITY, PendingCode.GPUS_BUSY) and r.id in capped:
+                why = capped[r.id]  # it fits the fleet: what holds it is its owner's quota
             j.pending_code, j.pending_reason = why.code.value, why.message
         return out
 

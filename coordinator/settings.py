@@ -22,6 +22,10 @@ OPTIONS = [
                   "seconds between full reconcile passes (a heartbeat reporting an ended job triggers one at once)",
                   float),
     config.Option("schedule-interval", 2.0, "seconds between scheduling passes (also event-driven)", float),
+    config.Option("fair-share-half-life", 3600.0, "seconds after which a user's past GPU time counts half in "
+                  "fair share (0: off; jobs of equal priority then go by age)", float),
+    config.Option("user-max-priority", 100, "the highest priority a token of role user may give a job "
+                  "(admins: any)", int),
     config.Option("on-restart", "keep", "keep: running jobs survive a coordinator restart; stop: stop them"),
     config.Option("tls-cert", "", "the coordinator's certificate (PEM, role coordinator)"),
     config.Option("tls-key", "", "its private key (PEM)"),
@@ -48,6 +52,8 @@ class CoordinatorConfig:
     heartbeat_interval: float = 2.0
     reconcile_interval: float = 5.0
     schedule_interval: float = 2.0
+    fair_share_half_life: float = 3600.0
+    user_max_priority: int = 100
     on_restart: str = "keep"
     tls_cert: str = ""
     tls_key: str = ""

@@ -20,6 +20,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
+from gpufleet.coordinator import priority
+from gpufleet.coordinator.db import options
 from gpufleet.coordinator.db import tokens as db
 from sqlalchemy import Engine
 
@@ -28,6 +30,7 @@ from gpufleet.auth import (
     CREATE_METHODS,
     DEFAULT_TTL,
     FLEET_SERVICE,
+    GROUP_METHODS,
     JOB_METHODS,
     KEY_ID_CHARS,
     MODEL_METHODS,
@@ -252,8 +255,10 @@ class CoordinatorAuth(grpc.ServerInterceptor):
     """
 
     def __init__(self, engine: Engine, *, agent_certs: bool = True, ttl: float = DEFAULT_TTL,
-                 verifier: TokenVerifier | None = None, viewers_read_logs: bool = False) -> None:
+                 verifier: TokenVerifier | None = None, viewers_read_logs: bool = False,
+                 user_max_priority: int = priority.DEFAULT_USER_MAX_PRIORITY) -> None:
         self.engine = engine
+        self.user_max_priority = user_max_priority
         self.agent_certs = agent_certs
         self.viewers_read_logs = viewers_read_logs
         self.verifier = verifier or TokenVerifier(engine, ttl=ttl)
@@ -343,7 +348,7 @@ class CoordinatorAuth(grpc.ServerInterceptor):
 
         def check(request: Any, context: grpc.ServicerContext) -> Callable[[Any], None] | None:
             who = self.authenticate(context, full)
-            set_caller(who)  # the servicer scopes paths and redacts secrets by it (coordinator/tenancy.py)
+            set_caller(who)  # the servicer owns, scopes and redacts by it (coordinator/tenancy.py)
             fields = {"method": full, "token_id": who.token_id, "principal": who.name, "role": who.role}
             if who.role == "admin":
                 return self._recorder(method, who)
@@ -367,8 +372,11 @@ class CoordinatorAuth(grpc.ServerInterceptor):
                 _deny(context, grpc.StatusCode.PERMISSION_DENIED,
                       f"token {who.name!r} has unknown role {who.role!r}", **fields)
             if method in CREATE_METHODS:
+                too_high = priority.over_cap(method, request, who.role, self.user_max_priority)
+                if too_high:
+                    _deny(context, grpc.StatusCode.INVALID_ARGUMENT, too_high, **fields)
                 return self._recorder(method, who)
-            if method in MODEL_METHODS or method in JOB_METHODS:
+            if method in MODEL_METHODS or method in JOB_METHODS or method in GROUP_METHODS:
                 self._check_owner(context, method, request, who, fields)
                 return None
             _deny(context, grpc.StatusCode.PERMISSION_DENIED,
@@ -384,6 +392,8 @@ class CoordinatorAuth(grpc.ServerInterceptor):
             with self.engine.connect() as conn:
                 if method in JOB_METHODS or method in OWNER_READ_METHODS:
                     own = db.job_ownership(conn, str(getattr(request, "job_id", "")))
+                elif method in GROUP_METHODS:
+                    own = group_ownership(conn, method, str(getattr(request, GROUP_METHODS[method], "")))
                 else:
                     own = db.model_ownership(conn, str(getattr(request, "uuid", "")))
         except Exception:  # noqa: BLE001
@@ -406,10 +416,20 @@ class CoordinatorAuth(grpc.ServerInterceptor):
             return None
 
         def record(response: Any) -> None:
-            entity_id = response.uuid if entity == "model" else response.job_id
+            # Submits record their jobs' owner in their own transaction (workflows.JobRequest.owner);
+            # this is for models, and a no-op repeat for jobs (first writer wins).
+            if entity == "model":
+                ids = [response.uuid]
+            elif method == "SubmitPipeline":
+                ids = [s.job_id for s in response.steps]
+            elif method == "SubmitArray":
+                ids = [j.job_id for j in response.jobs]
+            else:
+                ids = [response.job_id]
             try:
                 with self.engine.begin() as conn:
-                    db.set_owner(conn, entity, entity_id, who.name, datetime.now(UTC))
+                    for entity_id in ids:
+                        db.set_owner(conn, entity, entity_id, who.name, datetime.now(UTC))
             except Exception:  # noqa: BLE001 - the entity exists; without an owner only admins may change it
                 log.exception("owner not recorded", extra={"fields": {"entity": entity, "id": entity_id}})
 
@@ -428,3 +448,12 @@ def _check_address(context: grpc.ServicerContext, full: str, node: str, address:
               f"register at an address the certificate names, or reissue it with "
               f"`gpufleet certs issue {node} --role agent --host {host}` ({full})",
               method=full, peer=node, address=address)
+
+
+def group_ownership(conn: Any, method: str, ident: str) -> db.Ownership:
+    """An array or pipeline is owned by X when every job in it is (else by nobody: admins only)."""
+    field = GROUP_METHODS[method]
+    what = f"{'array' if field == 'array_id' else 'pipeline'} {ident}"
+    found = options.jobs_of(conn, **{field: ident}) if ident else []
+    owners = {db.job_ownership(conn, j.id).owner for j, _ in found}
+    return db.Ownership(bool(found), owners.pop() if len(owners) == 1 else None, what)

@@ -19,6 +19,7 @@ from typing import Any
 from gpufleet.coordinator.db import options, repo
 from gpufleet.coordinator.db.options import JobOptions
 from gpufleet.coordinator.db.rows import JobRow
+from gpufleet.coordinator.db.tokens import set_owner
 from gpufleet.coordinator.dependencies import CycleError, DependencyMode, pipeline_state, topological_order
 from gpufleet.coordinator.lifecycle import Lifecycle, check_job_id, check_submission
 from sqlalchemy.engine import Connection
@@ -50,6 +51,9 @@ class JobRequest:
     dependency_mode: str = ""
     time_limit_s: int = 0
     lost_after_seconds: int = 0
+    # Who submits (a token's name; "" without auth): recorded in the jobs' own transaction, so the
+    # scheduler never sees them without the owner their quota and fair share need.
+    owner: str = ""
 
 
 def check_options(req: JobRequest, field_prefix: str = "") -> DependencyMode:
@@ -91,21 +95,26 @@ class Workflows:
     def submit_job(self, req: JobRequest, *, request_id: str = "") -> JobRow:
         mode = check_options(req)
         with_job: Callable[[Connection, JobRow], None] | None = None
-        if req.depends_on or req.time_limit_s:
+        if req.depends_on or req.time_limit_s or req.owner:
             def with_job(conn: Connection, job: JobRow) -> None:
-                options.save_job_options(conn, JobOptions(
-                    job.root_id, _roots(conn, req.depends_on), mode.value, req.time_limit_s or None))
+                _own(conn, req, job)
+                if req.depends_on or req.time_limit_s:
+                    options.save_job_options(conn, JobOptions(
+                        job.root_id, _roots(conn, req.depends_on), mode.value, req.time_limit_s or None))
         return self.life.submit_job(spec=req.spec, gpus=req.gpus, priority=req.priority,
                                     constraints=req.constraints, max_retries=req.max_retries,
                                     resume_on_retry=req.resume_on_retry, name=req.name, request_id=request_id,
-                                    lost_after_seconds=req.lost_after_seconds, with_job=with_job)
+                                    lost_after_seconds=req.lost_after_seconds, with_job=with_job,
+                                    owner=req.owner)
 
     def _create(self, conn: Connection, req: JobRequest, opts: JobOptions) -> JobRow:
         """A new job and its options (`opts` with the job's root id filled in)."""
         job = repo.create_job(conn, spec=req.spec, gpus=req.gpus, priority=req.priority,
                               constraints=req.constraints, max_retries=req.max_retries,
-                              resume_on_retry=req.resume_on_retry, name=req.name, actor=self.life.actor)
+                              resume_on_retry=req.resume_on_retry, name=req.name, actor=self.life.actor,
+                              owner=req.owner or None)
         options.save_job_options(conn, dataclasses.replace(opts, root_id=job.root_id))
+        _own(conn, req, job)
         return job
 
     # -- arrays ----------------------------------------------------------------------------------
@@ -209,6 +218,11 @@ class Workflows:
             if not job.terminal:
                 self.life.cancel_job(job.id)
         return self.get_pipeline(pipeline_id)
+
+
+def _own(conn: Connection, req: JobRequest, job: JobRow) -> None:
+    if req.owner:
+        set_owner(conn, "job", job.root_id, req.owner, job.created_at)
 
 
 def _checked(req: JobRequest, prefix: str) -> None:

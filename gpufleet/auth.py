@@ -13,10 +13,11 @@ Coordinator (`CoordinatorAuth`):
                              With auth on but no mTLS every Fleet call is refused.
     gpufleet.v1.Coordinator  `authorization: Bearer gft_...` metadata; the token's role decides:
         admin   everything
-        user    reads, CreateModel/SubmitJob, and changes only to models and jobs it created
-                (recorded in the owners table under the token's name; jobs of a model belong to
-                the model's owner); logs and metrics of its own jobs only; its paths are scoped
-                to users/<name>/ and others' env values redacted (coordinator/tenancy.py)
+        user    reads, CreateModel/SubmitJob/SubmitArray/SubmitPipeline (priority at most
+                --user-max-priority), and changes only to models, jobs, arrays and pipelines it
+                created (recorded in the owners table under the token's name; jobs of a model
+                belong to the model's owner); logs and metrics of its own jobs only; its paths
+                are scoped to users/<name>/ and others' env values redacted (coordinator/tenancy.py)
         viewer  reads only: Get*, List*, DatasetCounts (env values redacted); logs and metrics
                 only with the coordinator's --viewers-read-logs
 Health and reflection stay open on both daemons. Without TLS and tokens (the demo, loopback
@@ -67,13 +68,16 @@ FLEET_SERVICE = "gpufleet.v1.Fleet"
 # Agent methods an operator's client certificate may call.
 AGENT_READ_METHODS = frozenset({"GetNode", "ListJobs", "Inspect", "WatchEvents", "StreamLogs"})
 # Coordinator methods by what they need from a `user` token (admin: all; viewer: READ only).
-CREATE_METHODS = {"CreateModel": "model", "SubmitJob": "job"}  # -> the owned entity recorded
+CREATE_METHODS = {"CreateModel": "model", "SubmitJob": "job", "SubmitArray": "job",
+                  "SubmitPipeline": "job"}  # -> the owned entity recorded
 MODEL_METHODS = frozenset({"RunTrain", "RestartTrain", "ResumeTrain", "CancelTrain", "RunTest", "CancelTest",
                            "SyncStatus", "StageDataset"})  # request.uuid names the model
 JOB_METHODS = frozenset({"CancelJob"})  # request.job_id names the job
 # Reads of what a job printed or measured: its owner and admins; viewers where the coordinator's
 # --viewers-read-logs says so; other users never (a log can hold whatever the job printed).
 OWNER_READ_METHODS = frozenset({"StreamJobLogs", "GetJobMetrics"})  # request.job_id names the job
+# request.array_id / request.pipeline_id: a user may cancel it when it owns every job in it.
+GROUP_METHODS = {"CancelArray": "array_id", "CancelPipeline": "pipeline_id"}
 
 
 # Coordinator methods only an admin token may call, reads included (token management).

@@ -21,6 +21,7 @@ from gpufleet.coordinator.db.schema import (
     events,
     jobs,
 )
+from gpufleet.coordinator.db.tokens import get_owner
 from gpufleet.coordinator.states import DesiredState, JobStatus, JobType
 from sqlalchemy import Connection
 
@@ -44,6 +45,7 @@ def _job_values(
     name: str,
     at: datetime,
     lost_after_seconds: int | None = None,
+    owner: str | None = None,
 ) -> dict[str, Any]:
     return {
         "id": job_id,
@@ -77,6 +79,7 @@ def _job_values(
         "node_unreachable_since": None,
         "lost_after_seconds": lost_after_seconds,
         "warnings": None,
+        "owner": owner or None,
     }
 
 
@@ -96,8 +99,10 @@ def create_job(
     actor: str = "api",
     now: datetime | None = None,
     lost_after_seconds: int | None = None,
+    owner: str | None = None,
 ) -> JobRow:
-    """Insert attempt 1 of a new job, QUEUED. The id is 16 hex characters unless given."""
+    """Insert attempt 1 of a new job, QUEUED. The id is 16 hex characters unless given.
+    `owner`: who it belongs to (quotas, fair share); a model's jobs take the model's owner."""
     if job_id is not None and not _JOB_ID.fullmatch(job_id):
         raise InvalidArgument("job_id", f"must match [A-Za-z0-9_-]{{1,48}}, got {job_id!r}")
     _non_negative("gpus", gpus)
@@ -126,6 +131,7 @@ def create_job(
         name=name,
         at=at,
         lost_after_seconds=lost_after_seconds,
+        owner=owner if owner is not None or model_uuid is None else get_owner(conn, "model", model_uuid),
     )
     conn.execute(sa.insert(jobs).values(row))
     record_event(conn, "job", new_id, None, JobStatus.QUEUED, reason="submitted", actor=actor, now=at)
@@ -170,12 +176,13 @@ def list_jobs(
 
 
 def claim_queued(conn: Connection, limit: int, *, after: tuple[int, datetime, str] | None = None,
-                 max_gpus: int | None = None) -> list[JobRow]:
+                 max_gpus: int | None = None, owner: str | None = None) -> list[JobRow]:
     """Up to `limit` QUEUED jobs, highest priority first, then oldest.
 
     `after` (priority, created_at, id) of the last job of the previous batch continues the scan
     past it (keyset paging), so a scheduling pass can look at every queued job, not just the head;
-    `max_gpus` leaves out jobs that need more GPUs than any node has free.
+    `max_gpus` leaves out jobs that need more GPUs than any node has free; `owner` keeps only that
+    owner's jobs ("": jobs nobody owns), one stream of a fair-share pass.
     On PostgreSQL the rows stay locked (FOR UPDATE SKIP LOCKED) until the caller's transaction
     ends, so another replica claiming at the same time gets different jobs instead of waiting.
     On SQLite the transaction already holds the single writer lock (BEGIN IMMEDIATE).
@@ -197,6 +204,8 @@ def claim_queued(conn: Connection, limit: int, *, after: tuple[int, datetime, st
         ))
     if max_gpus is not None:
         query = query.where(jobs.c.gpus <= max_gpus)
+    if owner is not None:
+        query = query.where(jobs.c.owner == owner if owner else jobs.c.owner.is_(None))
     if conn.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
     return [JobRow.from_row(r) for r in conn.execute(query).mappings()]
@@ -411,6 +420,7 @@ def requeue_job(
         name=old.name,
         at=at,
         lost_after_seconds=old.lost_after_seconds,
+        owner=old.owner,
     )
     conn.execute(sa.insert(jobs).values(row))
     record_event(

@@ -114,6 +114,8 @@ class JobRow:
     node_unreachable_since: datetime | None = None
     lost_after_seconds: int | None = None
     warnings: str | None = None
+    # Who submitted it (a token's name; None without auth): fixed at creation (migration 0021).
+    owner: str | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> JobRow:

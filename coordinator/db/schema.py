@@ -189,11 +189,16 @@ jobs = sa.Table(
     sa.Column("node_unreachable_since", UtcDateTime(), nullable=True),
     sa.Column("lost_after_seconds", sa.Integer(), nullable=True),
     sa.Column("warnings", sa.Text(), nullable=True),
+    # The job's owner (its model's owner, else its submitter's token name; NULL without auth), fixed
+    # at creation so that quotas and fair share read it without joining the owners table (0021).
+    sa.Column("owner", sa.String(128), nullable=True),
     _one_of("status", JobStatus, "status"),
     _one_of("job_type", JobType, "job_type"),
     _one_of("desired_state", DesiredState, "desired_state"),
     sa.UniqueConstraint("root_id", "attempt", name="uq_jobs_root_id_attempt"),
     sa.Index("ix_jobs_queue", "status", sa.text("priority DESC"), "created_at"),
+    # One owner's queue, in the scheduler's order: a fair-share pass reads each owner's stream (0021).
+    sa.Index("ix_jobs_owner_queue", "status", "owner", sa.text("priority DESC"), "created_at"),
     sa.Index("ix_jobs_node_status", "node", "status"),
     sa.Index("ix_jobs_model_created", "model_uuid", "created_at"),
     sa.Index("ix_jobs_created", "created_at"),

@@ -21,6 +21,7 @@ from gpufleet.cli import (
     models,  # noqa: F401
     nodes,  # noqa: F401
     pipelines,  # noqa: F401
+    quotas,  # noqa: F401
     security,  # noqa: F401
     settings,
     usage,  # noqa: F401

@@ -708,3 +708,37 @@ class RevokeTokenResponse(_message.Message):
     IDS_FIELD_NUMBER: _ClassVar[int]
     ids: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Quota(_message.Message):
+    __slots__ = ("owner", "gpus", "used", "updated_at", "updated_by")
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    USED_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_BY_FIELD_NUMBER: _ClassVar[int]
+    owner: str
+    gpus: int
+    used: int
+    updated_at: _timestamp_pb2.Timestamp
+    updated_by: str
+    def __init__(self, owner: _Optional[str] = ..., gpus: _Optional[int] = ..., used: _Optional[int] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_by: _Optional[str] = ...) -> None: ...
+
+class SetQuotaRequest(_message.Message):
+    __slots__ = ("owner", "gpus", "clear")
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    CLEAR_FIELD_NUMBER: _ClassVar[int]
+    owner: str
+    gpus: int
+    clear: bool
+    def __init__(self, owner: _Optional[str] = ..., gpus: _Optional[int] = ..., clear: _Optional[bool] = ...) -> None: ...
+
+class ListQuotasRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListQuotasResponse(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[Quota]
+    def __init__(self, items: _Optional[_Iterable[_Union[Quota, _Mapping]]] = ...) -> None: ...

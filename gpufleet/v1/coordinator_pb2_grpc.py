@@ -190,6 +190,16 @@ class CoordinatorStub:
                 request_serializer=gpufleet_dot_v1_dot_coordinator__pb2.RevokeTokenRequest.SerializeToString,
                 response_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.RevokeTokenResponse.FromString,
                 _registered_method=True)
+        self.SetQuota = channel.unary_unary(
+                '/gpufleet.v1.Coordinator/SetQuota',
+                request_serializer=gpufleet_dot_v1_dot_coordinator__pb2.SetQuotaRequest.SerializeToString,
+                response_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.Quota.FromString,
+                _registered_method=True)
+        self.ListQuotas = channel.unary_unary(
+                '/gpufleet.v1.Coordinator/ListQuotas',
+                request_serializer=gpufleet_dot_v1_dot_coordinator__pb2.ListQuotasRequest.SerializeToString,
+                response_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.ListQuotasResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -404,6 +414,20 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetQuota(self, request, context):
+        """Per-owner GPU quotas (SetQuota: admin only; ListQuotas: every role). A job that would take its
+        owner past the quota waits with pending code QUOTA; other owners' jobs are placed meanwhile.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListQuotas(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -561,6 +585,16 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.RevokeToken,
                     request_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.RevokeTokenRequest.FromString,
                     response_serializer=gpufleet_dot_v1_dot_coordinator__pb2.RevokeTokenResponse.SerializeToString,
+            ),
+            'SetQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetQuota,
+                    request_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.SetQuotaRequest.FromString,
+                    response_serializer=gpufleet_dot_v1_dot_coordinator__pb2.Quota.SerializeToString,
+            ),
+            'ListQuotas': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQuotas,
+                    request_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.ListQuotasRequest.FromString,
+                    response_serializer=gpufleet_dot_v1_dot_coordinator__pb2.ListQuotasResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1400,6 +1434,60 @@ class Coordinator:
             '/gpufleet.v1.Coordinator/RevokeToken',
             gpufleet_dot_v1_dot_coordinator__pb2.RevokeTokenRequest.SerializeToString,
             gpufleet_dot_v1_dot_coordinator__pb2.RevokeTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpufleet.v1.Coordinator/SetQuota',
+            gpufleet_dot_v1_dot_coordinator__pb2.SetQuotaRequest.SerializeToString,
+            gpufleet_dot_v1_dot_coordinator__pb2.Quota.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListQuotas(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpufleet.v1.Coordinator/ListQuotas',
+            gpufleet_dot_v1_dot_coordinator__pb2.ListQuotasRequest.SerializeToString,
+            gpufleet_dot_v1_dot_coordinator__pb2.ListQuotasResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -596,12 +596,17 @@ def test_random_heartbeat(env: Env, req: cpb.HeartbeatRequest) -> None:
         assert r.reregister and not r.stop and not r.acknowledged
 
 
-# -- newer RPCs: tokens (admin), arrays and pipelines, the agents' Report ---------------------------
+# -- newer RPCs: tokens and quotas (admin), arrays and pipelines, the agents' Report ---------------------------
 
 
 @st.composite
 def token_calls(draw: Any) -> tuple[str, Any]:
-    method = draw(st.sampled_from(["CreateToken", "ListTokens", "RevokeToken"]))
+    method = draw(st.sampled_from(["CreateToken", "ListTokens", "RevokeToken", "SetQuota", "ListQuotas"]))
+    if method == "SetQuota":
+        return method, cpb.SetQuotaRequest(owner=draw(st.one_of(SAFE_NAME, STR)), gpus=draw(INT32),
+                                           clear=draw(st.booleans()))
+    if method == "ListQuotas":
+        return method, cpb.ListQuotasRequest()
     if method == "CreateToken":
         return method, cpb.CreateTokenRequest(
             name=draw(st.one_of(SAFE_NAME, STR)), role=draw(st.one_of(st.sampled_from(["admin", "user", "viewer"]),
@@ -679,7 +684,7 @@ COVERED = {
     "Coordinator": {"CreateModel", "SubmitJob", "ListModels", "ListJobs", "ListNodes", "GetJob", "CancelJob",
                     "GetJobMetrics", "StreamJobLogs", "DrainNode", "UndrainNode", "StageDataset", *MODEL_RPCS,
                     "CreateToken", "ListTokens", "RevokeToken", "SubmitArray", "GetArray", "CancelArray",
-                    "SubmitPipeline", "GetPipeline", "CancelPipeline", "GetUsage"},
+                    "SubmitPipeline", "GetPipeline", "CancelPipeline", "GetUsage", "SetQuota", "ListQuotas"},
     "Fleet": {"Register", "Heartbeat", "Report"},
 }
 

@@ -219,12 +219,12 @@ def test_every_coordinator_method_has_a_policy() -> None:
     methods = {m.name for m in cpb.DESCRIPTOR.services_by_name["Coordinator"].methods}
     reads = {m for m in methods if auth.is_read_method(m)}
     assert reads == {"GetModel", "ListModels", "GetJob", "ListJobs", "StreamJobLogs", "GetJobMetrics",
-                     "ListNodes", "DatasetCounts", "GetArray", "GetPipeline", "GetUsage"}
-    user_changes = set(auth.CREATE_METHODS) | auth.MODEL_METHODS | auth.JOB_METHODS
+                     "ListNodes", "DatasetCounts", "GetArray", "GetPipeline", "GetUsage", "ListQuotas"}
+    user_changes = set(auth.CREATE_METHODS) | auth.MODEL_METHODS | auth.JOB_METHODS | set(auth.GROUP_METHODS)
     assert user_changes <= methods
-    # admin only (arrays and pipelines until their jobs' ownership is recorded per member)
-    assert methods - reads - user_changes == {"DrainNode", "UndrainNode", "SubmitArray", "CancelArray",
-                                              "SubmitPipeline", "CancelPipeline", *auth.ADMIN_METHODS}
+    # Arrays and pipelines are the user's own: every member job's owner is recorded with it.
+    assert {"SubmitArray", "CancelArray", "SubmitPipeline", "CancelPipeline"} <= user_changes
+    assert methods - reads - user_changes == {"DrainNode", "UndrainNode", "SetQuota", *auth.ADMIN_METHODS}
     assert auth.ADMIN_METHODS == {"CreateToken", "ListTokens", "RevokeToken"}  # ListTokens is no viewer read
     fleet = {m.name for m in cpb.DESCRIPTOR.services_by_name["Fleet"].methods}
     for name in fleet:  # the Fleet check relies on every request naming its node
