@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gpufleet.coordinator.db import repo  # noqa: E402
 from gpufleet.coordinator.db.engine import make_engine, migrate  # noqa: E402
 from gpufleet.coordinator.scheduler import Scheduler  # noqa: E402
+
 from gpufleet.jobspec import JobSpec  # noqa: E402
 from tests.postgres import start_server  # noqa: E402
 

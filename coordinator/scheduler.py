@@ -11,7 +11,7 @@ import heapq
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -45,6 +45,11 @@ LAUNCH_WAIT_S = 1.0
 # and spares a pass (claim, GPU use, assignment, Launch) per submit when submits come in bursts.
 WAKE_BATCH_S = 0.01
 DEFAULT_HALF_LIFE_S = 3600.0
+# Constraint label sets remembered from jobs that did not fit (Scheduler._skip): enough for the
+# distinct shapes of a real queue; each one costs a term in the claim query.
+HOPELESS_KEEP = 32
+
+Labels = tuple[tuple[str, str], ...]
 
 
 @dataclass
@@ -81,6 +86,21 @@ def choose(gpus: int, constraints: Mapping[str, str], nodes: Sequence[NodeView],
     if best is None:
         return None
     return best, best.free[:gpus]
+
+
+def hopeless(label_sets: Iterable[Labels], views: Sequence[NodeView], room: Mapping[str, int],
+             ceiling: int) -> list[tuple[dict[str, str], int]]:
+    """The queued jobs a pass need not read: for each set of constraint labels, the most GPUs a job
+    holding them could get on one node (`room`: node name -> GPUs it can give now), -1 when no node
+    carries them all. Only sets below `ceiling` (the most any node can give, which already bounds
+    every job) are kept. A job whose constraints include a set and that needs more than its bound
+    fails `choose` on these views, so leaving it out in SQL places exactly the same jobs."""
+    out = []
+    for labels in label_sets:
+        most = max((room[v.name] for v in views if all(v.labels.get(k) == val for k, val in labels)), default=-1)
+        if most < ceiling:
+            out.append((dict(labels), most))
+    return out
 
 
 def node_views(nodes: Sequence[Any], in_use: Mapping[str, set[int]], fresh_names: set[str]) -> list[NodeView]:
@@ -147,11 +167,14 @@ class _Stream:
         self.last: tuple[int, datetime, str] | None = None
         self.done = False
 
-    def refill(self, conn: Any, gate: Gate, max_gpus: int | None) -> bool:
-        """Read the next batch; False when nothing is left."""
+    def refill(self, conn: Any, gate: Gate, max_gpus: int | None,
+               skip: Sequence[tuple[Mapping[str, str], int]] = ()) -> bool:
+        """Read the next batch, leaving out what cannot fit (claim_queued's max_gpus and skip);
+        False when nothing is left."""
         if self.done:
             return False
-        batch = repo.claim_queued(conn, self.size, after=self.last, max_gpus=max_gpus, owner=self.owner)
+        batch = repo.claim_queued(conn, self.size, after=self.last, max_gpus=max_gpus, owner=self.owner,
+                                  skip=skip)
         self.done = len(batch) < self.size
         if batch:
             self.last = (batch[-1].priority, batch[-1].created_at, batch[-1].id)
@@ -177,6 +200,9 @@ class Scheduler:
         self.loop = Loop("scheduler", self.run_once, interval, batch=WAKE_BATCH_S)
         self.placements = 0
         self._node_cache: tuple[float, list[Any]] | None = None
+        # Constraint label sets of jobs that did not fit, newest last (hopeless, HOPELESS_KEEP): each
+        # pass re-judges them against its own views, so a change of nodes never hides a job.
+        self._hopeless: dict[Labels, None] = {}
 
     @property
     def last_ok(self) -> float:
@@ -219,6 +245,14 @@ class Scheduler:
         fresh = self.fresh_nodes()
         placed: list[Placement] = []
         with self.engine.begin() as conn:
+            views = node_views(self._nodes(conn), {}, fresh)
+            if not views:
+                return []
+            # Before GPU use is read (it is read under the placement lock, after the claim), a node
+            # can give at most its healthy GPUs: jobs beyond that are never read.
+            room = {v.name: len(v.healthy_gpus) for v in views}
+            ceiling = max(room.values())
+            skip = self._skip(views, room, ceiling)
             # Without any owner (tokens never used) there is one stream, read without the joins.
             owned = quotas.any_owner(conn)
             keys: list[str | None] = list(quotas.queued_owners(conn)) if owned else [None]
@@ -227,12 +261,9 @@ class Scheduler:
             streams = [_Stream(o, size) for o in keys]
             gate = Gate()
             for st in streams:
-                st.refill(conn, gate, None)
+                st.refill(conn, gate, ceiling, skip)
             streams = [st for st in streams if st.buf]
             if not streams:
-                return []
-            views = node_views(self._nodes(conn), {}, fresh)
-            if not views:
                 return []
             # Another replica may be assigning GPUs right now: wait for it, then read the use.
             repo.lock_placement(conn)
@@ -256,8 +287,12 @@ class Scheduler:
                 st = by_key[key]
                 job = st.buf.popleft()
                 if not st.buf:
-                    st.refill(conn, gate, max(free.values()))  # 0 still admits CPU-only jobs
+                    most = max(free.values())  # 0 still admits CPU-only jobs
+                    st.refill(conn, gate, most, self._skip(views, free, most))
+                tried = len(failed)
                 p = self._place(job, key, gate, held, caps, failed, by_runtime, free)
+                if len(failed) > tried and job.constraints:
+                    self._remember(job.constraints)
                 if p is not None:
                     placed.append(p)
                     gate.placed(job)
@@ -269,6 +304,18 @@ class Scheduler:
             repo.assign_jobs(conn, [(p.job.id, p.node, p.gpus) for p in placed], actor=self.actor, now=now)
         failpoints.hit("coordinator.assign.after_commit")
         return placed
+
+    def _skip(self, views: Sequence[NodeView], room: Mapping[str, int],
+              ceiling: int) -> list[tuple[dict[str, str], int]]:
+        return hopeless(self._hopeless, views, room, ceiling) if self._hopeless else []
+
+    def _remember(self, constraints: Mapping[str, str]) -> None:
+        """A job with these constraints found no node: later reads leave out its like (hopeless)."""
+        labels = tuple(sorted(constraints.items()))
+        self._hopeless.pop(labels, None)
+        self._hopeless[labels] = None
+        if len(self._hopeless) > HOPELESS_KEEP:
+            del self._hopeless[next(iter(self._hopeless))]
 
     @staticmethod
     def _key(st: _Stream, usage: Mapping[str, float]) -> tuple[int, float, datetime, str]:

@@ -176,13 +176,17 @@ def list_jobs(
 
 
 def claim_queued(conn: Connection, limit: int, *, after: tuple[int, datetime, str] | None = None,
-                 max_gpus: int | None = None, owner: str | None = None) -> list[JobRow]:
+                 max_gpus: int | None = None, owner: str | None = None,
+                 skip: Sequence[tuple[Mapping[str, str], int]] = ()) -> list[JobRow]:
     """Up to `limit` QUEUED jobs, highest priority first, then oldest.
 
     `after` (priority, created_at, id) of the last job of the previous batch continues the scan
     past it (keyset paging), so a scheduling pass can look at every queued job, not just the head;
-    `max_gpus` leaves out jobs that need more GPUs than any node has free; `owner` keeps only that
-    owner's jobs ("": jobs nobody owns), one stream of a fair-share pass.
+    `max_gpus` leaves out jobs that need more GPUs than any node has free; `skip` (labels, most
+    GPUs) leaves out jobs whose constraints include all those labels and that need more than that
+    many GPUs (-1: any job with them), i.e. jobs no node matching those labels could take, so a
+    large queue of them is never read, locked and judged again by every pass; `owner` keeps only
+    that owner's jobs ("": jobs nobody owns), one stream of a fair-share pass.
     On PostgreSQL the rows stay locked (FOR UPDATE SKIP LOCKED) until the caller's transaction
     ends, so another replica claiming at the same time gets different jobs instead of waiting.
     On SQLite the transaction already holds the single writer lock (BEGIN IMMEDIATE).
@@ -206,6 +210,12 @@ def claim_queued(conn: Connection, limit: int, *, after: tuple[int, datetime, st
         query = query.where(jobs.c.gpus <= max_gpus)
     if owner is not None:
         query = query.where(jobs.c.owner == owner if owner else jobs.c.owner.is_(None))
+    for labels, most in skip:
+        # IS NOT DISTINCT FROM: a job without the label compares false, never NULL (NOT NULL would
+        # leave it out too).
+        query = query.where(sa.not_(sa.and_(
+            jobs.c.gpus > most,
+            *(jobs.c.constraints[k].as_string().is_not_distinct_from(v) for k, v in sorted(labels.items())))))
     if conn.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
     return [JobRow.from_row(r) for r in conn.execute(query).mappings()]
