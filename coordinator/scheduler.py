@@ -286,9 +286,6 @@ class Scheduler:
                 _, key = heapq.heappop(heap)
                 st = by_key[key]
                 job = st.buf.popleft()
-                if not st.buf:
-                    most = max(free.values())  # 0 still admits CPU-only jobs
-                    st.refill(conn, gate, most, self._skip(views, free, most))
                 tried = len(failed)
                 p = self._place(job, key, gate, held, caps, failed, by_runtime, free)
                 if len(failed) > tried and job.constraints:
@@ -299,6 +296,13 @@ class Scheduler:
                     held[key] = held.get(key, 0) + job.gpus
                     if self.half_life_s > 0:
                         usage[key] = usage.get(key, 0.0) + job.gpus * fairshare.PLACED_CHARGE_S
+                    if len(placed) >= CLAIM_BATCH:
+                        break  # a full pass: reading (and locking) a batch it will not place costs
+                if not st.buf:
+                    # After this job took its GPUs: what is left free bounds what the next batch
+                    # may need, exactly (free only shrinks within a pass).
+                    most = max(free.values())  # 0 still admits CPU-only jobs
+                    st.refill(conn, gate, most, self._skip(views, free, most))
                 if st.buf:
                     heapq.heappush(heap, (self._key(st, usage), key))
             repo.assign_jobs(conn, [(p.job.id, p.node, p.gpus) for p in placed], actor=self.actor, now=now)
