@@ -83,3 +83,48 @@ def test_cpu_only_jobs_behind_a_full_fleet_still_start(engine: Engine) -> None:
     [cpu] = _submit(engine, 1, gpus=0, at=9)
     placed = _decide(engine, {"a"})
     assert cpu in placed and len(placed) == 2
+
+
+def test_claim_leaves_out_only_jobs_that_hold_every_skipped_label_and_need_more(engine: Engine) -> None:
+    """claim_queued's skip, on both databases: a label key with dots and slashes, jobs without the
+    label, with more labels, and below the GPU bound are all still read."""
+    key = "gpufleet.io/rack"
+    hopeless = sorted(_submit(engine, 2, gpus=3, constraints={key: "x"}))  # same age: by id
+    more_labels = _submit(engine, 1, gpus=3, constraints={key: "x", "zone": "q"}, at=1)
+    small = _submit(engine, 1, gpus=2, constraints={key: "x"}, at=2)
+    other_value = _submit(engine, 1, gpus=3, constraints={key: "y"}, at=3)
+    other_key = _submit(engine, 1, gpus=3, constraints={"rack": "x"}, at=4)
+    plain = _submit(engine, 1, gpus=3, at=5)
+    with engine.begin() as conn:
+        got = [j.id for j in repo.claim_queued(conn, 100, skip=[({key: "x"}, 2)])]
+        assert got == [*small, *other_value, *other_key, *plain]
+        none_match = [j.id for j in repo.claim_queued(conn, 100, skip=[({key: "x", "zone": "q"}, -1)])]
+        assert none_match == [*hopeless, *small, *other_value, *other_key, *plain]
+        assert [j.id for j in repo.claim_queued(conn, 100)] == [
+            *hopeless, *more_labels, *small, *other_value, *other_key, *plain]
+
+
+def test_a_remembered_hopeless_shape_is_placed_once_a_node_fits_it(engine: Engine) -> None:
+    """The scheduler leaves out, pass after pass, jobs whose labels no node offers; the same
+    scheduler places them as soon as a node that fits registers (it re-judges every pass)."""
+    _node(engine, "a", 2)
+    _node(engine, "b", 1, rack="x")
+    # Same age within each group: the queue takes them by id.
+    wide = sorted(_submit(engine, CLAIM_BATCH + 5, gpus=2, priority=TOP, constraints={"rack": "x"}))
+    odd = sorted(_submit(engine, 3, priority=TOP, constraints={"rack": "z"}, at=1))
+    [small] = _submit(engine, 1, gpus=1, at=2)
+    nodes = {"a", "b"}
+    s = Scheduler(engine, NoAgents(), lambda: nodes)  # type: ignore[arg-type]
+    try:
+        assert {p.job.id: p.node for p in s.decide()} == {small: "b"}  # best fit
+        assert s.decide() == []
+        _node(engine, "c", 2, rack="z")
+        _node(engine, "d", 4, rack="x")
+        nodes.update({"c", "d"})
+        s.invalidate_nodes()
+        placed = {p.job.id: p.node for p in s.decide()}
+        assert placed == {odd[0]: "c", odd[1]: "c", wide[0]: "d", wide[1]: "d"}
+    finally:
+        s.close()
+    with engine.connect() as conn:
+        assert repo.get_job(conn, odd[2]).status.value == "QUEUED"

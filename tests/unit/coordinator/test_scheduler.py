@@ -1,6 +1,7 @@
 """Table tests of the scheduler's pure placement decision (coordinator/scheduler.py):
 `choose(gpus, constraints, nodes)` (best fit, constraints, not enough GPUs, ties) and
-`node_views(...)` (which nodes and GPUs are placeable at all)."""
+`node_views(...)` (which nodes and GPUs are placeable at all) and `hopeless(...)` (which queued jobs a
+pass may leave out in SQL)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -8,7 +9,7 @@ from typing import Any
 
 import pytest
 from gpufleet.coordinator.db import repo
-from gpufleet.coordinator.scheduler import NodeView, choose, node_views
+from gpufleet.coordinator.scheduler import NodeView, choose, hopeless, node_views
 from gpufleet.coordinator.states import NodeState
 
 
@@ -165,3 +166,50 @@ def test_views_then_choose(want: int, rows: list[FakeNode], in_use: dict[str, se
                            expected: tuple[str, list[int]] | None) -> None:
     pick = choose(want, {}, node_views(rows, in_use, fresh))
     assert (None if pick is None else (pick[0].name, pick[1])) == expected
+
+
+# (id, label sets, nodes, room (None: every healthy GPU), ceiling, expected (labels, most GPUs))
+HOPELESS: list[tuple[str, list[tuple[tuple[str, str], ...]], list[NodeView], dict[str, int] | None, int,
+                     list[tuple[dict[str, str], int]]]] = [
+    ("nothing-remembered", [], [nv("a", 4)], None, 4, []),
+    ("label-no-node-has", [(("rack", "x"),)], [nv("a", 4, rack="y")], None, 4, [({"rack": "x"}, -1)]),
+    ("label-missing-everywhere", [(("gpu", "h100"),)], [nv("a", 4), nv("b", 2)], None, 4, [({"gpu": "h100"}, -1)]),
+    # matching nodes exist but are smaller than the largest: jobs above their size are hopeless
+    ("matching-nodes-smaller", [(("rack", "x"),)], [nv("a", 8, rack="y"), nv("b", 2, rack="x"), nv("c", 3, rack="x")],
+     None, 8, [({"rack": "x"}, 3)]),
+    # the largest node matches: the ceiling already bounds every job, no extra term
+    ("largest-matches", [(("rack", "x"),)], [nv("a", 8, rack="x"), nv("b", 2)], None, 8, []),
+    # every label of a set must match on one node
+    ("all-labels-one-node", [(("rack", "x"), ("gpu", "h100"))],
+     [nv("a", 8, rack="x", gpu="a100"), nv("b", 8, rack="y", gpu="h100")], None, 8,
+     [({"rack": "x", "gpu": "h100"}, -1)]),
+    ("all-labels-match", [(("rack", "x"), ("gpu", "h100"))], [nv("a", 8), nv("b", 2, rack="x", gpu="h100")],
+     None, 8, [({"rack": "x", "gpu": "h100"}, 2)]),
+    # room is what a node can give now (free GPUs after the pass's placements), not its size
+    ("room-is-free-now", [(("rack", "x"),)], [nv("a", 8), nv("b", 8, rack="x")], {"a": 5, "b": 1}, 5,
+     [({"rack": "x"}, 1)]),
+    ("full-matching-node", [(("rack", "x"),)], [nv("a", 8), nv("b", 8, rack="x")], {"a": 5, "b": 0}, 5,
+     [({"rack": "x"}, 0)]),
+    # a node that came back with the label: the set is no longer hopeless
+    ("node-now-matches", [(("rack", "x"),), (("zone", "q"),)], [nv("a", 4, rack="x")], None, 4,
+     [({"zone": "q"}, -1)]),
+    ("no-views", [(("rack", "x"),)], [], {}, 0, [({"rack": "x"}, -1)]),
+]
+
+
+@pytest.mark.parametrize(("label_sets", "views", "room", "ceiling", "expected"),
+                         [pytest.param(*c[1:], id=c[0]) for c in HOPELESS])
+def test_hopeless(label_sets: list[tuple[tuple[str, str], ...]], views: list[NodeView], room: dict[str, int] | None,
+                  ceiling: int, expected: list[tuple[dict[str, str], int]]) -> None:
+    room = room if room is not None else {v.name: len(v.healthy_gpus) for v in views}
+    got = hopeless(label_sets, views, room, ceiling)
+    assert got == expected
+    # What it leaves out is exactly what choose refuses: a job holding a set's labels (and one more)
+    # that needs more than the bound finds no node; one that needs the bound finds one.
+    for v in views:
+        v.used = set(sorted(v.healthy_gpus)[room[v.name]:])
+    for labels, most in got:
+        for extra in ({}, {"other": "z"}):
+            assert choose(most + 1, {**labels, **extra}, views) is None
+        if most >= 0:
+            assert choose(most, labels, views) is not None
