@@ -28,24 +28,42 @@ def owner_prefix(rel: str, owner: str) -> str:
     return ""
 
 
-def _give(root: Path, rel: str, user: JobUser, mode: int) -> None:
+def _give(root: Path, rel: str, user: JobUser, mode: int, take_from: int | None = None) -> None:
     try:
         fd = safefs.make_dirs(root, rel, 0o755)
     except OSError as exc:
         raise RuntimeError_(f"cannot open the output folder without following links: {exc.strerror}") from exc
     try:
         st = os.fstat(fd)
+        if take_from is not None and st.st_uid == take_from != user.uid:
+            _take_tree(fd, take_from, user)
         if (st.st_uid, st.st_gid) != (user.uid, user.gid):
             os.fchown(fd, user.uid, user.gid)
         if st.st_mode & 0o7777 != mode:
             os.fchmod(fd, mode)
+    except OSError as exc:
+        raise RuntimeError_(f"cannot hand the output folder to uid {user.uid}: {exc.strerror}") from exc
     finally:
         os.close(fd)
 
 
+def _take_tree(fd: int, old_uid: int, user: JobUser) -> None:
+    """What `old_uid` (the shared job user) made below the folder becomes the owner's: a folder written
+    before owners had uids stays the owner's to overwrite. Links are changed, never followed (fwalk
+    checks each folder it enters is the one it listed)."""
+    for _, dirs, files, dfd in os.fwalk(".", dir_fd=fd, follow_symlinks=False):
+        for name in dirs + files:
+            try:
+                if os.stat(name, dir_fd=dfd, follow_symlinks=False).st_uid == old_uid:
+                    os.chown(name, user.uid, user.gid, dir_fd=dfd, follow_symlinks=False)
+            except FileNotFoundError:
+                pass  # removed meanwhile
+
+
 def give_output_dir(output_root: Path | None, output_dir: Path, user: JobUser, owner: str = "",
-                    own_uid: bool = False) -> None:
-    """Make `output_dir` (and, with `own_uid`, the owner's prefix) the job's account's."""
+                    own_uid: bool = False, shared_uid: int | None = None) -> None:
+    """Make `output_dir` (and, with `own_uid`, the owner's prefix) the job's account's. `shared_uid`:
+    the job user's uid; a folder it was given before becomes the owner's with its contents."""
     if user.is_root:
         return
     if output_root is None:
@@ -61,4 +79,4 @@ def give_output_dir(output_root: Path | None, output_dir: Path, user: JobUser, o
     prefix = owner_prefix(rel, owner)
     if prefix:
         _give(root, prefix, user, 0o700)
-    _give(root, rel, user, 0o700)
+    _give(root, rel, user, 0o700, take_from=shared_uid)

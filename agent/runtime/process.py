@@ -93,8 +93,9 @@ class ProcessRuntime:
         """The job's output folder (and an owner's prefix) to the job's account (agent/outputs.py)."""
         if user is None or user.is_root:
             return
-        outputs.give_output_dir(self.output_root, plan.output_dir, user, plan.owner,
-                                own_uid=plan.run_as is not None)
+        own_uid = plan.run_as is not None
+        outputs.give_output_dir(self.output_root, plan.output_dir, user, plan.owner, own_uid=own_uid,
+                                shared_uid=self.job_user.uid if own_uid and self.job_user is not None else None)
 
     # -- start ---------------------------------------------------------------------------------
     def start(self, plan: LaunchPlan) -> Handle:
