@@ -18,7 +18,7 @@ What the methods promise, for every implementation:
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -82,6 +82,9 @@ class JobStore(Protocol):
     def update(self, job: JobRecord, kind: str = "state", **changes: Any) -> tuple[JobRecord, Event | None]: ...
     def drop(self, job_id: str, attempt: int) -> bool: ...
     def set_reported_seq(self, seq: int) -> None: ...
+    def assign_uid(self, owner: str, pick: Callable[[set[int]], int]) -> int:
+        """The owner's uid (agent/owneruids.py); a new owner gets `pick(uids given out)`, kept for good."""
+        ...
 
     # -- the supervisor's vocabulary (Recording implements these over `update`)
     def record_handle(self, job: JobRecord, runtime_id: str, start_marker: str) -> tuple[JobRecord, Event | None]:

@@ -11,7 +11,7 @@ import os
 import socket
 from pathlib import Path
 
-from gpufleet.agent import jobuser, settings, statecheck
+from gpufleet.agent import jobuser, owneruids, settings, statecheck
 from gpufleet.agent.control import LocalControl, write_secret
 from gpufleet.agent.gpus import GpuMonitor, open_gpu_source
 from gpufleet.agent.jobuser import JobUser
@@ -56,7 +56,7 @@ def choose_runtime(name: str, state_dir: Path, node_name: str, docker_host: str,
 
     url = docker_host or None
     if DockerRuntime.available(url):
-        return DockerRuntime(node_name, base_url=url, default_user=container_user)
+        return DockerRuntime(node_name, base_url=url, default_user=container_user, output_root=output_root)
     if name == "docker":
         raise InvalidArgument("--runtime", "docker was asked for but no Docker engine answers")
     log.info("runtime.auto", extra={"fields": {"chosen": "process", "why": "no Docker engine answers"}})
@@ -83,6 +83,7 @@ def build(cfg: AgentConfig) -> Daemon:
     roots = Roots(config.state_path(cfg.output_root), config.state_path(cfg.data_root), state_dir / "jobs")
     # Refuses root and a missing account (a docker-only node never runs host processes).
     job_user = None if cfg.runtime == "docker" else jobuser.for_agent(cfg.job_user, cfg.allow_root_jobs)
+    uid_range = owneruids.parse_range(cfg.owner_uids)
     for p in (state_dir, roots.output_root, roots.data_root, roots.jobs_root):
         p.mkdir(parents=True, exist_ok=True)
     for p in (state_dir, roots.jobs_root):
@@ -106,8 +107,11 @@ def build(cfg: AgentConfig) -> Daemon:
                              job_user, roots.output_root)
     if runtime.name == "process" and job_user is not None:
         flog.event(log, "agent.job_user", user=job_user.name, uid=job_user.uid, gid=job_user.gid)
+    owner_users = owner_accounts(store, uid_range, runtime.name, job_user, cfg)
+    if owner_users is not None:
+        flog.event(log, "agent.owner_uids", range=str(owner_users.rng), gid=owner_users.base.gid)
     sup = Supervisor(store, runtime, monitor, roots, base_env=base_env(), poll_interval=cfg.poll_interval,
-                     log_max_bytes=cfg.log_max_bytes)
+                     log_max_bytes=cfg.log_max_bytes, owner_users=owner_users)
     sup.restore()
     if cfg.adopt:
         statecheck.kill_orphans(runtime, store, roots.jobs_root)
@@ -158,6 +162,26 @@ def run(argv: list[str] | None = None) -> int:
     flog.setup(cfg.log_level)
     tune_for_latency()
     return serve(build(cfg))
+
+
+def owner_accounts(store: owneruids.UidStore, rng: owneruids.UidRange | None, runtime: str,
+                   job_user: JobUser | None, cfg: AgentConfig) -> owneruids.OwnerUsers | None:
+    """Each owner's own uid (--owner-uids), with the job user's group and home. None when off, when
+    the agent is not root (it cannot switch users) or when process jobs run as root by the admin's
+    choice (--allow-root-jobs with a root --job-user: every job is trusted there)."""
+    if rng is None or os.geteuid() != 0:
+        return None
+    if runtime == "docker":
+        # A docker-only node may have no job account: the owner's uid is then its group too.
+        try:
+            job_user = jobuser.resolve(cfg.job_user, allow_root=False)
+        except InvalidArgument:
+            job_user = None
+        base = job_user or JobUser("", 0, rng.first, "/")
+        return owneruids.OwnerUsers(store, rng, base, gid_is_uid=job_user is None)
+    if job_user is None or job_user.is_root:
+        return None
+    return owneruids.OwnerUsers(store, rng, job_user)
 
 
 def exclusivity_policy(mode: str, grace: float) -> tuple[bool, OrphanReaper]:

@@ -35,6 +35,7 @@ class _State:
     events: list[Event] = field(default_factory=list)
     seq: int = 0
     reported_seq: int = 0
+    owner_uids: dict[str, int] = field(default_factory=dict)
 
 
 class MemoryStore(Recording):
@@ -114,6 +115,12 @@ class MemoryStore(Recording):
     def set_reported_seq(self, seq: int) -> None:
         with self._tx() as s:
             s.reported_seq = max(s.reported_seq, seq)
+
+    def assign_uid(self, owner: str, pick: Callable[[set[int]], int]) -> int:
+        with self._tx() as s:
+            if owner not in s.owner_uids:
+                s.owner_uids[owner] = pick(set(s.owner_uids.values()))
+            return s.owner_uids[owner]
 
     def precheck(self, job: JobRecord) -> None:
         with self._lock:

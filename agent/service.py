@@ -30,8 +30,11 @@ class AgentService(agent_pb2_grpc.AgentServicer):
 
     @rpc
     def Launch(self, request: apb.LaunchRequest, context: Any) -> pb.JobStatus:
+        # `owner` is taken as sent: only the coordinator can call Launch (mTLS with its certificate, or
+        # on a plaintext loopback the control secret it got at Register; agent/control.py), and the
+        # coordinator sets it from the authenticated submitter. Each owner's jobs get its own uid.
         job = self.sup.launch(request.job_id, request.attempt, convert.spec_from_pb(request.spec),
-                              list(request.gpu_indices))
+                              list(request.gpu_indices), owner=request.owner)
         return convert.job_to_pb(job)
 
     @rpc

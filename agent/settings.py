@@ -17,6 +17,9 @@ OPTIONS = [
                   "(default: the image's user)"),
     config.Option("job-user", "gpufleet-job", "local account process-runtime jobs run as (name, uid or uid:gid); "
                   "never root unless --allow-root-jobs"),
+    config.Option("owner-uids", "62000-62999", "uids FIRST-LAST given one per job owner (auth on), kept in the "
+                  "agent's store, never a local account's uid; each owner's jobs run as its own uid (group: "
+                  "--job-user's) in a 0700 users/<owner>/ folder; none: every job runs as --job-user"),
     config.Option("allow-root-jobs", False, "let process-runtime jobs run as root (only if every job on this node "
                   "is trusted)", bool),
     config.Option("adopt", False, "start with a fresh store when agent.db is missing or corrupt, killing the "
@@ -55,6 +58,7 @@ class AgentConfig:
     docker_host: str = ""
     container_user: str = ""
     job_user: str = "gpufleet-job"
+    owner_uids: str = "62000-62999"
     allow_root_jobs: bool = False
     adopt: bool = False
     gpus: str = "auto"

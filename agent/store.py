@@ -1,6 +1,7 @@
 """The agent's durable state: one SQLite file (WAL, synchronous=FULL) in the state dir.
 
-Schema (version 2; version 1 lacked jobs.gpu_usage and is upgraded in place):
+Schema (version 3; older files are upgraded in place: 1 lacked jobs.gpu_usage, 2 jobs.owner and
+owner_uids):
 
     meta(key PK, value)                         schema_version; reported_seq (the coordinator's
                                                 ack of the outbox, agent/reporter.py)
@@ -11,7 +12,9 @@ Schema (version 2; version 1 lacked jobs.gpu_usage and is upgraded in place):
          created_at, started_at, finished_at,    wall-clock seconds
          stop_requested, stop_deadline,          a pending SIGKILL survives a restart
          probe JSON, progress JSON, log_tail,
-         acknowledged, gpu_usage JSON)           gpu_usage: set when it ended (agent/accounting.py)
+         acknowledged, gpu_usage JSON,           gpu_usage: set when it ended (agent/accounting.py)
+         owner)                                  who the coordinator says the job is for ('' = none)
+    owner_uids(owner PK, uid UNIQUE)             each owner's own uid, never reused (agent/owneruids.py)
     gpu_holds(gpu_index PK, job_id, attempt)     PK: a GPU is never held twice
     attempts(job_id PK, max_attempt)             fencing: older attempts are refused forever
     events(seq PK AUTOINCREMENT, at, kind,       the WatchEvents log and the outbox the reporter
@@ -27,7 +30,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,7 +41,7 @@ from gpufleet.agent.states import LIVE, JobState, check
 
 from gpufleet.errors import FailedPrecondition, NotFound, ResourceExhausted
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 EVENTS_KEPT = 20_000
 
 _SCHEMA = """
@@ -49,8 +52,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     start_marker TEXT NOT NULL DEFAULT '', exit_code INTEGER, signal INTEGER NOT NULL DEFAULT 0,
     message TEXT NOT NULL DEFAULT '', created_at REAL NOT NULL, started_at REAL, finished_at REAL,
     stop_requested INTEGER NOT NULL DEFAULT 0, stop_deadline REAL, probe TEXT, progress TEXT,
-    log_tail BLOB, acknowledged INTEGER NOT NULL DEFAULT 0, gpu_usage TEXT,
+    log_tail BLOB, acknowledged INTEGER NOT NULL DEFAULT 0, gpu_usage TEXT, owner TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (job_id, attempt));
+CREATE TABLE IF NOT EXISTS owner_uids (owner TEXT PRIMARY KEY, uid INTEGER NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS gpu_holds (
     gpu_index INTEGER PRIMARY KEY, job_id TEXT NOT NULL, attempt INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS attempts (job_id TEXT PRIMARY KEY, max_attempt INTEGER NOT NULL);
@@ -84,6 +88,8 @@ class JobRecord:
     acknowledged: bool = False
     # The attempt's GPU use, set when it ended (agent/accounting.py as_record).
     gpu_usage: dict[str, Any] | None = None
+    # The job's owner as the (authenticated) coordinator sent it; '' without auth.
+    owner: str = ""
 
     @property
     def key(self) -> tuple[str, int]:
@@ -107,7 +113,7 @@ class Event:
 _COLS = (
     "job_id, attempt, state, spec, gpu_indices, runtime, runtime_id, start_marker, exit_code, signal, "
     "message, created_at, started_at, finished_at, stop_requested, stop_deadline, probe, progress, "
-    "log_tail, acknowledged, gpu_usage"
+    "log_tail, acknowledged, gpu_usage, owner"
 )
 _NCOLS = _COLS.count(",") + 1
 
@@ -135,6 +141,7 @@ def _row_to_job(r: sqlite3.Row) -> JobRecord:
         log_tail=bytes(r["log_tail"] or b""),
         acknowledged=bool(r["acknowledged"]),
         gpu_usage=json.loads(r["gpu_usage"]) if r["gpu_usage"] else None,
+        owner=r["owner"],
     )
 
 
@@ -167,12 +174,15 @@ class Store(Recording):
                 )
         # executescript commits on its own, so schema creation runs outside _tx.
         with self._lock:
-            if row is not None and int(row["value"]) < 2:
-                # 1 -> 2: ended attempts carry their GPU use (issue 15). Idempotent: a crash after the
-                # ALTER and before the version bump finds the column there.
+            if row is not None and int(row["value"]) < SCHEMA_VERSION:
+                # 1 -> 2: ended attempts carry their GPU use (issue 15); 2 -> 3: jobs carry their owner
+                # (issue 13; owner_uids is made below). Idempotent: a crash after an ALTER and before
+                # the version bump finds the column there.
                 cols = {c["name"] for c in self._db.execute("PRAGMA table_info(jobs)").fetchall()}
                 if cols and "gpu_usage" not in cols:
                     self._db.execute("ALTER TABLE jobs ADD COLUMN gpu_usage TEXT")
+                if cols and "owner" not in cols:
+                    self._db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
                 self._db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
             self._db.executescript(_SCHEMA)
             self._db.execute(
@@ -287,6 +297,17 @@ class Store(Recording):
         ]
 
     # -- writes --------------------------------------------------------------------------------
+    def assign_uid(self, owner: str, pick: Callable[[set[int]], int]) -> int:
+        """The uid stored for `owner`; a new owner gets `pick(every uid given out)`, stored in the same
+        transaction (so two launches never give one uid to two owners). `pick`'s error is raised as is."""
+        with self._tx() as db:
+            r = db.execute("SELECT uid FROM owner_uids WHERE owner=?", (owner,)).fetchone()
+            if r is not None:
+                return int(r["uid"])
+            uid = pick({int(t["uid"]) for t in db.execute("SELECT uid FROM owner_uids").fetchall()})
+            db.execute("INSERT INTO owner_uids (owner, uid) VALUES (?, ?)", (owner, uid))
+            return uid
+
     def insert(self, job: JobRecord) -> Event:
         """Record a new PENDING attempt and hold its GPUs, atomically.
 
@@ -399,6 +420,7 @@ def _job_params(j: JobRecord) -> tuple[Any, ...]:
         j.log_tail,
         int(j.acknowledged),
         json.dumps(j.gpu_usage) if j.gpu_usage is not None else None,
+        j.owner,
     )
 
 

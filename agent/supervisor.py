@@ -25,6 +25,8 @@ from gpufleet.agent.ending import ALIVE, decide_end
 from gpufleet.agent.exits import ExitWatcher
 from gpufleet.agent.gpus import GpuMonitor
 from gpufleet.agent.jobstore import JobStore
+from gpufleet.agent.jobuser import JobUser
+from gpufleet.agent.owneruids import OwnerUsers, check_owner
 from gpufleet.agent.progress import ProgressState, ProgressTracker
 from gpufleet.agent.runtime.base import Handle, Observation, Runtime, RuntimeError_, Seen
 from gpufleet.agent.spec import JobSpec, Roots, check_job_id, validate
@@ -32,7 +34,7 @@ from gpufleet.agent.states import LIVE, JobState
 from gpufleet.agent.store import Event, JobRecord, StoreFull
 
 from gpufleet import failpoints
-from gpufleet.errors import FailedPrecondition, InvalidArgument
+from gpufleet.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from gpufleet.log import event
 
 log = logging.getLogger("gpufleet.agent")
@@ -71,6 +73,7 @@ class Supervisor:
         poll_interval: float = 0.5,
         progress_interval: float = 1.0,
         log_max_bytes: int = 64 * 1024 * 1024,
+        owner_users: OwnerUsers | None = None,
         clock: Any = time.time,
         mono: Any = time.monotonic,
     ) -> None:
@@ -84,6 +87,8 @@ class Supervisor:
         self.poll_interval = poll_interval
         self.progress_interval = progress_interval
         self.log_max_bytes = log_max_bytes
+        # Each owner's own uid (--owner-uids); None: every job runs as the runtime's default user.
+        self.owner_users = owner_users
         # Wall time for what is stored and shown (created/finished, the persisted stop deadline);
         # monotonic time for every interval and timeout decided in memory, so that a wall-clock
         # jump (NTP step, manual change) neither delays a SIGKILL nor cuts a grace period short.
@@ -181,8 +186,9 @@ class Supervisor:
             self._wake.clear()
 
     # -- API used by the servicer --------------------------------------------------------------
-    def launch(self, job_id: str, attempt: int, spec: JobSpec, gpu_indices: list[int]) -> JobRecord:
+    def launch(self, job_id: str, attempt: int, spec: JobSpec, gpu_indices: list[int], owner: str = "") -> JobRecord:
         check_job_id(job_id)
+        check_owner(owner)
         with self._job_lock(job_id):
             existing = self.store.find(job_id, attempt) if attempt >= 1 else None
             if existing is not None:
@@ -194,6 +200,8 @@ class Supervisor:
                 base_env=self.base_env, log_max_bytes=self.log_max_bytes,
                 gpu_uuids={s.index: s.uuid for s in samples},
             )
+            # Before anything is recorded: a range with no uid left refuses the Launch itself.
+            plan = dataclasses.replace(plan, owner=owner, run_as=self._run_as(owner))
             unhealthy = [s for s in samples if s.index in gpu_indices and not s.healthy]
             if unhealthy:
                 s = unhealthy[0]
@@ -202,7 +210,7 @@ class Supervisor:
                 )
             job = JobRecord(
                 job_id=job_id, attempt=attempt, state=JobState.PENDING, spec=spec.to_dict(),
-                gpu_indices=list(gpu_indices), runtime=self.runtime.name, created_at=self.clock(),
+                gpu_indices=list(gpu_indices), runtime=self.runtime.name, created_at=self.clock(), owner=owner,
             )
             self.store.precheck(job)  # fencing, live attempts, GPU holds: refuse before touching disk
             self._check_space()
@@ -216,6 +224,12 @@ class Supervisor:
             event(log, "job.recorded", job_id=job_id, attempt=attempt, gpus=gpu_indices)
             failpoints.hit("agent.launch.after_insert")
             return self._start(job, plan)
+
+    def _run_as(self, owner: str) -> JobUser | None:
+        """The owner's own account (agent/owneruids.py); None without an owner or the mapping."""
+        if not owner or self.owner_users is None:
+            return None
+        return self.owner_users.user_for(owner)
 
     def _check_space(self) -> None:
         """Refuse a new job (RESOURCE_EXHAUSTED) when the state dir's filesystem is (nearly) full.
@@ -251,8 +265,9 @@ class Supervisor:
                     real_gpus=self.gpus.source.real, base_env=self.base_env, log_max_bytes=self.log_max_bytes,
                     gpu_uuids={s.index: s.uuid for s in samples},
                 )
+                plan = dataclasses.replace(plan, owner=job.owner, run_as=self._run_as(job.owner))
                 plan.output_dir.mkdir(parents=True, exist_ok=True)
-            except (InvalidArgument, FailedPrecondition, OSError) as exc:
+            except (InvalidArgument, FailedPrecondition, ResourceExhausted, OSError) as exc:
                 if found is not None:
                     # It exists already: never judge it from the spec, the monitor observes it.
                     return self._notified(self.store.record_handle(job, found.runtime_id, found.start_marker))

@@ -105,15 +105,19 @@ class AgentPool:
                 s = self._stubs[address] = agent_pb2_grpc.AgentStub(calls)
             return s
 
-    def launch(self, address: str, job_id: str, attempt: int, spec: pb.JobSpec, gpus: list[int]) -> pb.JobStatus:
+    def launch(self, address: str, job_id: str, attempt: int, spec: pb.JobSpec, gpus: list[int],
+               owner: str | None = None) -> pb.JobStatus:
+        """`owner`: the job's (jobs.owner, set under auth); the agent runs its jobs under its own uid."""
         return self.stub(address).Launch(
-            apb.LaunchRequest(job_id=job_id, attempt=attempt, spec=spec, gpu_indices=gpus), timeout=LAUNCH_TIMEOUT
+            apb.LaunchRequest(job_id=job_id, attempt=attempt, spec=spec, gpu_indices=gpus, owner=owner or ""),
+            timeout=LAUNCH_TIMEOUT,
         )
 
     def launch_future(self, address: str, job_id: str, attempt: int, spec: pb.JobSpec,
-                      gpus: list[int]) -> grpc.Future:
+                      gpus: list[int], owner: str | None = None) -> grpc.Future:
         return self.stub(address).Launch.future(  # type: ignore[no-any-return]
-            apb.LaunchRequest(job_id=job_id, attempt=attempt, spec=spec, gpu_indices=gpus), timeout=LAUNCH_TIMEOUT
+            apb.LaunchRequest(job_id=job_id, attempt=attempt, spec=spec, gpu_indices=gpus, owner=owner or ""),
+            timeout=LAUNCH_TIMEOUT,
         )
 
     def inspect(self, address: str, job_id: str, attempt: int, timeout: float = RPC_TIMEOUT) -> Observation:

@@ -331,7 +331,7 @@ class Reconciler:
             event(log, "job.relaunch", job_id=job.id, attempt=job.attempt, node=job.node)
             try:
                 st = self.agents.launch(address, job.root_id, job.attempt, convert.spec_to_pb(job.spec),
-                                        list(job.gpu_indices))
+                                        list(job.gpu_indices), job.owner)
             except Exception as exc:  # noqa: BLE001 - next pass tries again; node loss ends it
                 event(log, "job.relaunch_failed", logging.WARNING, job_id=job.id, error=str(exc))
                 return

@@ -376,7 +376,8 @@ class Scheduler:
         LAUNCH_WAIT_S in one statement; the rest finish on callbacks, so a node that does not answer
         delays nobody else. The assignments are committed already: nothing here can double-book."""
         futures = [(p, self.agents.launch_future(p.address, p.job.root_id, p.job.attempt,
-                                                 convert.spec_to_pb(p.job.spec), p.gpus)) for p in placed]
+                                                 convert.spec_to_pb(p.job.spec), p.gpus, p.job.owner))
+                   for p in placed]
         deadline = time.monotonic() + LAUNCH_WAIT_S
         ok: dict[str, list[str]] = {}
         for p, fut in futures:
@@ -433,7 +434,7 @@ class Scheduler:
         last: grpc.RpcError | None = None
         for attempt_no in range(LAUNCH_RETRIES):
             try:
-                st = self.agents.launch(p.address, p.job.root_id, p.job.attempt, spec, p.gpus)
+                st = self.agents.launch(p.address, p.job.root_id, p.job.attempt, spec, p.gpus, p.job.owner)
             except grpc.RpcError as exc:
                 last = exc
                 if exc.code() in UNREACHABLE:

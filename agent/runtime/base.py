@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from gpufleet.agent.jobuser import JobUser
+
 
 @dataclass(frozen=True)
 class LaunchPlan:
@@ -39,6 +41,10 @@ class LaunchPlan:
     user: str = ""
     # Rotate the captured output at this size (bytes).
     log_max_bytes: int = 64 * 1024 * 1024
+    # The job's owner ('' without auth) and the account it runs as when it has its own uid
+    # (agent/owneruids.py); None: the runtime's default (--job-user, --container-user).
+    owner: str = ""
+    run_as: JobUser | None = None
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ import docker.errors
 import requests
 import urllib3.exceptions
 from docker.types import DeviceRequest, LogConfig, Mount
+from gpufleet.agent import outputs
 from gpufleet.agent.runtime.base import Found, Handle, LaunchPlan, Observation, RuntimeError_, Seen
 
 from gpufleet import failpoints
@@ -172,6 +173,7 @@ class DockerRuntime:
         *,
         timeout: int = 30,
         init: bool = True,
+        output_root: Path | None = None,
     ) -> None:
         if not agent_name:
             raise ValueError("agent_name must not be empty (it labels every container)")
@@ -180,6 +182,7 @@ class DockerRuntime:
         self.log_max_files = log_max_files
         self.default_user = default_user
         self.init = init
+        self.output_root = output_root
         if client is None:
             with _engine(f"connect to {base_url or 'the default engine'}"):
                 # version "auto" (the SDK's default here) asks the engine which API it speaks:
@@ -309,6 +312,13 @@ class DockerRuntime:
             env.setdefault("TINI_KILL_PROCESS_GROUP", "1")
         return env
 
+    def _user(self, plan: LaunchPlan) -> str | None:
+        """The spec's user, else the owner's own uid:gid (its folder made its), else --container-user."""
+        if plan.user or plan.run_as is None or plan.run_as.is_root:
+            return plan.user or self.default_user or None
+        outputs.give_output_dir(self.output_root, plan.output_dir, plan.run_as, plan.owner, own_uid=True)
+        return f"{plan.run_as.uid}:{plan.run_as.gid}"
+
     def _create(self, plan: LaunchPlan, name: str) -> str:
         mounts = [Mount(target=OUTPUT_TARGET, source=str(plan.output_dir), type="bind", read_only=False)]
         mounts += [
@@ -342,6 +352,7 @@ class DockerRuntime:
             LABEL_AGENT: self.agent_name,
             LABEL_OUTPUT: str(plan.output_dir),
         }
+        user = self._user(plan)
         try:
             created = self._api.create_container(
                 plan.image,
@@ -351,7 +362,7 @@ class DockerRuntime:
                 labels=labels,
                 host_config=host_config,
                 working_dir=plan.workdir or None,
-                user=plan.user or self.default_user or None,
+                user=user,
                 detach=True,
             )
         except docker.errors.ImageNotFound as exc:

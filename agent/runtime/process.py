@@ -6,8 +6,10 @@ exit.json when the job ends, which is how an exit is known even if the agent was
 
 Privileges: the wrapper stays the agent's user and keeps the job's files (handle, child.pid,
 exit.json, output.log) in the agent's job folder (0700, inside the 0700 state dir); the job's own
-process runs as the job user (`--job-user`, see agent/jobuser.py), owns only its output folder,
-and so can neither forge its exit record nor read the agent's database. Wrappers the agent
+process runs as its owner's own uid (`--owner-uids`, agent/owneruids.py) or, without an owner, as
+the job user (`--job-user`, agent/jobuser.py), owns only its output folder (agent/outputs.py),
+and so can neither forge its exit record, read the agent's database, nor signal or read another
+owner's jobs. Wrappers the agent
 started are reaped as soon as they end (no zombies). Files the job could have touched are opened
 through gpufleet.safefs (no links followed, regular files only, bounded reads from the end).
 """
@@ -23,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from gpufleet.agent import outputs
 from gpufleet.agent.cgroups import JobCgroups
 from gpufleet.agent.jobuser import JobUser
 from gpufleet.agent.runtime import wrapper
@@ -80,30 +83,19 @@ class ProcessRuntime:
             if child.poll() is not None:
                 self._children.pop(pid, None)
 
-    def _give_output_dir(self, plan: LaunchPlan) -> None:
-        """Make the job's output folder (and only it) the job user's, without following a link a
-        job may have planted in its path: every component is opened with O_NOFOLLOW below the
-        output root, and the owner is changed on the opened descriptor."""
-        if self.job_user is None or self.job_user.is_root:
+    def _run_as(self, plan: LaunchPlan) -> JobUser | None:
+        """The owner's own account when it has one, else the job user (None: the agent's own user)."""
+        if self.job_user is None:
+            return None  # not root: the agent cannot switch users, jobs run as itself
+        return plan.run_as or self.job_user
+
+    def _give_output_dir(self, plan: LaunchPlan, user: JobUser | None) -> None:
+        """The job's output folder (and an owner's prefix) to the job's account (agent/outputs.py)."""
+        if user is None or user.is_root:
             return
-        if self.output_root is None:
-            raise RuntimeError_("the process runtime needs the output root to hand a folder to the job user")
-        root = self.output_root.resolve()
-        try:
-            rel = str(plan.output_dir.relative_to(root))
-        except ValueError:
-            raise RuntimeError_(f"output folder {plan.output_dir} is outside {root}") from None
-        try:
-            fd = safefs.make_dirs(root, rel, 0o755)
-        except OSError as exc:
-            raise RuntimeError_(f"cannot open the output folder without following links: {exc.strerror}") from exc
-        try:
-            st = os.fstat(fd)
-            if (st.st_uid, st.st_gid) != (self.job_user.uid, self.job_user.gid):
-                os.fchown(fd, self.job_user.uid, self.job_user.gid)
-            os.fchmod(fd, 0o750)
-        finally:
-            os.close(fd)
+        own_uid = plan.run_as is not None
+        outputs.give_output_dir(self.output_root, plan.output_dir, user, plan.owner, own_uid=own_uid,
+                                shared_uid=self.job_user.uid if own_uid and self.job_user is not None else None)
 
     # -- start ---------------------------------------------------------------------------------
     def start(self, plan: LaunchPlan) -> Handle:
@@ -117,14 +109,15 @@ class ProcessRuntime:
         plan.job_dir.mkdir(mode=0o700, exist_ok=True)
         if not plan.argv:
             raise RuntimeError_("the process runtime needs spec.command")
-        self._give_output_dir(plan)
+        user = self._run_as(plan)
+        self._give_output_dir(plan, user)
         cwd = str(plan.output_dir / plan.workdir) if plan.workdir else str(plan.output_dir)
         env = dict(plan.env)
         user_args: list[str] = []
-        if self.job_user is not None:
-            env.update(self.job_user.env())
-            if not self.job_user.is_root:
-                user_args = [f"{self.job_user.uid}:{self.job_user.gid}"]
+        if user is not None:
+            env.update(user.env())
+            if not user.is_root:
+                user_args = [f"{user.uid}:{user.gid}"]
         if self.cgroups is not None:
             try:
                 self.cgroups.make(plan.job_id, plan.attempt, plan.cpu_millis, plan.memory_bytes)

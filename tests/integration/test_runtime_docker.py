@@ -596,3 +596,35 @@ def test_read_since_cursor_follows_log_order(tmp_path: Path, monkeypatch: pytest
         "2026-01-01T00:00:01.5Z",
     )
     runtime.close()
+
+
+def test_an_owners_container_runs_as_its_uid_unless_the_spec_names_a_user(
+    dockerd: Dockerd, agent_name: str, make_plan: Callable[..., LaunchPlan], tmp_path: Path
+) -> None:
+    """Issue 13: with an owner's own uid (agent/owneruids.py) the container runs as it, ahead of
+    --container-user, in a folder made the owner's (0700); a user named by the spec still wins."""
+    from gpufleet.agent.jobuser import JobUser
+
+    rt = DockerRuntime(agent_name, base_url=dockerd.base_url, default_user="65534:65534", output_root=tmp_path)
+    try:
+        alice = JobUser("alice", 62000, 62000, "/")
+        out = tmp_path / "users" / "alice" / "m"
+        out.mkdir(parents=True)
+        plan = make_plan(sh("id -u; id -g; echo w > /output/f"), output_dir=out, owner="alice", run_as=alice)
+        handle = rt.start(plan)
+        assert wait_exit(dockerd, handle) == 0, rt.logs(handle, plan.job_dir)
+        assert rt.logs(handle, plan.job_dir) == b"62000\n62000\n"
+        for folder in (tmp_path / "users" / "alice", out):
+            st = folder.stat()
+            assert (st.st_uid, st.st_mode & 0o777) == (62000, 0o700), folder
+        assert (out / "f").stat().st_uid == 62000
+
+        named = make_plan(sh("id -u"), user="1234:1234", owner="alice", run_as=alice)
+        handle = rt.start(named)
+        assert wait_exit(dockerd, handle) == 0
+        assert rt.logs(handle, named.job_dir) == b"1234\n"
+        assert named.output_dir.stat().st_uid == 0  # not handed to the owner: the spec chose its user
+    finally:
+        for c in dockerd.client.api.containers(all=True, filters={"label": f"{LABEL_AGENT}={agent_name}"}):
+            dockerd.client.api.remove_container(c["Id"], force=True)
+        rt.close()

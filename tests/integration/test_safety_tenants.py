@@ -196,6 +196,27 @@ def test_secrets_logs_and_metrics_are_the_owners(fleet: Fleet) -> None:
         lambda: bob.GetJobMetrics(ref, timeout=TIMEOUT))[1]
 
 
+def test_each_owners_jobs_run_as_its_own_uid(fleet: Fleet) -> None:
+    """The coordinator sends each job's owner with Launch; the agent runs it as that owner's uid
+    (the attacks between two owners' jobs: tests/integration/test_safety_owners.py)."""
+    import pwd
+
+    whoami = [sys.executable, "-c", "import os; print(os.getuid(), os.getgid(), flush=True)"]
+    seen: dict[str, list[int]] = {}
+    for who in ("alice", "bob", "alice"):
+        stub = fleet.stub(who)
+        job = submit(stub, f"jobs/uid-{len(seen)}", whoami)
+        assert finished(stub, job.job_id).status_name == "SUCCESS"
+        logs = b"".join(c.data for c in stub.StreamJobLogs(apb.StreamLogsRequest(job_id=job.job_id),
+                                                           timeout=TIMEOUT))
+        ids = [int(x) for x in logs.split()[-2:]]
+        assert seen.setdefault(who, ids) == ids, who  # the same owner: the same uid every time
+    job_user = pwd.getpwnam("gpufleet-job")
+    assert len({seen["alice"][0], seen["bob"][0], job_user.pw_uid, 0}) == 4
+    assert seen["alice"][1] == seen["bob"][1] == job_user.pw_gid
+    assert (fleet.a.output_root / "users" / "bob").stat().st_uid == seen["bob"][0]
+
+
 def test_viewers_read_logs_only_where_an_admin_grants_it(tmp_path: Path) -> None:
     """A loopback coordinator with tokens and --viewers-read-logs (no agent: queued jobs only)."""
     c = CoordinatorProc(tmp_path / "c", extra=["--auth", "on", "--viewers-read-logs"])

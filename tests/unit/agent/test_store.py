@@ -262,28 +262,88 @@ def test_last_seq_after_pruning(sqlite_store: Store, db_path: Path, monkeypatch:
 # -- schema and durability ---------------------------------------------------------------------
 def test_a_newer_schema_version_is_refused_on_open(db_path: Path) -> None:
     Store(db_path).close()
-    raw(db_path, "UPDATE meta SET value='3' WHERE key='schema_version'")
+    raw(db_path, "UPDATE meta SET value='4' WHERE key='schema_version'")
     with pytest.raises(FailedPrecondition) as e:
         Store(db_path)
-    assert "schema version 3, newer than this agent knows (2)" in str(e.value)
-    assert raw(db_path, "SELECT value FROM meta WHERE key='schema_version'") == [("3",)]  # left alone
+    assert "schema version 4, newer than this agent knows (3)" in str(e.value)
+    assert raw(db_path, "SELECT value FROM meta WHERE key='schema_version'") == [("4",)]  # left alone
 
 
 def test_a_version_1_file_is_upgraded_and_keeps_its_jobs(db_path: Path) -> None:
     s = Store(db_path)
     s.insert(JobRecord("old", 1, JobState.PENDING, {}, [0], "process", created_at=1.0))
     s.close()
-    # What an agent before issue 15 left: no gpu_usage column, version 1.
+    # What an agent before issue 15 left: no gpu_usage column, no owner, version 1.
     raw(db_path, "ALTER TABLE jobs DROP COLUMN gpu_usage")
+    raw(db_path, "ALTER TABLE jobs DROP COLUMN owner")
+    raw(db_path, "DROP TABLE owner_uids")
     raw(db_path, "UPDATE meta SET value='1' WHERE key='schema_version'")
     s = Store(db_path)
     try:
         assert s.get("old").gpu_usage is None and s.get("old").gpu_indices == [0]
         job, _ = s.update(s.get("old"), state=JobState.FAILED, gpu_usage={"gpu_seconds": 2.0})
         assert s.get("old").gpu_usage == {"gpu_seconds": 2.0}
+        assert s.get("old").owner == ""
+        assert s.assign_uid("alice", lambda taken: 62000) == 62000
     finally:
         s.close()
-    assert raw(db_path, "SELECT value FROM meta WHERE key='schema_version'") == [("2",)]
+    assert raw(db_path, "SELECT value FROM meta WHERE key='schema_version'") == [("3",)]
+
+
+def test_a_version_2_file_is_upgraded_its_jobs_without_an_owner(db_path: Path) -> None:
+    s = Store(db_path)
+    s.insert(JobRecord("old", 1, JobState.PENDING, {}, [0], "process", created_at=1.0))
+    s.close()
+    # What an agent before owners had uids left (issue 13): no jobs.owner, no owner_uids, version 2.
+    raw(db_path, "ALTER TABLE jobs DROP COLUMN owner")
+    raw(db_path, "DROP TABLE owner_uids")
+    raw(db_path, "UPDATE meta SET value='2' WHERE key='schema_version'")
+    s = Store(db_path)
+    try:
+        assert s.get("old").owner == "" and s.get("old").state == JobState.PENDING
+        s.insert(JobRecord("new", 1, JobState.PENDING, {}, [1], "process", created_at=2.0, owner="bob"))
+        assert s.get("new").owner == "bob"
+        assert s.assign_uid("bob", lambda taken: 62001) == 62001
+    finally:
+        s.close()
+    assert raw(db_path, "SELECT value FROM meta WHERE key='schema_version'") == [("3",)]
+    assert raw(db_path, "SELECT owner, uid FROM owner_uids") == [("bob", 62001)]
+
+
+# -- owners' uids (agent/owneruids.py keeps the rules; the store keeps the answers) ---------------
+def test_an_owner_keeps_its_uid_and_two_owners_never_share_one(store: JobStore) -> None:
+    seen: list[set[int]] = []
+
+    def lowest_free(taken: set[int]) -> int:
+        seen.append(set(taken))
+        return min(set(range(62000, 62010)) - taken)
+
+    assert store.assign_uid("alice", lowest_free) == 62000
+    assert store.assign_uid("bob", lowest_free) == 62001
+    assert store.assign_uid("alice", lowest_free) == 62000  # stored: not picked again
+    assert seen == [set(), {62000}]
+
+
+def test_a_refused_uid_pick_stores_nothing(store: JobStore) -> None:
+    def none_left(taken: set[int]) -> int:
+        raise ResourceExhausted("--owner-uids 1-1: every uid of the range is given")
+
+    with pytest.raises(ResourceExhausted):
+        store.assign_uid("carol", none_left)
+    assert store.assign_uid("carol", lambda taken: 7) == 7
+
+
+def test_owner_uids_survive_reopening(db_path: Path) -> None:
+    s = Store(db_path)
+    s.assign_uid("alice", lambda taken: 62005)
+    s.insert(rec("j1", owner="alice"))
+    s.close()
+    s = Store(db_path)
+    try:
+        assert s.assign_uid("alice", lambda taken: 1 / 0) == 62005  # type: ignore[arg-type,return-value]
+        assert s.get("j1").owner == "alice"
+    finally:
+        s.close()
 
 
 def test_schema_version_is_recorded_on_a_new_file(sqlite_store: Store, db_path: Path) -> None:
@@ -436,6 +496,7 @@ WRITES: list[tuple[str, Any]] = [
     ("record_progress", lambda s: s.record_progress(s.get("old"), {"current_epoch": 1})),
     ("drop", lambda s: s.drop("old", 1)),
     ("set_reported_seq", lambda s: s.set_reported_seq(7)),
+    ("assign_uid", lambda s: s.assign_uid("alice", lambda taken: 62000)),
 ]
 
 
