@@ -373,12 +373,13 @@ class CoordinatorService(TokenAdmin, QuotaAdmin, coordinator_pb2_grpc.Coordinato
         with self.engine.connect() as conn:
             nodes = repo.list_nodes(conn)
             running = {n.name: len(repo.jobs_on_node(conn, n.name)) for n in nodes}
-        return cpb.ListNodesResponse(nodes=[convert.node_to_pb(n, running[n.name]) for n in nodes])
+        return cpb.ListNodesResponse(nodes=[convert.node_to_pb(n, running[n.name], self.agents.problems.get(n.address))
+                                            for n in nodes])
 
     def _node(self, name: str) -> cpb.Node:
         with self.engine.connect() as conn:
             n = repo.get_node(conn, name)
-            return convert.node_to_pb(n, len(repo.jobs_on_node(conn, name)))
+            return convert.node_to_pb(n, len(repo.jobs_on_node(conn, name)), self.agents.problems.get(n.address))
 
     @rpc
     def DrainNode(self, request: cpb.NodeRef, context: Any) -> cpb.Node:
