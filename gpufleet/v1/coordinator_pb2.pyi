@@ -492,6 +492,14 @@ class ListNodesRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class DownloadOutputRequest(_message.Message):
+    __slots__ = ("job_id", "path")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    path: str
+    def __init__(self, job_id: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+
 class Node(_message.Message):
     __slots__ = ("name", "address", "labels", "state", "last_heartbeat", "agent_version", "gpus", "state_name", "runtime", "running_jobs", "dial_error")
     class LabelsEntry(_message.Message):
