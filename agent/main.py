@@ -11,7 +11,7 @@ import os
 import socket
 from pathlib import Path
 
-from gpufleet.agent import jobuser, owneruids, settings, statecheck
+from gpufleet.agent import jobuser, owneruids, precheck, settings, statecheck
 from gpufleet.agent.control import LocalControl, write_secret
 from gpufleet.agent.gpus import GpuMonitor, open_gpu_source
 from gpufleet.agent.jobuser import JobUser
@@ -32,7 +32,6 @@ from gpufleet.metrics import RpcMetricsInterceptor, new_registry
 from gpufleet.server import (
     bind,
     build_server,
-    check_listen_security,
     enable_reflection,
 )
 
@@ -75,10 +74,7 @@ def build(cfg: AgentConfig) -> Daemon:
     """Check the settings, open the store, restore every recorded job, and make the server (bound, not
     started) with the agent's loops. Nothing is served before `serve`: a restart never starts a
     finished job again because restore is done before a Launch can arrive."""
-    tls = startup.check_tls_flags(cfg.tls_cert, cfg.tls_key, cfg.tls_ca, "agent")
-    check_listen_security(cfg.listen, cfg.insecure, tls)
-    if tls and cfg.coordinator:  # the coordinator verifies the certificate against the address it dials
-        fleet_tls.check_names_address(cfg.tls_cert, cfg.advertise or cfg.listen)
+    tls = precheck.check(cfg)  # every flag judged before anything is made on disk
     state_dir = config.state_path(cfg.state_dir)
     roots = Roots(config.state_path(cfg.output_root), config.state_path(cfg.data_root), state_dir / "jobs")
     # Refuses root and a missing account (a docker-only node never runs host processes).
@@ -88,15 +84,8 @@ def build(cfg: AgentConfig) -> Daemon:
         p.mkdir(parents=True, exist_ok=True)
     for p in (state_dir, roots.jobs_root):
         startup.private_dir(p)  # the agent's files (database, job records, logs): no one else's business
-    node_name = cfg.node_name or socket.gethostname()
-    if tls:
-        # The coordinator accepts heartbeats only for the name in the agent's certificate.
-        cert_name = fleet_tls.describe(cfg.tls_cert).name
-        if cfg.node_name and cfg.node_name != cert_name:
-            raise InvalidArgument("--node-name", f"{cfg.node_name!r}, but --tls-cert is for {cert_name!r}: "
-                                  "the coordinator would refuse every heartbeat (issue a certificate for "
-                                  "this name)")
-        node_name = cert_name
+    # With TLS the node is the certificate's name (precheck refused a different --node-name).
+    node_name = fleet_tls.describe(cfg.tls_cert).name if tls else cfg.node_name or socket.gethostname()
 
     warn_only, reaper = exclusivity_policy(cfg.gpu_exclusivity, cfg.orphan_grace)
     store = statecheck.open_store(state_dir, cfg.adopt)  # refuses a missing or corrupt agent.db

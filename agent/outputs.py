@@ -1,82 +1,84 @@
-"""Handing a job's output folder to the account the job runs as, without following a link a job
-may have planted in its path.
+"""Reading one file out of a job's output folder for a download (`gpufleet jobs download`).
 
-Every component is opened with O_NOFOLLOW below the output root and the owner is changed on the
-opened descriptor. With the shared job user the folder is 0750 (as before owners had uids). With an
-owner's own uid (agent/owneruids.py) the owner's prefix `users/<owner>/` and the folder are 0700
-and the owner's: jobs of other owners, which share the job user's group, cannot enter it, while the
-owner's later attempts (same uid) read what earlier ones wrote.
+A job controls everything in its output folder, so the file is opened with gpufleet/safefs.py: no
+symbolic link anywhere on the way (a link to /etc/shadow or to another job's folder is refused, not
+followed), nothing above the output root, regular files only (a FIFO would block the reader). The
+size is taken once the file is open and no more than that is sent, so a file the job still appends
+to ends where it was, and a file over the cap is refused before a byte is sent.
 """
 from __future__ import annotations
 
+import errno
 import os
-from pathlib import Path, PurePosixPath
-
-from gpufleet.agent.jobuser import JobUser
-from gpufleet.agent.runtime.base import RuntimeError_
+from collections.abc import Iterator
+from pathlib import Path
 
 from gpufleet import safefs
+from gpufleet.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 
-USERS = "users"  # coordinator/tenancy.py: every owner's output lies under users/<owner>/
-
-
-def owner_prefix(rel: str, owner: str) -> str:
-    """`users/<owner>` when the folder `rel` lies in the owner's own prefix, else ''."""
-    parts = PurePosixPath(rel).parts
-    if owner and len(parts) >= 2 and parts[0] == USERS and parts[1] == owner:
-        return f"{USERS}/{owner}"
-    return ""
+MAX_OUTPUT_BYTES = 16 << 30  # a big checkpoint, not a whole disk
+CHUNK_BYTES = 1 << 20  # well under gRPC's 4 MiB message limit
 
 
-def _give(root: Path, rel: str, user: JobUser, mode: int, take_from: int | None = None) -> None:
+def check_path(path: str, field: str = "path") -> None:
+    """A path below the output folder: relative, no '..', no NUL. Pure."""
+    if not path or path in (".", "/"):
+        raise InvalidArgument(field, "must name a file in the job's output folder (e.g. result.zip)")
+    if len(path) > 4096:
+        raise InvalidArgument(field, "must be at most 4096 characters")
+    if "\x00" in path:
+        raise InvalidArgument(field, "must not contain NUL bytes")
+    if path.startswith("/") or path.startswith("~"):
+        raise InvalidArgument(field, f"must be relative to the job's output folder, got {path!r}")
+    if ".." in path.split("/"):
+        raise InvalidArgument(field, f"must not contain '..' ({path!r})")
+
+
+def read_output(output_root: Path, output_dir: str, path: str, max_bytes: int = 0,
+                chunk: int = CHUNK_BYTES) -> Iterator[tuple[bytes, int]]:
+    """(data, size) chunks of `output_dir/path` below `output_root`; size is the whole file's, the same
+    on every chunk. Raises NotFound, FailedPrecondition (a link, not a regular file) or
+    ResourceExhausted (over the cap) before the first chunk."""
+    check_path(output_dir, "output_dir")
+    check_path(path)
+    if max_bytes < 0:
+        raise InvalidArgument("max_bytes", f"must be >= 0, got {max_bytes}")
+    cap = min(max_bytes or MAX_OUTPUT_BYTES, MAX_OUTPUT_BYTES)
+    fd = _open(output_root, output_dir, path)
     try:
-        fd = safefs.make_dirs(root, rel, 0o755)
-    except OSError as exc:
-        raise RuntimeError_(f"cannot open the output folder without following links: {exc.strerror}") from exc
-    try:
-        st = os.fstat(fd)
-        if take_from is not None and st.st_uid == take_from != user.uid:
-            _take_tree(fd, take_from, user)
-        if (st.st_uid, st.st_gid) != (user.uid, user.gid):
-            os.fchown(fd, user.uid, user.gid)
-        if st.st_mode & 0o7777 != mode:
-            os.fchmod(fd, mode)
-    except OSError as exc:
-        raise RuntimeError_(f"cannot hand the output folder to uid {user.uid}: {exc.strerror}") from exc
+        size = os.fstat(fd).st_size
+        if size > cap:
+            raise ResourceExhausted(f"{path} is {size} bytes, over the download cap of {cap} bytes")
+        sent = 0
+        while True:
+            data = os.pread(fd, min(chunk, size - sent), sent) if sent < size else b""
+            if not data:
+                break
+            sent += len(data)
+            yield data, size
+        if sent == 0:
+            yield b"", 0  # an empty file still answers once, with its size
     finally:
         os.close(fd)
 
 
-def _take_tree(fd: int, old_uid: int, user: JobUser) -> None:
-    """What `old_uid` (the shared job user) made below the folder becomes the owner's: a folder written
-    before owners had uids stays the owner's to overwrite. Links are changed, never followed (fwalk
-    checks each folder it enters is the one it listed)."""
-    for _, dirs, files, dfd in os.fwalk(".", dir_fd=fd, follow_symlinks=False):
-        for name in dirs + files:
-            try:
-                if os.stat(name, dir_fd=dfd, follow_symlinks=False).st_uid == old_uid:
-                    os.chown(name, user.uid, user.gid, dir_fd=dfd, follow_symlinks=False)
-            except FileNotFoundError:
-                pass  # removed meanwhile
-
-
-def give_output_dir(output_root: Path | None, output_dir: Path, user: JobUser, owner: str = "",
-                    own_uid: bool = False, shared_uid: int | None = None) -> None:
-    """Make `output_dir` (and, with `own_uid`, the owner's prefix) the job's account's. `shared_uid`:
-    the job user's uid; a folder it was given before becomes the owner's with its contents."""
-    if user.is_root:
-        return
-    if output_root is None:
-        raise RuntimeError_("the runtime needs the output root to hand a folder to the job's account")
-    root = output_root.resolve()
+def _open(output_root: Path, output_dir: str, path: str) -> int:
+    """The file's descriptor, each OSError turned into what the caller can act on."""
+    rel = f"{output_dir.strip('/')}/{path}"
     try:
-        rel = str(output_dir.relative_to(root))
-    except ValueError:
-        raise RuntimeError_(f"output folder {output_dir} is outside {root}") from None
-    if not own_uid:
-        _give(root, rel, user, 0o750)
-        return
-    prefix = owner_prefix(rel, owner)
-    if prefix:
-        _give(root, prefix, user, 0o700)
-    _give(root, rel, user, 0o700, take_from=shared_uid)
+        return safefs.open_regular(output_root, rel)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise NotFound(f"{path}: no such file in the job's output folder {output_dir}") from None
+        if exc.errno == errno.ELOOP:
+            raise FailedPrecondition(f"{path}: is a symbolic link or passes through one; only regular files "
+                                     f"below the output folder {output_dir} are served (no link is followed)"
+                                     ) from None
+        if exc.errno == errno.EINVAL:
+            raise FailedPrecondition(f"{path}: not a regular file (a folder, FIFO or device) in the output "
+                                     f"folder {output_dir}") from None
+        if exc.errno == errno.EXDEV:
+            raise InvalidArgument("path", f"{path!r} leaves the output folder {output_dir}") from None
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise FailedPrecondition(f"{path}: the agent may not read it (permission denied)") from None
+        raise

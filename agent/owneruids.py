@@ -6,7 +6,7 @@ each owner to a uid from a range, once and for good (the `owner_uids` table of i
 owner always gets the same uid, so a model's later attempts read their earlier checkpoints, and two
 owners never share one. A uid that a local account has (/etc/passwd) is never handed out: a job must
 not become a real user of the host. The primary gid stays the job user's group (`--job-user`), with
-no supplementary groups; the owner's folder is made 0700 for that uid (agent/outputs.py), so the
+no supplementary groups; the owner's folder is made 0700 for that uid (agent/outputdirs.py), so the
 shared group gives nothing.
 
 Jobs without an owner (auth off) run as the shared `--job-user`, as before. `--owner-uids none`

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
-from gpufleet.agent import convert, staging
+from gpufleet.agent import convert, outputs, staging
 from gpufleet.agent.gpus import GpuMonitor
 from gpufleet.agent.supervisor import Supervisor
 
@@ -82,6 +82,15 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         for data in self.sup.logs(request.job_id, request.follow, request.tail_lines, request.attempt):
             for i in range(0, len(data), LOG_CHUNK):
                 yield apb.LogChunk(data=data[i : i + LOG_CHUNK])
+            if not context.is_active():
+                return
+
+    @rpc_stream
+    def ReadOutput(self, request: apb.ReadOutputRequest, context: Any) -> Iterator[apb.OutputChunk]:
+        chunks = outputs.read_output(self.sup.roots.output_root, request.output_dir, request.path,
+                                     request.max_bytes)
+        for i, (data, size) in enumerate(chunks):
+            yield apb.OutputChunk(data=data, size=size if i == 0 else 0)
             if not context.is_active():
                 return
 

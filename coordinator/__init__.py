@@ -1,0 +1,4 @@
+
+from gpufleet.grpcenv import quiet_core_logs
+
+quiet_core_logs()  # before this daemon imports grpc: its C core's own lines are not JSON

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from gpufleet.coordinator.dialwatch import DialProblems
 
 from gpufleet.agentsecret import SecretInterceptor
 from gpufleet.server import channel
@@ -82,6 +83,8 @@ class AgentPool:
         # Control secrets agents sent with Register (plaintext agents: agent/control.py).
         self._secrets: dict[str, str] = {}
         self._retired: list[grpc.Channel] = []
+        # TLS failures of calls to each address, shown on its node (coordinator/dialwatch.py).
+        self.problems = DialProblems()
 
     def remember_secret(self, address: str, secret: str) -> None:
         """Use `secret` on every call to `address` from now on (a new channel if it changed)."""
@@ -101,7 +104,8 @@ class AgentPool:
                 ch = channel(address, self.credentials)
                 self._channels[address] = ch
                 secret = self._secrets.get(address)
-                calls = grpc.intercept_channel(ch, SecretInterceptor(secret)) if secret else ch
+                watched = [self.problems.interceptor(address), *([SecretInterceptor(secret)] if secret else [])]
+                calls = grpc.intercept_channel(ch, *watched)
                 s = self._stubs[address] = agent_pb2_grpc.AgentStub(calls)
             return s
 

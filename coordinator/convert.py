@@ -162,12 +162,12 @@ def models_page_to_pb(rows: Sequence[ModelRow], now: datetime | None = None) -> 
     return fit_page([model_to_pb(m, now=now) for m in rows], _lighten_model)
 
 
-def node_to_pb(n: NodeRow, running: int = 0) -> cpb.Node:
+def node_to_pb(n: NodeRow, running: int = 0, dial_error: str = "") -> cpb.Node:
     gpus = [_gpu_to_pb(g) for g in n.gpus]
     return cpb.Node(
         name=n.name, address=n.address, labels=n.labels, state=node_state_to_pb(n.shown_state),  # type: ignore[arg-type]
         last_heartbeat=ts(n.last_heartbeat), agent_version=n.agent_version, gpus=gpus, state_name=n.shown_state.value,
-        runtime=n.runtime, running_jobs=running,
+        runtime=n.runtime, running_jobs=running, dial_error=dial_error,
     )
 
 

@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpufleet.coordinator import settings, token_cli
+from gpufleet.coordinator import precheck, settings, token_cli
 from gpufleet.coordinator import tokens as coord_tokens
 from gpufleet.coordinator.agents import AgentPool
 from gpufleet.coordinator.capacity import UserCapacityInterceptor
@@ -34,12 +34,11 @@ from gpufleet import config, startup
 from gpufleet import log as flog
 from gpufleet import tls as fleet_tls
 from gpufleet.daemon import Daemon, LoopEntry, main_wrapper, serve, tune_for_latency
-from gpufleet.errors import FailedPrecondition, InvalidArgument
+from gpufleet.errors import FailedPrecondition
 from gpufleet.metrics import RpcMetricsInterceptor, new_registry
 from gpufleet.server import (
     bind,
     build_server,
-    check_listen_security,
     enable_reflection,
 )
 
@@ -60,14 +59,7 @@ class Database:
 
 def open_database(cfg: CoordinatorConfig) -> Database:
     """Check the settings that need no database, then open it and apply every migration."""
-    if cfg.on_restart not in ("keep", "stop"):
-        raise InvalidArgument("--on-restart", f"must be keep or stop, got {cfg.on_restart!r}")
-    if cfg.fair_share_half_life < 0:
-        raise InvalidArgument("--fair-share-half-life", f"must be >= 0, got {cfg.fair_share_half_life}")
-    if cfg.node_timeout <= 0:
-        raise InvalidArgument("--node-timeout", "must be > 0")
-    # Before anything is made on disk: a certificate without its key never falls back to plaintext.
-    tls = startup.check_tls_flags(cfg.tls_cert, cfg.tls_key, cfg.tls_ca, "coordinator")
+    tls = precheck.check(cfg)  # every flag judged before anything is made on disk
     state_dir = config.state_path(cfg.state_dir)
     startup.private_dir(state_dir)
     url = cfg.database_url or dbengine.default_sqlite_url(state_dir)
@@ -92,9 +84,6 @@ def build(cfg: CoordinatorConfig, db: Database | None = None) -> Daemon:
     loops. Nothing is scheduled or reconciled before `serve` starts the loops."""
     db = db or open_database(cfg)
     engine, state_dir, tls = db.engine, db.state_dir, db.tls
-    check_listen_security(cfg.listen, cfg.insecure, tls)
-    if cfg.auth not in ("auto", "on", "off"):
-        raise InvalidArgument("--auth", f"must be auto, on or off, got {cfg.auth!r}")
     loopback = config.is_loopback(config.split_hostport(cfg.listen, "--listen")[0])
     auth_on = cfg.auth == "on" or (cfg.auth == "auto" and (tls or not loopback))
     if not auth_on and not loopback:

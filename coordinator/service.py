@@ -14,6 +14,7 @@ from gpufleet.coordinator.db import options, quotas, repo
 from gpufleet.coordinator.db import tokens as owners
 from gpufleet.coordinator.db import usage as usage_db
 from gpufleet.coordinator.db.rows import JobRow
+from gpufleet.coordinator.download_rpc import OutputDownloads
 from gpufleet.coordinator.fairshare import over_quota
 from gpufleet.coordinator.fleet import Digest, Fleet
 from gpufleet.coordinator.lifecycle import MAX_GPUS, Lifecycle, check_job_id
@@ -89,7 +90,7 @@ def check_auto_test(value: str) -> str:
     raise InvalidArgument("auto_test", f"must be empty, 'best' or an epoch number >= 1, got {value!r}")
 
 
-class CoordinatorService(TokenAdmin, QuotaAdmin, coordinator_pb2_grpc.CoordinatorServicer):
+class CoordinatorService(TokenAdmin, QuotaAdmin, OutputDownloads, coordinator_pb2_grpc.CoordinatorServicer):
     def __init__(self, engine: Engine, life: Lifecycle, agents: AgentPool) -> None:
         self.engine = engine
         self.life = life
@@ -373,12 +374,13 @@ class CoordinatorService(TokenAdmin, QuotaAdmin, coordinator_pb2_grpc.Coordinato
         with self.engine.connect() as conn:
             nodes = repo.list_nodes(conn)
             running = {n.name: len(repo.jobs_on_node(conn, n.name)) for n in nodes}
-        return cpb.ListNodesResponse(nodes=[convert.node_to_pb(n, running[n.name]) for n in nodes])
+        return cpb.ListNodesResponse(nodes=[convert.node_to_pb(n, running[n.name], self.agents.problems.get(n.address))
+                                            for n in nodes])
 
     def _node(self, name: str) -> cpb.Node:
         with self.engine.connect() as conn:
             n = repo.get_node(conn, name)
-            return convert.node_to_pb(n, len(repo.jobs_on_node(conn, name)))
+            return convert.node_to_pb(n, len(repo.jobs_on_node(conn, name)), self.agents.problems.get(n.address))
 
     @rpc
     def DrainNode(self, request: cpb.NodeRef, context: Any) -> cpb.Node:

@@ -68,7 +68,17 @@ class CoordinatorConfig:
     stale_floor: float = STALE_FLOOR_S
 
 
+# Handled by coordinator/main.py `run` before these options are parsed; listed in --help.
+SUBCOMMANDS = """subcommands (given first):
+  gpufleet-coordinator migrate [OPTIONS]      apply the database migrations (--database-url or
+                                              --state-dir) and exit
+  gpufleet-coordinator tokens create|list|revoke
+                                              API tokens on the coordinator host, e.g. the first
+                                              admin token (see `gpufleet-coordinator tokens --help`)
+"""
+
+
 def parse(argv: Sequence[str] | None = None) -> CoordinatorConfig:
     ns = config.parse("gpufleet-coordinator", "gpufleet coordinator: fleet state, scheduling, reconciling",
-                      OPTIONS, argv)
+                      OPTIONS, argv, epilog=SUBCOMMANDS)
     return config.typed(CoordinatorConfig, OPTIONS, ns)

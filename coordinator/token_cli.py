@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,12 +26,16 @@ from gpufleet.errors import InvalidArgument
 DEFAULT_STATE_DIR = "/var/lib/gpufleet/coordinator"
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
+    """Where the database is comes from the flags, else GPUFLEET_DATABASE_URL / GPUFLEET_STATE_DIR, as for
+    the coordinator itself and `gpufleet-coordinator migrate` (the same unit environment serves all)."""
     p = argparse.ArgumentParser(prog="gpufleet-coordinator tokens",
                                 description="API tokens on the coordinator host (the first admin token)")
-    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
-                   help="the coordinator's --state-dir, holding coordinator.db (default: %(default)s)")
-    p.add_argument("--database-url", default="", help="the coordinator's --database-url (instead of --state-dir)")
+    p.add_argument("--state-dir", default=env.get("GPUFLEET_STATE_DIR") or DEFAULT_STATE_DIR,
+                   help="the coordinator's --state-dir, holding coordinator.db (default: %(default)s) "
+                        "[env GPUFLEET_STATE_DIR]")
+    p.add_argument("--database-url", default=env.get("GPUFLEET_DATABASE_URL", ""),
+                   help="the coordinator's --database-url (instead of --state-dir) [env GPUFLEET_DATABASE_URL]")
     p.add_argument("-o", "--output", choices=("table", "json"), default="table", help="table or json")
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("create", help="make a token; printed once on stdout")
@@ -55,6 +61,11 @@ def open_engine(state_dir: str, database_url: str) -> Engine:
                                                  "--state-dir or --database-url (run the coordinator or "
                                                  "`gpufleet-coordinator migrate` first)")
         database_url = dbengine.default_sqlite_url(db.parent)
+    elif database_url.startswith("sqlite:///"):  # never a fresh, empty fleet database
+        db = Path(database_url.removeprefix("sqlite:///").split("?", 1)[0])
+        if not db.is_file():
+            raise InvalidArgument("--database-url", f"no coordinator database at {db} (run the coordinator or "
+                                                    "`gpufleet-coordinator migrate` with this URL first)")
     eng = dbengine.make_engine(database_url)
     dbengine.migrate(eng)
     return eng

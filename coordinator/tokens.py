@@ -356,11 +356,12 @@ class CoordinatorAuth(grpc.ServerInterceptor):
                 if who.role == "viewer" and self.viewers_read_logs:
                     return None
                 if who.role == "user":
-                    self._check_owner(context, method, request, who, fields, verb="read the logs and metrics of")
+                    self._check_owner(context, method, request, who, fields,
+                                      verb="read the logs, metrics and outputs of")
                     return None
                 _deny(context, grpc.StatusCode.PERMISSION_DENIED,
-                      f"token {who.name!r} has role {who.role}, which may not call {full}: a job's logs and "
-                      "metrics are its owner's and admins' (an admin may let viewers read them with the "
+                      f"token {who.name!r} has role {who.role}, which may not call {full}: a job's logs, "
+                      "metrics and outputs are its owner's and admins' (an admin may let viewers read them with the "
                       "coordinator's --viewers-read-logs)", **fields)
             if is_read_method(method):
                 return None  # viewers and users read the rest; secrets are redacted by the servicer

@@ -75,7 +75,8 @@ MODEL_METHODS = frozenset({"RunTrain", "RestartTrain", "ResumeTrain", "CancelTra
 JOB_METHODS = frozenset({"CancelJob"})  # request.job_id names the job
 # Reads of what a job printed or measured: its owner and admins; viewers where the coordinator's
 # --viewers-read-logs says so; other users never (a log can hold whatever the job printed).
-OWNER_READ_METHODS = frozenset({"StreamJobLogs", "GetJobMetrics"})  # request.job_id names the job
+# DownloadOutput: a file of its output folder, which the job wrote as freely as its log.
+OWNER_READ_METHODS = frozenset({"StreamJobLogs", "GetJobMetrics", "DownloadOutput"})  # request.job_id: the job
 # request.array_id / request.pipeline_id: a user may cancel it when it owns every job in it.
 GROUP_METHODS = {"CancelArray": "array_id", "CancelPipeline": "pipeline_id"}
 
@@ -91,7 +92,7 @@ def is_admin_method(method: str) -> bool:
 def is_read_method(method: str) -> bool:
     if is_admin_method(method):
         return False
-    return method.startswith(("Get", "List", "Stream")) or method == "DatasetCounts"
+    return method.startswith(("Get", "List", "Stream")) or method in ("DatasetCounts", "DownloadOutput")
 
 
 # -------------------------------------------------------------------------------------------------

@@ -44,9 +44,11 @@ def _coerce(opt: Option, value: Any, source: str) -> Any:
 
 
 def parse(prog: str, description: str, options: Sequence[Option], argv: Sequence[str] | None = None,
-          env: dict[str, str] | None = None) -> argparse.Namespace:
+          env: dict[str, str] | None = None, epilog: str = "") -> argparse.Namespace:
+    """`epilog`: shown after the options as written (a daemon's subcommands, one a line)."""
     env = dict(os.environ) if env is None else env
-    ap = argparse.ArgumentParser(prog=prog, description=description)
+    ap = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog or None,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="TOML config file (env GPUFLEET_CONFIG)", default=env.get("GPUFLEET_CONFIG"))
     for opt in options:
         flag = "--" + opt.name

@@ -39,8 +39,20 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+LEVELS = ("debug", "info", "warning", "error")
+
+
+def check_level(level: str) -> None:
+    """Refuse a --log-level logging does not know (before the daemon makes anything on disk)."""
+    if level.lower() not in LEVELS:
+        from gpufleet.errors import InvalidArgument
+
+        raise InvalidArgument("--log-level", f"must be one of {', '.join(LEVELS)}, got {level!r}")
+
+
 def setup(level: str = "info", json_output: bool | None = None) -> None:
     """Configure the root logger once for a daemon."""
+    check_level(level)
     if json_output is None:
         json_output = not sys.stderr.isatty()
     handler = logging.StreamHandler(sys.stderr)

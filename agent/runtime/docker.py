@@ -36,7 +36,7 @@ import docker.errors
 import requests
 import urllib3.exceptions
 from docker.types import DeviceRequest, LogConfig, Mount
-from gpufleet.agent import outputs
+from gpufleet.agent import outputdirs
 from gpufleet.agent.runtime.base import Found, Handle, LaunchPlan, Observation, RuntimeError_, Seen
 
 from gpufleet import failpoints
@@ -316,7 +316,7 @@ class DockerRuntime:
         """The spec's user, else the owner's own uid:gid (its folder made its), else --container-user."""
         if plan.user or plan.run_as is None or plan.run_as.is_root:
             return plan.user or self.default_user or None
-        outputs.give_output_dir(self.output_root, plan.output_dir, plan.run_as, plan.owner, own_uid=True)
+        outputdirs.give_output_dir(self.output_root, plan.output_dir, plan.run_as, plan.owner, own_uid=True)
         return f"{plan.run_as.uid}:{plan.run_as.gid}"
 
     def _create(self, plan: LaunchPlan, name: str) -> str:

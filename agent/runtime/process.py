@@ -7,7 +7,7 @@ exit.json when the job ends, which is how an exit is known even if the agent was
 Privileges: the wrapper stays the agent's user and keeps the job's files (handle, child.pid,
 exit.json, output.log) in the agent's job folder (0700, inside the 0700 state dir); the job's own
 process runs as its owner's own uid (`--owner-uids`, agent/owneruids.py) or, without an owner, as
-the job user (`--job-user`, agent/jobuser.py), owns only its output folder (agent/outputs.py),
+the job user (`--job-user`, agent/jobuser.py), owns only its output folder (agent/outputdirs.py),
 and so can neither forge its exit record, read the agent's database, nor signal or read another
 owner's jobs. Wrappers the agent
 started are reaped as soon as they end (no zombies). Files the job could have touched are opened
@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from gpufleet.agent import outputs
+from gpufleet.agent import outputdirs
 from gpufleet.agent.cgroups import JobCgroups
 from gpufleet.agent.jobuser import JobUser
 from gpufleet.agent.runtime import wrapper
@@ -90,11 +90,11 @@ class ProcessRuntime:
         return plan.run_as or self.job_user
 
     def _give_output_dir(self, plan: LaunchPlan, user: JobUser | None) -> None:
-        """The job's output folder (and an owner's prefix) to the job's account (agent/outputs.py)."""
+        """The job's output folder (and an owner's prefix) to the job's account (agent/outputdirs.py)."""
         if user is None or user.is_root:
             return
         own_uid = plan.run_as is not None
-        outputs.give_output_dir(self.output_root, plan.output_dir, user, plan.owner, own_uid=own_uid,
+        outputdirs.give_output_dir(self.output_root, plan.output_dir, user, plan.owner, own_uid=own_uid,
                                 shared_uid=self.job_user.uid if own_uid and self.job_user is not None else None)
 
     # -- start ---------------------------------------------------------------------------------

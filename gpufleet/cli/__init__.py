@@ -17,6 +17,7 @@ import typer.main
 from gpufleet.cli import (
     contexts,  # noqa: F401
     datasets,  # noqa: F401
+    downloads,  # noqa: F401
     jobs,  # noqa: F401
     models,  # noqa: F401
     nodes,  # noqa: F401

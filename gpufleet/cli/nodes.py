@@ -5,6 +5,7 @@ import json
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from gpufleet.cli.base import (
     CTX,
@@ -40,7 +41,8 @@ WIDE_NODE_COLUMNS = [*NODE_COLUMNS, "runtime", "labels", "GPU models"]
 
 def node_rows(nodes: list[cpb.Node]) -> list[list[Any]]:
     rows: list[list[Any]] = [
-        [n.name, n.state_name, n.address, f"{sum(g.healthy for g in n.gpus)}/{len(n.gpus)}", n.running_jobs,
+        [n.name, n.state_name + (" (calls to it fail TLS)" if n.dial_error else ""), n.address,
+         f"{sum(g.healthy for g in n.gpus)}/{len(n.gpus)}", n.running_jobs,
          n.agent_version, n.last_heartbeat.ToDatetime().strftime("%H:%M:%S") if n.HasField("last_heartbeat")
          else "-"] for n in nodes]
     if wide():
@@ -100,6 +102,8 @@ def nodes_show(name: Annotated[str, NODE_ARG]) -> None:
     n = match[0]
     def table() -> None:
         node_table(f"node {name}", [n])
+        if n.dial_error:  # heartbeats arrive but the coordinator cannot call it: jobs would hang
+            out.print(f"[red]problem:[/] {escape(n.dial_error)}", soft_wrap=True)
         gpu_table("GPUs", list(n.gpus))
 
     emit(n, table)

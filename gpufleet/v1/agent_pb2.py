@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from gpufleet.v1 import common_pb2 as gpufleet_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17gpufleet/v1/agent.proto\x12\x0bgpufleet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18gpufleet/v1/common.proto\"x\n\rLaunchRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x03\x12\"\n\x04spec\x18\x03 \x01(\x0b\x32\x14.gpufleet.v1.JobSpec\x12\x13\n\x0bgpu_indices\x18\x04 \x03(\x05\x12\r\n\x05owner\x18\x05 \x01(\t\"E\n\x0bStopRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rgrace_seconds\x18\x02 \x01(\x05\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x03\"1\n\x0eInspectRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x03\"=\n\x0fListJobsRequest\x12*\n\x06states\x18\x01 \x03(\x0e\x32\x1a.gpufleet.v1.AgentJobState\"8\n\x10ListJobsResponse\x12$\n\x04jobs\x18\x01 \x03(\x0b\x32\x16.gpufleet.v1.JobStatus\":\n\x12WatchEventsRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x03\x12\x11\n\tno_follow\x18\x02 \x01(\x08\"t\n\x08JobEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12#\n\x03job\x18\x04 \x01(\x0b\x32\x16.gpufleet.v1.JobStatus\"X\n\x11StreamLogsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x12\n\ntail_lines\x18\x03 \x01(\x05\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x03\"\x18\n\x08LogChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\xac\x01\n\x13ProbeOutputsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\noutput_dir\x18\x02 \x01(\t\x12\x13\n\x0btotal_epoch\x18\x03 \x01(\x05\x12\x14\n\x0cval_interval\x18\x04 \x01(\x05\x12\x13\n\x0bparams_json\x18\x05 \x01(\t\x12\x17\n\x0f\x62\x65st_metric_key\x18\x06 \x01(\t\x12\x18\n\x10\x62\x65st_metric_mode\x18\x07 \x01(\t\"\x10\n\x0eGetNodeRequest\"\x9d\x02\n\x08NodeInfo\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12\x0f\n\x07runtime\x18\x03 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x04 \x01(\x01\x12\"\n\x04gpus\x18\x05 \x03(\x0b\x32\x14.gpufleet.v1.GpuInfo\x12\x12\n\ngpu_source\x18\x06 \x01(\t\x12\x11\n\tnode_name\x18\x07 \x01(\t\x12\x11\n\tjobs_held\x18\x08 \x01(\x05\x12\x14\n\x0cjobs_running\x18\t \x01(\x05\x12\x33\n\x0fgpus_sampled_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0elast_event_seq\x18\x0b \x01(\x03\"q\n\tStageLink\x12\r\n\x05split\x18\x01 \x01(\t\x12\x12\n\ndataset_id\x18\x02 \x01(\t\x12\x0e\n\x06input1\x18\x03 \x01(\t\x12\x0e\n\x06input2\x18\x04 \x01(\t\x12\r\n\x05label\x18\x05 \x01(\t\x12\x12\n\nlabel_json\x18\x06 \x01(\t\"N\n\x13StageDatasetRequest\x12\x10\n\x08stage_id\x18\x01 \x01(\t\x12%\n\x05links\x18\x02 \x03(\x0b\x32\x16.gpufleet.v1.StageLink\"\xdb\x01\n\x14StageDatasetResponse\x12\x11\n\tstage_dir\x18\x01 \x01(\t\x12\x0c\n\x04made\x18\x02 \x01(\x05\x12\x0f\n\x07skipped\x18\x03 \x01(\x05\x12\x11\n\textracted\x18\x04 \x01(\x05\x12=\n\x06\x63ounts\x18\x05 \x03(\x0b\x32-.gpufleet.v1.StageDatasetResponse.CountsEntry\x12\x10\n\x08warnings\x18\x06 \x03(\t\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"5\n\x12\x41\x63knowledgeRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x03\"&\n\x13\x41\x63knowledgeResponse\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\x08\"E\n\x13SetGpuHealthRequest\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0f\n\x07healthy\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t2\x92\x06\n\x05\x41gent\x12<\n\x06Launch\x12\x1a.gpufleet.v1.LaunchRequest\x1a\x16.gpufleet.v1.JobStatus\x12\x38\n\x04Stop\x12\x18.gpufleet.v1.StopRequest\x1a\x16.gpufleet.v1.JobStatus\x12>\n\x07Inspect\x12\x1b.gpufleet.v1.InspectRequest\x1a\x16.gpufleet.v1.JobStatus\x12G\n\x08ListJobs\x12\x1c.gpufleet.v1.ListJobsRequest\x1a\x1d.gpufleet.v1.ListJobsResponse\x12G\n\x0bWatchEvents\x12\x1f.gpufleet.v1.WatchEventsRequest\x1a\x15.gpufleet.v1.JobEvent0\x01\x12\x45\n\nStreamLogs\x12\x1e.gpufleet.v1.StreamLogsRequest\x1a\x15.gpufleet.v1.LogChunk0\x01\x12J\n\x0cProbeOutputs\x12 .gpufleet.v1.ProbeOutputsRequest\x1a\x18.gpufleet.v1.ProbeResult\x12=\n\x07GetNode\x12\x1b.gpufleet.v1.GetNodeRequest\x1a\x15.gpufleet.v1.NodeInfo\x12S\n\x0cStageDataset\x12 .gpufleet.v1.StageDatasetRequest\x1a!.gpufleet.v1.StageDatasetResponse\x12P\n\x0b\x41\x63knowledge\x12\x1f.gpufleet.v1.AcknowledgeRequest\x1a .gpufleet.v1.AcknowledgeResponse\x12\x46\n\x0cSetGpuHealth\x12 .gpufleet.v1.SetGpuHealthRequest\x1a\x14.gpufleet.v1.GpuInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17gpufleet/v1/agent.proto\x12\x0bgpufleet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18gpufleet/v1/common.proto\"x\n\rLaunchRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x03\x12\"\n\x04spec\x18\x03 \x01(\x0b\x32\x14.gpufleet.v1.JobSpec\x12\x13\n\x0bgpu_indices\x18\x04 \x03(\x05\x12\r\n\x05owner\x18\x05 \x01(\t\"E\n\x0bStopRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rgrace_seconds\x18\x02 \x01(\x05\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x03\"1\n\x0eInspectRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x03\"=\n\x0fListJobsRequest\x12*\n\x06states\x18\x01 \x03(\x0e\x32\x1a.gpufleet.v1.AgentJobState\"8\n\x10ListJobsResponse\x12$\n\x04jobs\x18\x01 \x03(\x0b\x32\x16.gpufleet.v1.JobStatus\":\n\x12WatchEventsRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x03\x12\x11\n\tno_follow\x18\x02 \x01(\x08\"t\n\x08JobEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12#\n\x03job\x18\x04 \x01(\x0b\x32\x16.gpufleet.v1.JobStatus\"X\n\x11StreamLogsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x12\n\ntail_lines\x18\x03 \x01(\x05\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x03\"\x18\n\x08LogChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"H\n\x11ReadOutputRequest\x12\x12\n\noutput_dir\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x11\n\tmax_bytes\x18\x03 \x01(\x03\")\n\x0bOutputChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04size\x18\x02 \x01(\x03\"\xac\x01\n\x13ProbeOutputsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\noutput_dir\x18\x02 \x01(\t\x12\x13\n\x0btotal_epoch\x18\x03 \x01(\x05\x12\x14\n\x0cval_interval\x18\x04 \x01(\x05\x12\x13\n\x0bparams_json\x18\x05 \x01(\t\x12\x17\n\x0f\x62\x65st_metric_key\x18\x06 \x01(\t\x12\x18\n\x10\x62\x65st_metric_mode\x18\x07 \x01(\t\"\x10\n\x0eGetNodeRequest\"\x9d\x02\n\x08NodeInfo\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12\x0f\n\x07runtime\x18\x03 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x04 \x01(\x01\x12\"\n\x04gpus\x18\x05 \x03(\x0b\x32\x14.gpufleet.v1.GpuInfo\x12\x12\n\ngpu_source\x18\x06 \x01(\t\x12\x11\n\tnode_name\x18\x07 \x01(\t\x12\x11\n\tjobs_held\x18\x08 \x01(\x05\x12\x14\n\x0cjobs_running\x18\t \x01(\x05\x12\x33\n\x0fgpus_sampled_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0elast_event_seq\x18\x0b \x01(\x03\"q\n\tStageLink\x12\r\n\x05split\x18\x01 \x01(\t\x12\x12\n\ndataset_id\x18\x02 \x01(\t\x12\x0e\n\x06input1\x18\x03 \x01(\t\x12\x0e\n\x06input2\x18\x04 \x01(\t\x12\r\n\x05label\x18\x05 \x01(\t\x12\x12\n\nlabel_json\x18\x06 \x01(\t\"N\n\x13StageDatasetRequest\x12\x10\n\x08stage_id\x18\x01 \x01(\t\x12%\n\x05links\x18\x02 \x03(\x0b\x32\x16.gpufleet.v1.StageLink\"\xdb\x01\n\x14StageDatasetResponse\x12\x11\n\tstage_dir\x18\x01 \x01(\t\x12\x0c\n\x04made\x18\x02 \x01(\x05\x12\x0f\n\x07skipped\x18\x03 \x01(\x05\x12\x11\n\textracted\x18\x04 \x01(\x05\x12=\n\x06\x63ounts\x18\x05 \x03(\x0b\x32-.gpufleet.v1.StageDatasetResponse.CountsEntry\x12\x10\n\x08warnings\x18\x06 \x03(\t\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"5\n\x12\x41\x63knowledgeRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x03\"&\n\x13\x41\x63knowledgeResponse\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\x08\"E\n\x13SetGpuHealthRequest\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0f\n\x07healthy\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t2\xdc\x06\n\x05\x41gent\x12<\n\x06Launch\x12\x1a.gpufleet.v1.LaunchRequest\x1a\x16.gpufleet.v1.JobStatus\x12\x38\n\x04Stop\x12\x18.gpufleet.v1.StopRequest\x1a\x16.gpufleet.v1.JobStatus\x12>\n\x07Inspect\x12\x1b.gpufleet.v1.InspectRequest\x1a\x16.gpufleet.v1.JobStatus\x12G\n\x08ListJobs\x12\x1c.gpufleet.v1.ListJobsRequest\x1a\x1d.gpufleet.v1.ListJobsResponse\x12G\n\x0bWatchEvents\x12\x1f.gpufleet.v1.WatchEventsRequest\x1a\x15.gpufleet.v1.JobEvent0\x01\x12\x45\n\nStreamLogs\x12\x1e.gpufleet.v1.StreamLogsRequest\x1a\x15.gpufleet.v1.LogChunk0\x01\x12J\n\x0cProbeOutputs\x12 .gpufleet.v1.ProbeOutputsRequest\x1a\x18.gpufleet.v1.ProbeResult\x12=\n\x07GetNode\x12\x1b.gpufleet.v1.GetNodeRequest\x1a\x15.gpufleet.v1.NodeInfo\x12S\n\x0cStageDataset\x12 .gpufleet.v1.StageDatasetRequest\x1a!.gpufleet.v1.StageDatasetResponse\x12P\n\x0b\x41\x63knowledge\x12\x1f.gpufleet.v1.AcknowledgeRequest\x1a .gpufleet.v1.AcknowledgeResponse\x12\x46\n\x0cSetGpuHealth\x12 .gpufleet.v1.SetGpuHealthRequest\x1a\x14.gpufleet.v1.GpuInfo\x12H\n\nReadOutput\x12\x1e.gpufleet.v1.ReadOutputRequest\x1a\x18.gpufleet.v1.OutputChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -53,26 +53,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMLOGSREQUEST']._serialized_end=730
   _globals['_LOGCHUNK']._serialized_start=732
   _globals['_LOGCHUNK']._serialized_end=756
-  _globals['_PROBEOUTPUTSREQUEST']._serialized_start=759
-  _globals['_PROBEOUTPUTSREQUEST']._serialized_end=931
-  _globals['_GETNODEREQUEST']._serialized_start=933
-  _globals['_GETNODEREQUEST']._serialized_end=949
-  _globals['_NODEINFO']._serialized_start=952
-  _globals['_NODEINFO']._serialized_end=1237
-  _globals['_STAGELINK']._serialized_start=1239
-  _globals['_STAGELINK']._serialized_end=1352
-  _globals['_STAGEDATASETREQUEST']._serialized_start=1354
-  _globals['_STAGEDATASETREQUEST']._serialized_end=1432
-  _globals['_STAGEDATASETRESPONSE']._serialized_start=1435
-  _globals['_STAGEDATASETRESPONSE']._serialized_end=1654
-  _globals['_STAGEDATASETRESPONSE_COUNTSENTRY']._serialized_start=1609
-  _globals['_STAGEDATASETRESPONSE_COUNTSENTRY']._serialized_end=1654
-  _globals['_ACKNOWLEDGEREQUEST']._serialized_start=1656
-  _globals['_ACKNOWLEDGEREQUEST']._serialized_end=1709
-  _globals['_ACKNOWLEDGERESPONSE']._serialized_start=1711
-  _globals['_ACKNOWLEDGERESPONSE']._serialized_end=1749
-  _globals['_SETGPUHEALTHREQUEST']._serialized_start=1751
-  _globals['_SETGPUHEALTHREQUEST']._serialized_end=1820
-  _globals['_AGENT']._serialized_start=1823
-  _globals['_AGENT']._serialized_end=2609
+  _globals['_READOUTPUTREQUEST']._serialized_start=758
+  _globals['_READOUTPUTREQUEST']._serialized_end=830
+  _globals['_OUTPUTCHUNK']._serialized_start=832
+  _globals['_OUTPUTCHUNK']._serialized_end=873
+  _globals['_PROBEOUTPUTSREQUEST']._serialized_start=876
+  _globals['_PROBEOUTPUTSREQUEST']._serialized_end=1048
+  _globals['_GETNODEREQUEST']._serialized_start=1050
+  _globals['_GETNODEREQUEST']._serialized_end=1066
+  _globals['_NODEINFO']._serialized_start=1069
+  _globals['_NODEINFO']._serialized_end=1354
+  _globals['_STAGELINK']._serialized_start=1356
+  _globals['_STAGELINK']._serialized_end=1469
+  _globals['_STAGEDATASETREQUEST']._serialized_start=1471
+  _globals['_STAGEDATASETREQUEST']._serialized_end=1549
+  _globals['_STAGEDATASETRESPONSE']._serialized_start=1552
+  _globals['_STAGEDATASETRESPONSE']._serialized_end=1771
+  _globals['_STAGEDATASETRESPONSE_COUNTSENTRY']._serialized_start=1726
+  _globals['_STAGEDATASETRESPONSE_COUNTSENTRY']._serialized_end=1771
+  _globals['_ACKNOWLEDGEREQUEST']._serialized_start=1773
+  _globals['_ACKNOWLEDGEREQUEST']._serialized_end=1826
+  _globals['_ACKNOWLEDGERESPONSE']._serialized_start=1828
+  _globals['_ACKNOWLEDGERESPONSE']._serialized_end=1866
+  _globals['_SETGPUHEALTHREQUEST']._serialized_start=1868
+  _globals['_SETGPUHEALTHREQUEST']._serialized_end=1937
+  _globals['_AGENT']._serialized_start=1940
+  _globals['_AGENT']._serialized_end=2800
 # @@protoc_insertion_point(module_scope)

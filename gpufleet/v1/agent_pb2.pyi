@@ -92,6 +92,24 @@ class LogChunk(_message.Message):
     data: bytes
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
+class ReadOutputRequest(_message.Message):
+    __slots__ = ("output_dir", "path", "max_bytes")
+    OUTPUT_DIR_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    output_dir: str
+    path: str
+    max_bytes: int
+    def __init__(self, output_dir: _Optional[str] = ..., path: _Optional[str] = ..., max_bytes: _Optional[int] = ...) -> None: ...
+
+class OutputChunk(_message.Message):
+    __slots__ = ("data", "size")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    size: int
+    def __init__(self, data: _Optional[bytes] = ..., size: _Optional[int] = ...) -> None: ...
+
 class ProbeOutputsRequest(_message.Message):
     __slots__ = ("job_id", "output_dir", "total_epoch", "val_interval", "params_json", "best_metric_key", "best_metric_mode")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]

@@ -90,6 +90,11 @@ class AgentStub:
                 request_serializer=gpufleet_dot_v1_dot_agent__pb2.SetGpuHealthRequest.SerializeToString,
                 response_deserializer=gpufleet_dot_v1_dot_common__pb2.GpuInfo.FromString,
                 _registered_method=True)
+        self.ReadOutput = channel.unary_stream(
+                '/gpufleet.v1.Agent/ReadOutput',
+                request_serializer=gpufleet_dot_v1_dot_agent__pb2.ReadOutputRequest.SerializeToString,
+                response_deserializer=gpufleet_dot_v1_dot_agent__pb2.OutputChunk.FromString,
+                _registered_method=True)
 
 
 class AgentServicer:
@@ -175,6 +180,13 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadOutput(self, request, context):
+        """One regular file below an output folder, in chunks (no link followed; at most a byte cap).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -232,6 +244,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.SetGpuHealth,
                     request_deserializer=gpufleet_dot_v1_dot_agent__pb2.SetGpuHealthRequest.FromString,
                     response_serializer=gpufleet_dot_v1_dot_common__pb2.GpuInfo.SerializeToString,
+            ),
+            'ReadOutput': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadOutput,
+                    request_deserializer=gpufleet_dot_v1_dot_agent__pb2.ReadOutputRequest.FromString,
+                    response_serializer=gpufleet_dot_v1_dot_agent__pb2.OutputChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -531,6 +548,33 @@ class Agent:
             '/gpufleet.v1.Agent/SetGpuHealth',
             gpufleet_dot_v1_dot_agent__pb2.SetGpuHealthRequest.SerializeToString,
             gpufleet_dot_v1_dot_common__pb2.GpuInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadOutput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/gpufleet.v1.Agent/ReadOutput',
+            gpufleet_dot_v1_dot_agent__pb2.ReadOutputRequest.SerializeToString,
+            gpufleet_dot_v1_dot_agent__pb2.OutputChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -492,8 +492,16 @@ class ListNodesRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class DownloadOutputRequest(_message.Message):
+    __slots__ = ("job_id", "path")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    path: str
+    def __init__(self, job_id: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+
 class Node(_message.Message):
-    __slots__ = ("name", "address", "labels", "state", "last_heartbeat", "agent_version", "gpus", "state_name", "runtime", "running_jobs")
+    __slots__ = ("name", "address", "labels", "state", "last_heartbeat", "agent_version", "gpus", "state_name", "runtime", "running_jobs", "dial_error")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -511,6 +519,7 @@ class Node(_message.Message):
     STATE_NAME_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
     RUNNING_JOBS_FIELD_NUMBER: _ClassVar[int]
+    DIAL_ERROR_FIELD_NUMBER: _ClassVar[int]
     name: str
     address: str
     labels: _containers.ScalarMap[str, str]
@@ -521,7 +530,8 @@ class Node(_message.Message):
     state_name: str
     runtime: str
     running_jobs: int
-    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[NodeState, str]] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_version: _Optional[str] = ..., gpus: _Optional[_Iterable[_Union[_common_pb2.GpuInfo, _Mapping]]] = ..., state_name: _Optional[str] = ..., runtime: _Optional[str] = ..., running_jobs: _Optional[int] = ...) -> None: ...
+    dial_error: str
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[NodeState, str]] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_version: _Optional[str] = ..., gpus: _Optional[_Iterable[_Union[_common_pb2.GpuInfo, _Mapping]]] = ..., state_name: _Optional[str] = ..., runtime: _Optional[str] = ..., running_jobs: _Optional[int] = ..., dial_error: _Optional[str] = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
     __slots__ = ("nodes",)

@@ -115,6 +115,11 @@ class CoordinatorStub:
                 request_serializer=gpufleet_dot_v1_dot_coordinator__pb2.JobRef.SerializeToString,
                 response_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.JobMetrics.FromString,
                 _registered_method=True)
+        self.DownloadOutput = channel.unary_stream(
+                '/gpufleet.v1.Coordinator/DownloadOutput',
+                request_serializer=gpufleet_dot_v1_dot_coordinator__pb2.DownloadOutputRequest.SerializeToString,
+                response_deserializer=gpufleet_dot_v1_dot_agent__pb2.OutputChunk.FromString,
+                _registered_method=True)
         self.GetUsage = channel.unary_unary(
                 '/gpufleet.v1.Coordinator/GetUsage',
                 request_serializer=gpufleet_dot_v1_dot_coordinator__pb2.UsageQuery.SerializeToString,
@@ -309,6 +314,14 @@ class CoordinatorServicer:
 
     def GetJobMetrics(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadOutput(self, request, context):
+        """One regular file from the job's output folder (a result zip, a checkpoint, val.csv), proxied from
+        its node's agent; the job's owner and admins only, like its logs.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -510,6 +523,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.GetJobMetrics,
                     request_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.JobRef.FromString,
                     response_serializer=gpufleet_dot_v1_dot_coordinator__pb2.JobMetrics.SerializeToString,
+            ),
+            'DownloadOutput': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadOutput,
+                    request_deserializer=gpufleet_dot_v1_dot_coordinator__pb2.DownloadOutputRequest.FromString,
+                    response_serializer=gpufleet_dot_v1_dot_agent__pb2.OutputChunk.SerializeToString,
             ),
             'GetUsage': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUsage,
@@ -1029,6 +1047,33 @@ class Coordinator:
             '/gpufleet.v1.Coordinator/GetJobMetrics',
             gpufleet_dot_v1_dot_coordinator__pb2.JobRef.SerializeToString,
             gpufleet_dot_v1_dot_coordinator__pb2.JobMetrics.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadOutput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/gpufleet.v1.Coordinator/DownloadOutput',
+            gpufleet_dot_v1_dot_coordinator__pb2.DownloadOutputRequest.SerializeToString,
+            gpufleet_dot_v1_dot_agent__pb2.OutputChunk.FromString,
             options,
             channel_credentials,
             insecure,

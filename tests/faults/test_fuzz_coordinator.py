@@ -348,8 +348,10 @@ def list_calls(draw: Any) -> tuple[str, Any]:
 
 @st.composite
 def job_calls(draw: Any) -> tuple[str, Any]:
-    method = draw(st.sampled_from(["GetJob", "CancelJob", "GetJobMetrics", "StreamJobLogs"]))
+    method = draw(st.sampled_from(["GetJob", "CancelJob", "GetJobMetrics", "StreamJobLogs", "DownloadOutput"]))
     job_id = draw(JOB_IDS)
+    if method == "DownloadOutput":
+        return method, cpb.DownloadOutputRequest(job_id=job_id, path=draw(LINK_PATHS))
     if method == "StreamJobLogs":
         return method, apb.StreamLogsRequest(job_id=job_id, follow=False, tail_lines=draw(INT32),
                                              attempt=draw(INT64))
@@ -432,7 +434,7 @@ def heartbeat_requests(draw: Any) -> cpb.HeartbeatRequest:
 def call(stub: Any, method: str, request: Any) -> tuple[grpc.StatusCode, str, Any]:
     try:
         result = getattr(stub, method)(request, timeout=60)
-        if method == "StreamJobLogs":
+        if method in ("StreamJobLogs", "DownloadOutput"):
             result = list(result)
     except grpc.RpcError as exc:
         return exc.code(), exc.details() or "", None
@@ -682,7 +684,8 @@ def test_random_report(env: Env, req: cpb.ReportRequest) -> None:
 
 COVERED = {
     "Coordinator": {"CreateModel", "SubmitJob", "ListModels", "ListJobs", "ListNodes", "GetJob", "CancelJob",
-                    "GetJobMetrics", "StreamJobLogs", "DrainNode", "UndrainNode", "StageDataset", *MODEL_RPCS,
+                    "GetJobMetrics", "StreamJobLogs", "DownloadOutput", "DrainNode", "UndrainNode", "StageDataset",
+                    *MODEL_RPCS,
                     "CreateToken", "ListTokens", "RevokeToken", "SubmitArray", "GetArray", "CancelArray",
                     "SubmitPipeline", "GetPipeline", "CancelPipeline", "GetUsage", "SetQuota", "ListQuotas"},
     "Fleet": {"Register", "Heartbeat", "Report"},

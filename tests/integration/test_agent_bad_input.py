@@ -28,7 +28,7 @@ from tests.harness import AgentProc, healthy, state_name, wait_for
 PY = sys.executable
 IA, NF, FP, RE, AB = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
                       grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED)
-STREAMING = {"WatchEvents", "StreamLogs"}
+STREAMING = {"WatchEvents", "StreamLogs", "ReadOutput"}
 
 
 def tree(root: Path) -> list[str]:
@@ -226,6 +226,18 @@ CASES = [
     case("unknown attempt", "StreamLogs", apb.StreamLogsRequest(job_id="done3", attempt=1), NF, "attempt 1"),
     case("negative tail", "StreamLogs", apb.StreamLogsRequest(job_id="holder", tail_lines=-1), IA,
          "tail_lines"),
+    # -- ReadOutput (a download: one regular file below an output folder, no link followed)
+    case("no path", "ReadOutput", apb.ReadOutputRequest(output_dir="holder"), IA, "path"),
+    case("path dot-dot", "ReadOutput", apb.ReadOutputRequest(output_dir="holder", path="../x"), IA, "path"),
+    case("path absolute", "ReadOutput", apb.ReadOutputRequest(output_dir="holder", path="/etc/passwd"), IA,
+         "path"),
+    case("dir dot-dot", "ReadOutput", apb.ReadOutputRequest(output_dir="../outside", path="f"), IA, "output_dir"),
+    case("dir symlink escape", "ReadOutput", apb.ReadOutputRequest(output_dir="escape", path="passwd"), FP,
+         "symbolic link"),
+    case("missing file", "ReadOutput", apb.ReadOutputRequest(output_dir="holder", path="none.pt"), NF,
+         "no such file"),
+    case("negative cap", "ReadOutput", apb.ReadOutputRequest(output_dir="holder", path="f", max_bytes=-1), IA,
+         "max_bytes"),
     # -- ProbeOutputs
     case("nothing to probe", "ProbeOutputs", apb.ProbeOutputsRequest(), IA, "job_id"),
     case("bad mode", "ProbeOutputs", apb.ProbeOutputsRequest(job_id="holder", best_metric_mode="median"), IA,

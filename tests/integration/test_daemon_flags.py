@@ -58,3 +58,27 @@ def test_settings_come_from_the_environment(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-P", "-m", *args], capture_output=True, text=True, timeout=30, env=env,
                        stdin=subprocess.DEVNULL)
     assert r.returncode == 2 and "--runtime" in r.stderr and "podman" in r.stderr
+
+
+@pytest.mark.parametrize("daemon, flags, needle", [
+    ("agent", ["--runtime", "podman"], "--runtime"),
+    ("agent", ["--gpus", "fake:0"], "--gpus"),
+    ("agent", ["--gpu-exclusivity", "sometimes"], "--gpu-exclusivity"),
+    ("agent", ["--orphan-grace", "-1"], "--orphan-grace"),
+    ("agent", ["--log-level", "chatty"], "--log-level"),
+    ("agent", ["--advertise", "no-port"], "--advertise"),
+    ("coordinator", ["--auth", "maybe"], "--auth"),
+    ("coordinator", ["--on-restart", "forget"], "--on-restart"),
+    ("coordinator", ["--log-level", "chatty"], "--log-level"),
+    ("coordinator", ["--schedule-interval", "0"], "--schedule-interval"),
+])
+def test_a_bad_flag_leaves_nothing_on_disk(daemon: str, flags: list[str], needle: str, tmp_path: Path) -> None:
+    """Refused before the store, the database or any folder is made (issue 17): fixing the flag and
+    starting again meets no half-made state dir with the wrong owner or mode."""
+    listen = f"127.0.0.1:{free_port()}"
+    args = (agent_args(tmp_path, listen, *flags) if daemon == "agent"
+            else ["gpufleet.coordinator.main", "--listen", listen, "--state-dir", str(tmp_path / "s"),
+                  "--metrics-listen", "", *flags])
+    r = run(args)
+    assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not any(tmp_path.iterdir()), sorted(p.name for p in tmp_path.iterdir())  # no state, output, data

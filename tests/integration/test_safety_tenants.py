@@ -192,7 +192,7 @@ def test_secrets_logs_and_metrics_are_the_owners(fleet: Fleet) -> None:
         assert code == DENIED, who
         code, msg = code_of(lambda s=stub: s.GetJobMetrics(ref, timeout=TIMEOUT))  # type: ignore[misc]
         assert code == DENIED, who
-    assert "may only read the logs and metrics of its own models and jobs" in code_of(
+    assert "may only read the logs, metrics and outputs of its own models and jobs" in code_of(
         lambda: bob.GetJobMetrics(ref, timeout=TIMEOUT))[1]
 
 
@@ -215,6 +215,21 @@ def test_each_owners_jobs_run_as_its_own_uid(fleet: Fleet) -> None:
     assert len({seen["alice"][0], seen["bob"][0], job_user.pw_uid, 0}) == 4
     assert seen["alice"][1] == seen["bob"][1] == job_user.pw_gid
     assert (fleet.a.output_root / "users" / "bob").stat().st_uid == seen["bob"][0]
+
+
+def test_a_jobs_outputs_download_to_its_owner_and_admins_only(fleet: Fleet) -> None:
+    alice, bob, val, root = (fleet.stub(n) for n in ("alice", "bob", "val", "root"))
+    job = submit(alice, "jobs/dl", [sys.executable, "-c",
+                                    "import os; open(os.environ['GPUFLEET_OUTPUT_DIR'] + '/w.pt', 'w').write('w')"])
+    assert finished(alice, job.job_id).status_name == "SUCCESS"
+    req = cpb.DownloadOutputRequest(job_id=job.job_id, path="w.pt")
+    for who, stub in (("alice", alice), ("root", root)):
+        assert b"".join(c.data for c in stub.DownloadOutput(req, timeout=TIMEOUT)) == b"w", who
+    for who, stub in (("bob", bob), ("val", val)):
+        code, msg = code_of(lambda s=stub: s.DownloadOutput(req, timeout=TIMEOUT))  # type: ignore[misc]
+        assert code == DENIED, who
+    assert "may only read the logs, metrics and outputs of its own" in code_of(
+        lambda: bob.DownloadOutput(req, timeout=TIMEOUT))[1]
 
 
 def test_viewers_read_logs_only_where_an_admin_grants_it(tmp_path: Path) -> None:

@@ -219,7 +219,8 @@ def test_every_coordinator_method_has_a_policy() -> None:
     methods = {m.name for m in cpb.DESCRIPTOR.services_by_name["Coordinator"].methods}
     reads = {m for m in methods if auth.is_read_method(m)}
     assert reads == {"GetModel", "ListModels", "GetJob", "ListJobs", "StreamJobLogs", "GetJobMetrics",
-                     "ListNodes", "DatasetCounts", "GetArray", "GetPipeline", "GetUsage", "ListQuotas"}
+                     "ListNodes", "DatasetCounts", "GetArray", "GetPipeline", "GetUsage", "ListQuotas",
+                     "DownloadOutput"}
     user_changes = set(auth.CREATE_METHODS) | auth.MODEL_METHODS | auth.JOB_METHODS | set(auth.GROUP_METHODS)
     assert user_changes <= methods
     # Arrays and pipelines are the user's own: every member job's owner is recorded with it.

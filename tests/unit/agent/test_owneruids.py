@@ -5,7 +5,7 @@ import pwd
 from pathlib import Path
 
 import pytest
-from gpufleet.agent import outputs
+from gpufleet.agent import outputdirs
 from gpufleet.agent.jobuser import JobUser
 from gpufleet.agent.memstore import MemoryStore
 from gpufleet.agent.owneruids import OwnerUsers, UidRange, check_owner, in_passwd, parse_range, pick_uid
@@ -89,8 +89,8 @@ def test_an_owner_that_could_mean_a_path_is_refused(owner: str) -> None:
 
 
 def test_the_owners_prefix_is_only_its_own_users_folder() -> None:
-    assert outputs.owner_prefix("users/alice/jobs/a", "alice") == "users/alice"
-    assert outputs.owner_prefix("users/alice", "alice") == "users/alice"
-    assert outputs.owner_prefix("users/alice/shared", "root") == ""
-    assert outputs.owner_prefix("jobs/a", "alice") == ""
-    assert outputs.owner_prefix("users/alice/x", "") == ""
+    assert outputdirs.owner_prefix("users/alice/jobs/a", "alice") == "users/alice"
+    assert outputdirs.owner_prefix("users/alice", "alice") == "users/alice"
+    assert outputdirs.owner_prefix("users/alice/shared", "root") == ""
+    assert outputdirs.owner_prefix("jobs/a", "alice") == ""
+    assert outputdirs.owner_prefix("users/alice/x", "") == ""
