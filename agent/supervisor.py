@@ -34,7 +34,7 @@ from gpufleet.agent.states import LIVE, JobState
 from gpufleet.agent.store import Event, JobRecord, StoreFull
 
 from gpufleet import failpoints
-from gpufleet.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from gpufleet.errors import Aborted, FailedPrecondition, InvalidArgument, ResourceExhausted
 from gpufleet.log import event
 
 log = logging.getLogger("gpufleet.agent")
@@ -204,8 +204,10 @@ class Supervisor:
             plan = dataclasses.replace(plan, owner=owner, run_as=self._run_as(owner))
             unhealthy = [s for s in samples if s.index in gpu_indices and not s.healthy]
             if unhealthy:
+                # ABORTED, like a held GPU: the coordinator placed on a snapshot taken before this GPU
+                # went bad (a foreign process, an XID), so it requeues the job without using a retry.
                 s = unhealthy[0]
-                raise FailedPrecondition(
+                raise Aborted(
                     f"gpu_indices: GPU {s.index} is unhealthy ({s.health_reason or 'unknown'}); it is never assigned"
                 )
             job = JobRecord(

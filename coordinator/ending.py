@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import grpc
 from gpufleet.coordinator import states, usage
 from gpufleet.coordinator.db import repo
 from gpufleet.coordinator.db.rows import JobRow
@@ -295,3 +296,28 @@ def start_running(conn: Connection, job: JobRow, actor: str) -> None:
         repo.update_model_states(conn, model.uuid, new=new, reason=f"job {job.id} running", actor=actor)
     except FailedPrecondition as exc:
         event(log, "model.running_skipped", logging.WARNING, model=model.uuid, job_id=job.id, why=str(exc))
+
+
+# Launch trouble never uses up the user's retries, but is bounded so that a node that always refuses
+# cannot make a job bounce for ever.
+LAUNCH_REQUEUES = 3
+# Refusals that resolve themselves: a GPU still held by a fenced attempt, another attempt of the job
+# still stopping, a GPU that went bad after the snapshot the placement used.
+TRANSIENT_REFUSALS = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED)
+
+
+def refusal_requeues(code: grpc.StatusCode, attempt: int, max_retries: int) -> bool:
+    """Whether a Launch the agent refused with `code` queues the job again (else it fails). Pure."""
+    return code in TRANSIENT_REFUSALS and attempt <= max_retries + LAUNCH_REQUEUES
+
+
+def end_refused_launch(engine: Engine, job: JobRow, node: str, code: grpc.StatusCode, detail: str, *,
+                       actor: str) -> None:
+    """The agent answered a Launch (the scheduler's or the reconciler's re-send) and refused it:
+    nothing runs there for this attempt. One path for both senders."""
+    event(log, "job.launch_failed", logging.WARNING, job_id=job.id, attempt=job.attempt, node=node,
+          code=code.name, detail=detail)
+    requeue = refusal_requeues(code, job.attempt, job.max_retries)
+    end_job(engine, job.id, JobStatus.STOPPED if requeue else JobStatus.FAILED,
+            TerminationReason.LAUNCH_FAILED.message(f"{node}: {code.name}: {detail}"), actor=actor,
+            requeue=requeue, count_retry=False)

@@ -79,6 +79,7 @@ class Fleet:
         self._db_hb: dict[str, datetime | None] = {}  # last stored heartbeat each sweep saw
         self._heard: set[str] = set()  # nodes this process itself got a heartbeat from
         self._unsettled: set[str] = set()  # not offered to the scheduler: see the module docstring
+        self._healthy: dict[str, frozenset[int]] = {}  # each node's offerable GPUs, last heartbeat
         self._lock = threading.Lock()
         self.reports = Reports(engine, reconciler, reconciler.wake_scheduler)
         self.gpu_watch = exclusivity.Watch()
@@ -169,8 +170,15 @@ class Fleet:
                 repo.record_event(conn, "node", name, None, None, reason=reason, actor="heartbeat", now=now)
             rows = repo.job_briefs(conn, [row_id(d.job_id, d.attempt) for d in jobs])
         self._touch(name, now)
+        healthy = repo.healthy_indices(gpus)
+        with self._lock:
+            health_changed = self._healthy.get(name) != healthy
+            self._healthy[name] = healthy
         if back:
             event(log, "node.reachable", node=name)
+        if back or health_changed:
+            # A GPU went bad (a foreign process, an XID) or came back: the scheduler's cached node
+            # list must not place on it, nor wait out its cache to use it again.
             self.wake_scheduler()
         answer = HeartbeatAnswer()
         to_sync: list[str] = []

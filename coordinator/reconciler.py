@@ -18,11 +18,12 @@ from typing import Any
 
 import grpc
 from gpufleet.coordinator import states
-from gpufleet.coordinator.agents import AgentPool, Observation
+from gpufleet.coordinator.agents import UNREACHABLE, AgentPool, Observation
 from gpufleet.coordinator.db import repo
 from gpufleet.coordinator.db.rows import JobRow
 from gpufleet.coordinator.ending import (  # end_job, ingest_probe, start_running: re-exported
     end_job,
+    end_refused_launch,
     ingest_probe,
     start_running,
 )
@@ -332,6 +333,17 @@ class Reconciler:
             try:
                 st = self.agents.launch(address, job.root_id, job.attempt, convert.spec_to_pb(job.spec),
                                         list(job.gpu_indices), job.owner)
+            except grpc.RpcError as exc:
+                if exc.code() in UNREACHABLE or exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    # Not heard: the next pass tries again; node loss ends it.
+                    event(log, "job.relaunch_failed", logging.WARNING, job_id=job.id, error=str(exc.details()))
+                    return
+                # Heard and refused: the same end as a refused first Launch (a GPU gone bad since
+                # the placement requeues; a bad spec fails), never a refusal re-sent every pass.
+                end_refused_launch(self.engine, job, job.node or "", exc.code(), exc.details() or "",
+                                   actor=self.actor)
+                self.wake_scheduler()
+                return
             except Exception as exc:  # noqa: BLE001 - next pass tries again; node loss ends it
                 event(log, "job.relaunch_failed", logging.WARNING, job_id=job.id, error=str(exc))
                 return

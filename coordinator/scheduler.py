@@ -23,8 +23,9 @@ from gpufleet.coordinator.agents import UNREACHABLE, AgentPool
 from gpufleet.coordinator.db import options, quotas, repo
 from gpufleet.coordinator.db.rows import JobRow
 from gpufleet.coordinator.dependencies import DependencyMode, verdict
+from gpufleet.coordinator.ending import end_refused_launch
 from gpufleet.coordinator.metrics import PLACEMENT_SECONDS, QUEUE_WAIT_SECONDS
-from gpufleet.coordinator.states import JobStatus, NodeState, TerminationReason
+from gpufleet.coordinator.states import NodeState
 from sqlalchemy.engine import Engine
 
 from gpufleet import failpoints
@@ -450,23 +451,12 @@ class Scheduler:
 
     def _launch_failed(self, p: Placement, exc: grpc.RpcError) -> None:
         code = exc.code()
-        detail = f"{p.node}: {code.name}: {exc.details()}"
-        event(log, "job.launch_failed", logging.WARNING, job_id=p.job.id, attempt=p.job.attempt, node=p.node,
-              code=code.name, detail=exc.details())
         if code in UNREACHABLE:
+            event(log, "job.launch_failed", logging.WARNING, job_id=p.job.id, attempt=p.job.attempt, node=p.node,
+                  code=code.name, detail=exc.details())
             # The agent may have recorded it and be restarting: the attempt stays RUNNING (never
             # confirmed), the reconciler re-sends the idempotent Launch, and only the node's
             # heartbeat timeout may end it.
             return
-        # The agent answered and refused: nothing runs there for this attempt. A GPU still held, or
-        # an older attempt of the same job still live there, is a fenced attempt not yet stopped.
-        transient = code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED)
-        from gpufleet.coordinator.reconciler import end_job  # the one place that ends a job
-
-        # Launch trouble does not use up the user's retries, but is bounded so that a node that
-        # always refuses cannot make a job bounce forever.
-        requeue = transient and p.job.attempt <= p.job.max_retries + LAUNCH_RETRIES
-        end_job(self.engine, p.job.id, JobStatus.STOPPED if requeue else JobStatus.FAILED,
-                TerminationReason.LAUNCH_FAILED.message(detail), actor=self.actor,
-                requeue=requeue, count_retry=False)
+        end_refused_launch(self.engine, p.job, p.node, code, exc.details() or "", actor=self.actor)
         self.wake()

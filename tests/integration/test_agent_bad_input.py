@@ -189,7 +189,7 @@ CASES = [
          "attempt 1 is still RUNNING"),
     case("older attempt", "Launch", launch(job_id="done3", attempt=2), FP,
          "attempt 2 is older than attempt 3"),
-    case("unhealthy gpu", "Launch", launch(gpus=(3,)), FP, "gpu_indices: GPU 3 is unhealthy (xid=79)"),
+    case("unhealthy gpu", "Launch", launch(gpus=(3,)), AB, "gpu_indices: GPU 3 is unhealthy (xid=79)"),
     case("gpu held", "Launch", launch(gpus=(0,)), RE, "gpu_indices: GPU 0 is held by job holder"),
     case("one of two gpus held", "Launch", launch(gpus=(1, 0)), RE,
          "gpu_indices: GPU 0 is held by job holder"),
