@@ -196,6 +196,14 @@ def create_app(coordinator: str, tls_ca: str = "", tls_cert: str = "", tls_key: 
 
         return StreamingResponse(rest(), media_type="text/plain; charset=utf-8")
 
+    @app.get("/api/pipelines/{pipeline_id}")
+    def get_pipeline(pipeline_id: str, s: Stub) -> dict[str, Any]:
+        return call(s.GetPipeline, cpb.PipelineRef(pipeline_id=pipeline_id))
+
+    @app.get("/api/arrays/{array_id}")
+    def get_array(array_id: str, s: Stub) -> dict[str, Any]:
+        return call(s.GetArray, cpb.ArrayRef(array_id=array_id))
+
     @app.get("/api/nodes")
     def list_nodes(s: Stub) -> dict[str, Any]:
         return call(s.ListNodes, cpb.ListNodesRequest())

@@ -88,3 +88,36 @@ def test_a_viewer_sees_no_buttons(coordinator_factory: Callable[..., Any], serve
     expect(page.locator("#who")).to_have_text("viewer", timeout=30_000)
     expect(page.locator("td .badge").first).to_have_text("READY", timeout=30_000)
     assert page.locator("main button").count() == 0 and page.locator("#create").count() == 0
+
+
+def test_jobs_page_shows_why_a_job_waits_and_a_pipelines_steps(fleet: Any, serve: Callable[..., str],
+                                                                browser: Any) -> None:
+    """Issue 16: pending reasons and a pipeline's state and steps reach the console, not only the CLI."""
+    from gpufleet.v1 import common_pb2 as pb
+    from gpufleet.v1 import coordinator_pb2 as cpb
+
+    c, _ = fleet
+    base = serve(c.addr)
+
+    def req(command: list[str], out: str, gpus: int = 1, **kw: Any) -> Any:
+        return cpb.SubmitJobRequest(spec=pb.JobSpec(command=command, output_dir=out), gpus=gpus, **kw)
+
+    big = c.stub.SubmitJob(req(["true"], "console/big", gpus=64, wait_for_capacity=True), timeout=10)
+    p = c.stub.SubmitPipeline(cpb.SubmitPipelineRequest(name="train-eval", steps=[
+        cpb.PipelineStep(name="prepare", job=req([sys.executable, "-c", "pass"], "console/prepare")),
+        cpb.PipelineStep(name="evaluate", job=req([sys.executable, "-c", "import sys; sys.exit(3)"],
+                                                  "console/evaluate"), after=["prepare"]),
+        cpb.PipelineStep(name="report", job=req([sys.executable, "-c", "pass"], "console/report"),
+                         after=["evaluate"])]), timeout=10)
+    page: Page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(base + "/#/jobs")
+    waiting = page.locator(f"tr[data-job='{big.job_id}']")
+    expect(waiting.locator(".status .badge")).to_have_text("QUEUED", timeout=30_000)
+    expect(waiting.locator(".why .pending")).to_have_attribute("data-code", "NO_NODE_FITS", timeout=30_000)
+    expect(waiting.locator(".why")).to_contain_text("largest node has 4")
+    page.locator(f"a[href='#/pipeline/{p.pipeline_id}']").first.click()
+    expect(page.locator("h2 .status .badge")).to_have_text("FAILED", timeout=60_000)
+    for name, status in (("prepare", "SUCCESS"), ("evaluate", "FAILED"), ("report", "CANCELED")):
+        expect(page.locator(f"tr[data-step='{name}'] .status .badge")).to_have_text(status, timeout=30_000)
+    expect(page.locator("tr[data-step='report'] .why")).to_contain_text("DEPENDENCY: dependency")
+    expect(page.locator("tr[data-step='report'] td").nth(1)).to_have_text("evaluate")

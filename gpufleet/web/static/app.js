@@ -80,14 +80,39 @@ async function modelView(uuid) {
     <div id="charts">${keys.map((k) => chart(rows, k)).join(" ")}</div>
     <h3>Attempts</h3><table><tr><th>job</th><th>status</th><th>node</th><th>exit</th><th>error</th></tr>
     ${jobs.content.map((j) => `<tr><td>${esc(j.job_id)}</td><td>${esc(j.status_name)}</td><td>${esc(j.node)}</td>
-      <td>${esc(j.exit_code)}</td><td>${esc(j.error_message)}</td></tr>`).join("")}</table>`;
+      <td>${esc(j.exit_code)}</td><td class="why">${why(j)}</td></tr>`).join("")}</table>`;
 }
+
+// Why a job waits (QUEUED: its pending code and reason) or how it ended.
+const why = (j) => j.status_name === "QUEUED" && j.pending_code
+  ? `<span class="pending" data-code="${esc(j.pending_code)}"><b>${esc(j.pending_code)}</b> ${esc(j.pending_reason)}</span>`
+  : esc(j.error_message);
+// The job's group: its pipeline step or its place in an array, linked to the group's page.
+const group = (j) => j.pipeline_id ? `<a href="#/pipeline/${esc(j.pipeline_id)}">${esc(j.step || j.pipeline_id)}</a>`
+  : j.array_id ? `<a href="#/array/${esc(j.array_id)}">${esc(j.array_id)}[${esc(j.array_index ?? 0)}]</a>` : "";
 
 async function jobsView() {
   const page = await api("/api/jobs?size=50");
-  return `<h2>Jobs (${page.totalElements})</h2><table><tr><th>job</th><th>name</th><th>status</th><th>node</th><th>GPUs</th><th>exit</th><th>reason</th></tr>
-    ${page.content.map((j) => `<tr><td>${esc(j.job_id)}</td><td>${esc(j.name)}</td><td>${esc(j.status_name)}</td><td>${esc(j.node)}</td>
-    <td>${esc((j.gpu_indices || []).join(","))}</td><td>${esc(j.exit_code)}</td><td>${esc(j.error_message)}</td></tr>`).join("")}</table>`;
+  return `<h2>Jobs (${page.totalElements})</h2><table><tr><th>job</th><th>name</th><th>group</th><th>status</th><th>node</th><th>GPUs</th><th>exit</th><th>reason</th></tr>
+    ${page.content.map((j) => `<tr data-job="${esc(j.job_id)}"><td>${esc(j.job_id)}</td><td>${esc(j.name)}</td><td>${group(j)}</td><td class="status">${badge(j.status_name)}</td><td>${esc(j.node)}</td>
+    <td>${esc((j.gpu_indices || []).join(","))}</td><td>${esc(j.exit_code)}</td><td class="why">${why(j)}</td></tr>`).join("")}</table>`;
+}
+
+async function pipelineView(id) {
+  const p = await api(`/api/pipelines/${id}`);
+  return `<h2>Pipeline ${esc(p.name)} <span class="status">${badge(p.state)}</span></h2>
+    <table><tr><th>step</th><th>after</th><th>job</th><th>status</th><th>reason</th></tr>
+    ${(p.steps || []).map((st) => `<tr data-step="${esc(st.name)}"><td>${esc(st.name)}${st.shadow ? " <i>shadow</i>" : ""}</td>
+      <td>${esc((st.after || []).join(", "))}</td><td>${esc(st.job_id)}</td><td class="status">${badge(st.status_name)}</td>
+      <td class="why">${esc(st.reason)}</td></tr>`).join("")}</table>`;
+}
+
+async function arrayView(id) {
+  const a = await api(`/api/arrays/${id}`);
+  const jobs = a.jobs || [];
+  return `<h2>Array ${esc((jobs[0] || {}).name || id)}</h2><table><tr><th>index</th><th>job</th><th>status</th><th>reason</th></tr>
+    ${jobs.map((j) => `<tr data-job="${esc(j.job_id)}"><td>${esc(j.array_index ?? 0)}</td><td>${esc(j.job_id)}</td>
+      <td class="status">${badge(j.status_name)}</td><td class="why">${why(j)}</td></tr>`).join("")}</table>`;
 }
 
 async function nodesView() {
@@ -106,6 +131,7 @@ async function render() {
   const h = location.hash || "#/models";
   try {
     const html = h.startsWith("#/model/") ? await modelView(h.slice(8)) : h.startsWith("#/jobs") ? await jobsView()
+      : h.startsWith("#/pipeline/") ? await pipelineView(h.slice(11)) : h.startsWith("#/array/") ? await arrayView(h.slice(8))
       : h.startsWith("#/nodes") ? await nodesView() : await modelsView();
     $("#view").innerHTML = html;
   } catch (e) { $("#view").innerHTML = `<p class="err">${esc(e.message)}</p>`; }
