@@ -256,7 +256,7 @@ def test_unhealthy_gpu_is_never_assigned(agent: AgentProc) -> None:
     assert not g.healthy
     with pytest.raises(grpc.RpcError) as e:
         agent.launch("sick", script("pass"), gpus=[3])
-    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "xid=79" in (e.value.details() or "")
+    assert e.value.code() == grpc.StatusCode.ABORTED and "xid=79" in (e.value.details() or "")
     agent.stub.SetGpuHealth(apb.SetGpuHealthRequest(index=3, healthy=True), timeout=5)
     agent.launch("well", script("pass"), gpus=[3])
     agent.wait_state("well", "SUCCEEDED")

@@ -77,7 +77,7 @@ def test_foreign_and_escaped_processes_are_flagged_and_a_foreign_held_gpu_recove
         # A foreign-held GPU is not offered: a launch on it is refused.
         with pytest.raises(grpc.RpcError) as e:
             a.launch("victim", [PY, "-c", "pass"], gpus=[0])
-        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "foreign" in (e.value.details() or "")
+        assert e.value.code() == grpc.StatusCode.ABORTED and "foreign" in (e.value.details() or "")
         # Recovery: once the process is gone from the GPU, the GPU is offered again.
         control.write_text(json.dumps({"1": [[job_pid, 1 << 30]]}))
         wait_for(lambda: gpus(a)[0].healthy and not gpus(a)[3].health_reason, 60, "the GPUs free again")
@@ -117,7 +117,7 @@ def test_an_orphan_holds_its_gpu_back_until_it_is_gone(agent_factory, tmp_path) 
         assert not g.healthy and f"orphan process pid {pid} of job leaves (3072 MiB)" in g.health_reason
         with pytest.raises(grpc.RpcError) as e:
             a.launch("next", [PY, "-c", "pass"], gpus=[2])
-        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "orphan" in (e.value.details() or "")
+        assert e.value.code() == grpc.StatusCode.ABORTED and "orphan" in (e.value.details() or "")
         assert pid_alive(pid)  # grace 0: never killed by the agent
     finally:
         os.kill(pid, signal.SIGKILL)
