@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import pwd
+import stat
 from dataclasses import dataclass
+from pathlib import Path
 
 from gpufleet.errors import InvalidArgument
 
@@ -72,3 +74,20 @@ def for_agent(spec: str, allow_root: bool) -> JobUser:
         except KeyError:
             return JobUser("root", 0, 0, "/root")  # the admin allowed root and made no job account
     return resolve(name, allow_root)
+
+
+def blocked_on_the_way(path: Path, uid: int, gid: int) -> Path | None:
+    """The first folder from / down to `path` that `uid`:`gid` may not pass through (no search bit
+    for it), or None when the whole way is open. A job started in its output folder below such a
+    folder still runs (the agent enters the folder before it drops to the job's account), but a
+    program that resolves its working directory again by name (a pyenv shim, `cd "$PWD"`) fails."""
+    way = [*reversed(path.parents), path]
+    for folder in way:
+        try:
+            st = folder.stat()
+        except OSError:
+            return None  # not made yet: the agent makes it, traversable, below a folder it could read
+        bit = stat.S_IXUSR if st.st_uid == uid else stat.S_IXGRP if st.st_gid == gid else stat.S_IXOTH
+        if uid != 0 and not st.st_mode & bit:
+            return folder
+    return None

@@ -96,6 +96,13 @@ def build(cfg: AgentConfig) -> Daemon:
                              job_user, roots.output_root)
     if runtime.name == "process" and job_user is not None:
         flog.event(log, "agent.job_user", user=job_user.name, uid=job_user.uid, gid=job_user.gid)
+        blocked = jobuser.blocked_on_the_way(roots.output_root.resolve(), job_user.uid, job_user.gid)
+        if blocked is not None:
+            flog.event(log, "agent.output_root_unreachable", logging.WARNING, output_root=str(roots.output_root),
+                       blocked_at=str(blocked), user=job_user.name,
+                       hint=f"jobs run as {job_user.name} cannot pass {blocked} by name (programs that cd to "
+                            "their working directory again, like pyenv shims, fail): give that account search "
+                            "permission on it (chmod o+x, or its group) or choose an --output-root it can reach")
     owner_users = owner_accounts(store, uid_range, runtime.name, job_user, cfg)
     if owner_users is not None:
         flog.event(log, "agent.owner_uids", range=str(owner_users.rng), gid=owner_users.base.gid)
